@@ -1,0 +1,331 @@
+"""The inspectorate's records (SQLAlchemy 2). Temporal owns process state; these tables own records.
+
+Every table that an activity writes carries a natural or idempotency key with a unique constraint,
+so a retried activity finds its row instead of writing a second one. `audit_events` is append-only:
+the migration installs triggers that refuse UPDATE and DELETE on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ncpi_workflow.clocks import DeadlineKind, Timeframe
+from ncpi_workflow.report import FindingKind
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Phase(StrEnum):
+    """A recommendation's place in its lifecycle (the inspectorate's view)."""
+
+    PUBLISHED = "published"
+    FORCE_NOTIFIED = "force_notified"
+    IN_PROGRESS = "in_progress"
+    EVIDENCE_REQUESTED = "evidence_requested"
+    EVIDENCE_SUBMITTED = "evidence_submitted"
+    UNDER_REVIEW = "under_review"
+    CLOSED = "closed"
+
+
+class ForceClaim(StrEnum):
+    """What the force says of its own progress, kept apart from the inspectorate's judgement."""
+
+    NOT_STARTED = "not_started"
+    IN_PROGRESS = "in_progress"
+    IMPLEMENTED = "implemented"
+
+
+class Outcome(StrEnum):
+    ACHIEVED = "achieved"
+    PARTIALLY_ACHIEVED = "partially_achieved"
+    NOT_ACHIEVED = "not_achieved"
+    SUPERSEDED = "superseded"
+    WITHDRAWN = "withdrawn"
+
+
+class ContactRole(StrEnum):
+    LIAISON_OFFICER = "liaison_officer"
+    CHIEF_OFFICER = "chief_officer"
+    PCC = "pcc"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _check(column: str, enum: type[StrEnum], nullable: bool = False) -> CheckConstraint:
+    # Enums are stored as plain strings with a CHECK: adding a value is a small migration on every database.
+    values = ", ".join(f"'{v.value}'" for v in enum)
+    condition = f"{column} IN ({values})"
+    return CheckConstraint(f"{column} IS NULL OR {condition}" if nullable else condition, name=f"{column}_valid")
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Force(Base):
+    __tablename__ = "forces"
+    code: Mapped[str] = mapped_column(String(3), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    region: Mapped[str] = mapped_column(String(100))
+    contacts: Mapped[list["Contact"]] = relationship(back_populates="force", cascade="all, delete-orphan")
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("force_code", "role"), _check("role", ContactRole))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    force_code: Mapped[str] = mapped_column(ForeignKey("forces.code"))
+    role: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    force: Mapped[Force] = relationship(back_populates="contacts")
+
+
+class Inspection(Base):
+    """A published report: one force, one programme, one publication date."""
+
+    __tablename__ = "inspections"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # e.g. CUM-2017-01-26
+    force_code: Mapped[str] = mapped_column(ForeignKey("forces.code"), index=True)
+    programme: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)
+    source_url: Mapped[str] = mapped_column(Text)
+    fieldwork_start: Mapped[date] = mapped_column(Date)
+    fieldwork_end: Mapped[date] = mapped_column(Date)
+    published_on: Mapped[date] = mapped_column(Date, index=True)
+    illustrative: Mapped[bool] = mapped_column(Boolean, default=False)
+    report_sha256: Mapped[str] = mapped_column(String(64))
+    workflow_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    findings: Mapped[list["Finding"]] = relationship(back_populates="inspection", cascade="all, delete-orphan")
+    recommendations: Mapped[list["Recommendation"]] = relationship(
+        back_populates="inspection", cascade="all, delete-orphan", order_by="Recommendation.id"
+    )
+    deadlines: Mapped[list["Deadline"]] = relationship(back_populates="inspection", cascade="all, delete-orphan")
+
+
+class Finding(Base):
+    __tablename__ = "findings"
+    __table_args__ = (UniqueConstraint("inspection_id", "ref"), _check("kind", FindingKind))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"))
+    ref: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    inspection: Mapped[Inspection] = relationship(back_populates="findings")
+
+
+class Recommendation(Base):
+    """A recommendation, with a projection of its workflow's status for fast listing."""
+
+    __tablename__ = "recommendations"
+    __table_args__ = (
+        UniqueConstraint("inspection_id", "ref"),
+        _check("timeframe", Timeframe),
+        _check("phase", Phase),
+        _check("force_claim", ForceClaim, nullable=True),
+        _check("outcome", Outcome, nullable=True),
+    )
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)  # e.g. CUM-2017-01-26-R1
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    ref: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    timeframe: Mapped[str] = mapped_column(String(32))
+    finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id"))
+    illustrative: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Projection of the workflow's state, refreshed by activities:
+    phase: Mapped[str] = mapped_column(String(32), default=Phase.PUBLISHED, index=True)
+    force_claim: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    next_action: Mapped[str | None] = mapped_column(String(200))
+    next_action_at: Mapped[datetime | None] = mapped_column(index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    inspection: Mapped[Inspection] = relationship(back_populates="recommendations")
+
+
+class Deadline(Base):
+    """A clock: its original date is kept for ever; every change is a DeadlineRevision."""
+
+    __tablename__ = "deadlines"
+    __table_args__ = (UniqueConstraint("inspection_id", "key", "cycle"), _check("kind", DeadlineKind))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    recommendation_id: Mapped[str | None] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    key: Mapped[str] = mapped_column(String(64))  # e.g. action_plan, recommendation:R1
+    kind: Mapped[str] = mapped_column(String(32))
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    original_due: Mapped[date] = mapped_column(Date)
+    current_due: Mapped[date] = mapped_column(Date)
+    met_at: Mapped[datetime | None]
+    inspection: Mapped[Inspection] = relationship(back_populates="deadlines")
+    revisions: Mapped[list["DeadlineRevision"]] = relationship(
+        back_populates="deadline", cascade="all, delete-orphan", order_by="DeadlineRevision.id"
+    )
+
+
+class DeadlineRevision(Base):
+    __tablename__ = "deadline_revisions"
+    __table_args__ = (CheckConstraint("length(reason) > 0", name="reason_given"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deadline_id: Mapped[int] = mapped_column(ForeignKey("deadlines.id"), index=True)
+    previous_due: Mapped[date] = mapped_column(Date)
+    new_due: Mapped[date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str] = mapped_column(String(200))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    deadline: Mapped[Deadline] = relationship(back_populates="revisions")
+
+
+class ProgressUpdate(Base):
+    """The force's own account of its progress on a recommendation."""
+
+    __tablename__ = "progress_updates"
+    __table_args__ = (_check("claim", ForceClaim),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    claim: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+
+
+class EvidenceRequest(Base):
+    __tablename__ = "evidence_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due: Mapped[date] = mapped_column(Date)
+    what: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
+
+
+class Evidence(Base):
+    """A file the force supplied, stored by content hash; the same file twice is one row."""
+
+    __tablename__ = "evidence"
+    __table_args__ = (
+        UniqueConstraint("recommendation_id", "sha256"),
+        CheckConstraint("size_bytes >= 0", name="size_not_negative"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    evidence_request_id: Mapped[int | None] = mapped_column(ForeignKey("evidence_requests.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_path: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Revisit(Base):
+    """The post-inspection review of a report, opened by an inspector or by the revisit-by clock."""
+
+    __tablename__ = "revisits"
+    __table_args__ = (
+        UniqueConstraint("inspection_id", "cycle"),
+        CheckConstraint("trigger IN ('inspector', 'automatic')", name="trigger_valid"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    trigger: Mapped[str] = mapped_column(String(16))
+    triggered_by: Mapped[str] = mapped_column(String(200))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+
+
+class Decision(Base):
+    """The inspectorate's judgement on a recommendation in one cycle: who, when, why."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        UniqueConstraint("recommendation_id", "cycle"),
+        _check("outcome", Outcome),
+        CheckConstraint("length(rationale) > 0", name="rationale_given"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    cycle: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    rationale: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reopened_at: Mapped[datetime | None]
+    reopened_by: Mapped[str | None] = mapped_column(String(200))
+    reopen_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Notification(Base):
+    """The email outbox. The idempotency key comes from the workflow and the event, never the run."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (_check("status", NotificationStatus),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    inspection_id: Mapped[str | None] = mapped_column(ForeignKey("inspections.id"), index=True)
+    recommendation_id: Mapped[str | None] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    recipients: Mapped[dict[str, Any]] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Append-only: who did what to which record, when. Never updated, never deleted."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(64), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)

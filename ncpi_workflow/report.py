@@ -1,0 +1,212 @@
+"""The report file format: one published inspection report, its findings and recommendations.
+
+A report is YAML (see docs/report-format.md; `ncpi schema` prints the JSON Schema generated from
+these models). `load_report` reads and validates a file and raises `ReportInvalid` whose lines
+each name the file, the line, the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ncpi_workflow.clocks import Timeframe
+from ncpi_workflow.errors import UserError
+from ncpi_workflow.yamlsafe import line_for, load_located
+
+FORMAT_VERSION = 1
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
+
+
+class FindingKind(StrEnum):
+    STRENGTH = "strength"
+    CONCERN = "concern"
+    CAUSE_OF_CONCERN = "cause_of_concern"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Fieldwork(_Strict):
+    """When the inspectors were in the force."""
+
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Fieldwork":
+        if self.end < self.start:
+            raise ValueError(f"fieldwork ends ({self.end}) before it starts ({self.start})")
+        return self
+
+
+class Finding(_Strict):
+    """A strength or a concern the report describes; some concerns are flagged causes of concern."""
+
+    ref: str = Field(pattern=r"^[A-Z]{1,3}[0-9]{1,3}$", description="Short reference, e.g. S1, C2, CC1.")
+    kind: FindingKind
+    text: Text
+
+
+class Recommendation(_Strict):
+    """A recommendation addressed to the force, verbatim from the report."""
+
+    ref: str = Field(pattern=r"^R[0-9]{1,3}$", description="The report's reference, e.g. R1.")
+    text: Text = Field(description="The recommendation, verbatim.")
+    timeframe: Timeframe
+    answers: str | None = Field(default=None, description="The ref of the concern this recommendation answers.")
+    illustrative: bool = Field(
+        default=False, description="True when the text is not the report's own (written for demonstration)."
+    )
+
+
+class Report(_Strict):
+    """A published NCPI inspection report of one force."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    force: str = Field(pattern=r"^[A-Z]{3}$", description="Force code from config/forces.yaml, e.g. CUM.")
+    programme: Literal["NCPI"] = "NCPI"
+    title: Text
+    source_url: AnyHttpUrl
+    fieldwork: Fieldwork
+    published: date
+    illustrative: bool = Field(
+        default=False, description="True when the whole report is invented for demonstration, not a published one."
+    )
+    findings: list[Finding] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(min_length=1, max_length=200)
+
+    @field_validator("force")
+    @classmethod
+    def _known_force(cls, code: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("forces")
+        if known is not None and code not in known:
+            raise ValueError(f"unknown force code {code!r}; `ncpi forces` lists the 43 codes")
+        return code
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Report":
+        if self.published < self.fieldwork.end:
+            raise ValueError(f"published ({self.published}) before fieldwork ended ({self.fieldwork.end})")
+        if self.published.year < 2000:
+            raise ValueError(f"published ({self.published}) is implausibly early")
+        return self
+
+    @property
+    def inspection_id(self) -> str:
+        """The business identifier: one force, one programme, one publication date."""
+        return f"{self.force}-{self.published.isoformat()}"
+
+    def finding(self, ref: str) -> Finding | None:
+        return next((f for f in self.findings if f.ref == ref), None)
+
+
+@dataclass(frozen=True)
+class LoadedReport:
+    report: Report
+    path: Path
+    sha256: str
+
+
+class ReportInvalid(UserError):
+    """A report that failed validation; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more)")
+        self.problems = problems
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _reference_problems(data: Report) -> list[tuple[tuple[Any, ...], str]]:
+    """Cross-references a model validator cannot place on a field: duplicates and dangling refs."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    seen: dict[str, int] = {}
+    for i, finding in enumerate(data.findings):
+        if finding.ref in seen:
+            problems.append((("findings", i, "ref"), f"duplicate finding reference {finding.ref!r} (also findings[{seen[finding.ref]}])"))
+        seen.setdefault(finding.ref, i)
+    seen = {}
+    for i, rec in enumerate(data.recommendations):
+        if rec.ref in seen:
+            problems.append(
+                (("recommendations", i, "ref"), f"duplicate recommendation reference {rec.ref!r} (also recommendations[{seen[rec.ref]}])")
+            )
+        seen.setdefault(rec.ref, i)
+        if rec.answers is not None:
+            finding = data.finding(rec.answers)
+            if finding is None:
+                problems.append((("recommendations", i, "answers"), f"no finding has reference {rec.answers!r}"))
+            elif finding.kind is FindingKind.STRENGTH:
+                problems.append(
+                    (("recommendations", i, "answers"), f"{rec.answers!r} is a strength; a recommendation answers a concern")
+                )
+    return problems
+
+
+def validate_report_data(
+    data: Any, file: Path, lines: dict, known_forces: set[str] | None
+) -> Report:
+    def where(loc: tuple[Any, ...]) -> str:
+        line = line_for(lines, loc)
+        return f"{file}:{line}" if line else str(file)
+
+    if not isinstance(data, dict):
+        raise ReportInvalid([f"{where(())}: the file must hold a mapping of report fields, not {type(data).__name__}"])
+    try:
+        report = Report.model_validate(data, context={"forces": known_forces})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = "required field is missing"
+            elif err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; `ncpi schema` lists the fields)"
+            elif err["type"] == "enum":
+                msg = f"{err['input']!r} is not one of: {err['ctx']['expected']}"
+            problems.append(f"{where(loc)}: {_format_loc(loc)}: {msg}")
+        raise ReportInvalid(problems) from None
+    ref_problems = _reference_problems(report)
+    if ref_problems:
+        raise ReportInvalid([f"{where(loc)}: {_format_loc(loc)}: {msg}" for loc, msg in ref_problems])
+    return report
+
+
+def load_report(file: Path, *, known_forces: set[str] | None, max_bytes: int) -> LoadedReport:
+    """Read, parse and validate a report file. Touches nothing but the file."""
+    file = Path(file)
+    data, lines = load_located(file, max_bytes=max_bytes)
+    report = validate_report_data(data, file, lines, known_forces)
+    return LoadedReport(report, file, hashlib.sha256(file.read_bytes()).hexdigest())
+
+
+def report_json_schema() -> dict[str, Any]:
+    schema = Report.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://ncpi-followup.example/schema/report-v1.json"
+    return schema

@@ -1,0 +1,109 @@
+"""One settings object for the whole product.
+
+Values come from NCPI_* environment variables, then from a TOML settings file (`ncpi.toml` in the
+working directory, or the file named by NCPI_SETTINGS_FILE), then from the embedded defaults below,
+which run everything on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from ncpi_workflow import CONFIG_DIR
+from ncpi_workflow.errors import UserError
+
+SUPPORTED_DATABASE_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
+
+
+def _settings_file() -> Path:
+    return Path(os.environ.get("NCPI_SETTINGS_FILE", "ncpi.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NCPI_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Path(".data")
+    database_url: str = "sqlite+aiosqlite:///.data/ncpi.db"
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "ncpi-followup"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "ncpi-followup@inspectorate.example"
+    policy: Path = CONFIG_DIR / "policy.toml"
+    forces_file: Path = CONFIG_DIR / "forces.yaml"
+    time_scale: float = Field(default=1.0, gt=0, description="Compression of every policy duration; 1 is real time.")
+    evidence_max_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    report_max_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"cannot parse database URL {value!r}") from exc
+        if url.drivername not in SUPPORTED_DATABASE_DRIVERS:
+            raise ValueError(
+                f"unsupported database driver {url.drivername!r}; use one of {sorted(SUPPORTED_DATABASE_DRIVERS)}"
+            )
+        return value
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_settings_file()),
+        )
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.data_dir / "evidence"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, or a UserError naming the variable and the reason."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        reason = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"settings: NCPI_{field.upper()}: {reason}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
