@@ -1,0 +1,284 @@
+"""Writing and reading the inspectorate's records. Every write here is idempotent.
+
+Activities (later) and the CLI call these functions; each takes an open AsyncSession and leaves the
+commit to its caller, so that a publication is one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ncpi_workflow.clocks import Timeline
+from ncpi_workflow.errors import UserError
+from ncpi_workflow.forces import ForceRef
+from ncpi_workflow.models import (
+    AuditEvent,
+    Contact,
+    Deadline,
+    DeadlineRevision,
+    Evidence,
+    Finding,
+    Force,
+    Inspection,
+    Recommendation,
+    utcnow,
+)
+from ncpi_workflow.report import LoadedReport
+
+SYSTEM_ACTOR = "system"
+
+
+def _insert(session: AsyncSession, model: type):
+    """An INSERT that can skip rows already present, in the dialect of the session's database."""
+    dialect = session.bind.dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+async def insert_if_absent(session: AsyncSession, model: type, conflict_on: list[str], **values: Any) -> bool:
+    """Insert one row unless a row with the same unique key exists. True when this call inserted it."""
+    statement = _insert(session, model).values(**values).on_conflict_do_nothing(index_elements=conflict_on)
+    result = await session.execute(statement)
+    return result.rowcount == 1
+
+
+async def append_audit(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    detail: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> bool:
+    """Append to the audit trail; with an idempotency key, a retried call appends nothing more."""
+    values = dict(
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        detail=detail or {},
+        occurred_at=utcnow(),
+    )
+    if idempotency_key is None:
+        session.add(AuditEvent(**values))
+        return True
+    return await insert_if_absent(session, AuditEvent, ["idempotency_key"], idempotency_key=idempotency_key, **values)
+
+
+async def load_reference_forces(session: AsyncSession, forces: dict[str, ForceRef]) -> int:
+    """Make the forces and contacts tables match the reference data. Returns rows changed."""
+    existing = {f.code: f for f in (await session.scalars(select(Force))).all()}
+    contacts = {(c.force_code, c.role): c for c in (await session.scalars(select(Contact))).all()}
+    changed = 0
+    for ref in forces.values():
+        force = existing.get(ref.code)
+        if force is None:
+            session.add(Force(code=ref.code, name=ref.name, region=ref.region))
+            changed += 1
+        elif (force.name, force.region) != (ref.name, ref.region):
+            force.name, force.region = ref.name, ref.region
+            changed += 1
+        for role, person in ref.contacts.model_dump().items():
+            contact = contacts.get((ref.code, role))
+            if contact is None:
+                session.add(Contact(force_code=ref.code, role=role, name=person["name"], email=person["email"]))
+                changed += 1
+            elif (contact.name, contact.email) != (person["name"], person["email"]):
+                contact.name, contact.email = person["name"], person["email"]
+                changed += 1
+    await session.flush()
+    return changed
+
+
+@dataclass(frozen=True)
+class InsertedReport:
+    inspection_id: str
+    created: bool
+
+
+def recommendation_id(inspection_id: str, ref: str) -> str:
+    return f"{inspection_id}-{ref}"
+
+
+async def insert_report(
+    session: AsyncSession, loaded: LoadedReport, timeline: Timeline, actor: str, workflow_id: str | None = None
+) -> InsertedReport:
+    """Write a report with its findings, recommendations and deadlines. A report already present
+    (same force and publication date) is left as it is and `created` is False."""
+    report = loaded.report
+    inspection_id = report.inspection_id
+    if await session.get(Inspection, inspection_id) is not None:
+        return InsertedReport(inspection_id, created=False)
+    inspection = Inspection(
+        id=inspection_id,
+        force_code=report.force,
+        programme=report.programme,
+        title=report.title,
+        source_url=str(report.source_url),
+        fieldwork_start=report.fieldwork.start,
+        fieldwork_end=report.fieldwork.end,
+        published_on=report.published,
+        illustrative=report.illustrative,
+        report_sha256=loaded.sha256,
+        workflow_id=workflow_id,
+    )
+    findings = {f.ref: Finding(ref=f.ref, kind=f.kind.value, text=f.text) for f in report.findings}
+    inspection.findings = list(findings.values())
+    session.add(inspection)
+    await session.flush()
+    for rec in report.recommendations:
+        session.add(
+            Recommendation(
+                id=recommendation_id(inspection_id, rec.ref),
+                inspection_id=inspection_id,
+                ref=rec.ref,
+                text=rec.text,
+                timeframe=rec.timeframe.value,
+                finding_id=findings[rec.answers].id if rec.answers else None,
+                illustrative=rec.illustrative or report.illustrative,
+            )
+        )
+    await session.flush()
+    for deadline in timeline.deadlines:
+        session.add(
+            Deadline(
+                inspection_id=inspection_id,
+                recommendation_id=recommendation_id(inspection_id, deadline.recommendation_ref)
+                if deadline.recommendation_ref
+                else None,
+                key=deadline.key,
+                kind=deadline.kind.value,
+                cycle=1,
+                original_due=deadline.due,
+                current_due=deadline.due,
+            )
+        )
+    await append_audit(
+        session,
+        actor=actor,
+        action="report.published",
+        entity_type="inspection",
+        entity_id=inspection_id,
+        detail={"sha256": loaded.sha256, "file": loaded.path.name, "recommendations": len(report.recommendations)},
+        idempotency_key=f"{inspection_id}/published",
+    )
+    await session.flush()
+    return InsertedReport(inspection_id, created=True)
+
+
+async def revise_deadline(
+    session: AsyncSession, deadline_id: int, new_due: date, reason: str, changed_by: str, idempotency_key: str | None = None
+) -> Deadline:
+    """Move a deadline, keeping its original date and recording who moved it and why."""
+    if not reason.strip():
+        raise UserError("a deadline change needs a reason")
+    if not changed_by.strip():
+        raise UserError("a deadline change needs the name of who made it")
+    deadline = await session.get(Deadline, deadline_id)
+    if deadline is None:
+        raise UserError(f"no deadline with id {deadline_id}")
+    if idempotency_key and await session.scalar(
+        select(DeadlineRevision.id).where(DeadlineRevision.idempotency_key == idempotency_key)
+    ):
+        return deadline
+    session.add(
+        DeadlineRevision(
+            deadline_id=deadline.id,
+            previous_due=deadline.current_due,
+            new_due=new_due,
+            reason=reason.strip(),
+            changed_by=changed_by.strip(),
+            idempotency_key=idempotency_key,
+        )
+    )
+    previous = deadline.current_due
+    deadline.current_due = new_due
+    await append_audit(
+        session,
+        actor=changed_by,
+        action="deadline.revised",
+        entity_type="deadline",
+        entity_id=str(deadline.id),
+        detail={"key": deadline.key, "from": previous.isoformat(), "to": new_due.isoformat(), "reason": reason},
+        idempotency_key=idempotency_key and f"{idempotency_key}/audit",
+    )
+    await session.flush()
+    return deadline
+
+
+async def store_evidence(
+    session: AsyncSession,
+    *,
+    recommendation_id: str,
+    source: Path,
+    evidence_dir: Path,
+    max_bytes: int,
+    submitted_by: str,
+    description: str | None = None,
+    evidence_request_id: int | None = None,
+) -> tuple[Evidence, bool]:
+    """Keep a file of evidence by its SHA-256. The same file for the same recommendation is one row.
+
+    Returns the row and whether this call created it. Refuses files over `max_bytes` before reading them.
+    """
+    source = Path(source)
+    if not source.is_file():
+        raise UserError(f"{source}: no such file")
+    size = source.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{source}: evidence file is {size:,} bytes, over the {max_bytes:,}-byte limit")
+    if await session.get(Recommendation, recommendation_id) is None:
+        raise UserError(f"no recommendation {recommendation_id}")
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    sha256 = digest.hexdigest()
+    existing = await session.scalar(
+        select(Evidence).where(Evidence.recommendation_id == recommendation_id, Evidence.sha256 == sha256)
+    )
+    if existing is not None:
+        return existing, False
+    stored = evidence_dir / sha256[:2] / sha256
+    if not stored.exists():
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        partial = stored.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(stored)  # atomic: a crash never leaves a half-written file under the hash
+    evidence = Evidence(
+        recommendation_id=recommendation_id,
+        evidence_request_id=evidence_request_id,
+        filename=source.name,
+        content_type=mimetypes.guess_type(source.name)[0] or "application/octet-stream",
+        size_bytes=size,
+        sha256=sha256,
+        storage_path=str(stored),
+        description=description,
+        submitted_by=submitted_by,
+    )
+    session.add(evidence)
+    await session.flush()
+    await append_audit(
+        session,
+        actor=submitted_by,
+        action="evidence.submitted",
+        entity_type="recommendation",
+        entity_id=recommendation_id,
+        detail={"evidence_id": evidence.id, "filename": source.name, "sha256": sha256, "size_bytes": size},
+    )
+    return evidence, True
+
+
+async def count_rows(session: AsyncSession, model: type) -> int:
+    return await session.scalar(select(func.count()).select_from(model)) or 0
