@@ -234,8 +234,9 @@ def dev() -> None:
 def main() -> None:
     """Entry point: one line on stderr for any failure, never a traceback unless NCPI_DEBUG is set."""
     try:
-        app(standalone_mode=False)
-        code = 0
+        # Outside standalone mode click returns the exit code of typer.Exit instead of raising it.
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
     except UserError as exc:

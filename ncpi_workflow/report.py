@@ -7,6 +7,7 @@ each name the file, the line, the field path and the reason.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass
 from datetime import date
@@ -102,13 +103,15 @@ class Report(_Strict):
             raise ValueError(f"unknown force code {code!r}; `ncpi forces` lists the 43 codes")
         return code
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Report":
-        if self.published < self.fieldwork.end:
-            raise ValueError(f"published ({self.published}) before fieldwork ended ({self.fieldwork.end})")
-        if self.published.year < 2000:
-            raise ValueError(f"published ({self.published}) is implausibly early")
-        return self
+    @field_validator("published")
+    @classmethod
+    def _after_fieldwork(cls, published: date, info: ValidationInfo) -> date:
+        fieldwork = info.data.get("fieldwork")  # validated first: it is declared first
+        if fieldwork is not None and published < fieldwork.end:
+            raise ValueError(f"published ({published}) before fieldwork ended ({fieldwork.end})")
+        if published.year < 2000:
+            raise ValueError(f"published ({published}) is implausibly early")
+        return published
 
     @property
     def inspection_id(self) -> str:
@@ -139,6 +142,20 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def _closest_field(loc: tuple[Any, ...]) -> str | None:
+    """For an unknown field, the closest field name the model has at that place."""
+    model: Any = Report
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return match[0] if match else None
 
 
 def _reference_problems(data: Report) -> list[tuple[tuple[Any, ...], str]]:
@@ -180,13 +197,24 @@ def validate_report_data(
         report = Report.model_validate(data, context={"forces": known_forces})
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        # A misspelt field also makes the real one "missing": lead with the misspelling, it is the cause.
+        errors = sorted(exc.errors(), key=lambda err: err["type"] != "extra_forbidden")
+        misspelt = {
+            tuple(err["loc"][:-1]) + (_closest_field(tuple(err["loc"])),)
+            for err in errors
+            if err["type"] == "extra_forbidden"
+        }
+        for err in errors:
             loc = tuple(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "missing":
+                if loc in misspelt:
+                    continue  # already explained by the misspelling
                 msg = "required field is missing"
             elif err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling; `ncpi schema` lists the fields)"
+                closest = _closest_field(loc)
+                hint = f"; did you mean {closest!r}?" if closest else ""
+                msg = f"unknown field{hint} (`ncpi schema` lists the fields)"
             elif err["type"] == "enum":
                 msg = f"{err['input']!r} is not one of: {err['ctx']['expected']}"
             problems.append(f"{where(loc)}: {_format_loc(loc)}: {msg}")

@@ -34,14 +34,24 @@ def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
 
+PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq")
+}
+
+
 def _build(node: Node, path: LocatedPath, lines: dict[LocatedPath, int], constructor: SafeConstructor) -> Any:
     lines[path] = _line(node)
+    if node.tag == "tag:yaml.org,2002:merge":
+        raise _located(node, "YAML merge keys (<<) are not allowed in this file")
+    if node.tag not in PLAIN_TAGS:
+        # Explicit tags (!!python/..., !custom) would ask a looser reader to build objects: refuse them all.
+        raise _located(node, f"YAML tag {node.tag!r} is not allowed in this file")
     if isinstance(node, MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = _build(key_node, path + ("<key>",), {}, constructor)
-            if not isinstance(key, (str, int)):
-                raise _located(key_node, f"mapping keys must be plain words, got {key!r}")
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise _located(key_node, f"mapping keys must be plain words, got {key!r} (quote it if it is a word)")
             if key in result:
                 raise _located(key_node, f"duplicate key {key!r} (first at line {lines[path + (key,)]})")
             result[key] = _build(value_node, path + (key,), lines, constructor)
@@ -52,7 +62,8 @@ def _build(node: Node, path: LocatedPath, lines: dict[LocatedPath, int], constru
     try:
         return constructor.construct_object(node, deep=True)
     except (ValueError, yaml.YAMLError) as exc:
-        raise _located(node, f"cannot read {node.value!r}: {exc}") from None
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _located(node, f"cannot read {node.value!r}: {reason}") from None
 
 
 class LocatedYAMLError(Exception):
