@@ -246,11 +246,9 @@ def main() -> None:
         typer.echo("ncpi: interrupted", err=True)
         code = 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence for a one-line error
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):  # usage errors
             typer.echo(f"ncpi: {exc.format_message()}", err=True)
-            code = exc.exit_code
+            code = getattr(exc, "exit_code", 2)
         else:
             if os.environ.get("NCPI_DEBUG"):
                 raise
