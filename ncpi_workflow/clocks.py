@@ -34,6 +34,7 @@ class DeadlineKind(StrEnum):
     ACTION_PLAN = "action_plan"
     PCC_RESPONSE = "pcc_response"
     RECOMMENDATION = "recommendation"
+    EVIDENCE = "evidence"
     REVISIT_BY = "revisit_by"
 
 
@@ -63,6 +64,7 @@ DEADLINE_LABELS = {
     DeadlineKind.ACTION_PLAN: "Force action plan",
     DeadlineKind.PCC_RESPONSE: "Police and Crime Commissioner's published response",
     DeadlineKind.RECOMMENDATION: "Recommendation",
+    DeadlineKind.EVIDENCE: "Evidence for recommendation",
     DeadlineKind.REVISIT_BY: "Revisit (post-inspection review) no later than",
 }
 

@@ -131,6 +131,12 @@ class Inspection(Base):
     report_sha256: Mapped[str] = mapped_column(String(64))
     workflow_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Projection of the inspection workflow's state, refreshed by activities:
+    phase: Mapped[str] = mapped_column(String(32), default="following_up", index=True)
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    next_action: Mapped[str | None] = mapped_column(String(200))
+    next_action_at: Mapped[datetime | None]
+    projection_version: Mapped[int] = mapped_column(Integer, default=0)
     findings: Mapped[list["Finding"]] = relationship(back_populates="inspection", cascade="all, delete-orphan")
     recommendations: Mapped[list["Recommendation"]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan", order_by="Recommendation.id"
@@ -174,6 +180,7 @@ class Recommendation(Base):
     cycle: Mapped[int] = mapped_column(Integer, default=1)
     next_action: Mapped[str | None] = mapped_column(String(200))
     next_action_at: Mapped[datetime | None] = mapped_column(index=True)
+    projection_version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     inspection: Mapped[Inspection] = relationship(back_populates="recommendations")
 
@@ -313,6 +320,8 @@ class Notification(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(300))
+    scheduled_for: Mapped[datetime | None] = mapped_column(index=True)
+    """When the policy calendar says it is due (differs from created_at under a time scale)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
 

@@ -84,6 +84,14 @@ class RevisitPolicy:
     notify: tuple[str, ...] = ("inspectors",)
 
 
+@dataclass(frozen=True)
+class ReviewPolicy:
+    evidence_due_working_days: int = 10
+    """Working days the force has to send evidence once the revisit asks for it."""
+    reopen_window: Period = Period(months=12)
+    """How long a closed recommendation can still be re-opened in its own workflow."""
+
+
 DEFAULT_ESCALATION = (
     EscalationRung("chief_officer", 5, ("liaison_officer", "chief_officer")),
     EscalationRung("chief_officer_and_pcc", 10, ("liaison_officer", "chief_officer", "pcc")),
@@ -98,6 +106,7 @@ class Policy:
     reminders: ReminderPolicy = field(default_factory=ReminderPolicy)
     escalation: tuple[EscalationRung, ...] = DEFAULT_ESCALATION
     revisit: RevisitPolicy = field(default_factory=RevisitPolicy)
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)
 
     def rung_for(self, working_days_overdue: int) -> EscalationRung | None:
         """The highest rung reached after this many working days overdue, if any."""
@@ -135,7 +144,7 @@ def _roles(where: str, raw: Any) -> tuple[str, ...]:
 
 def policy_from_mapping(data: dict[str, Any]) -> Policy:
     """Build a Policy from the parsed TOML, raising ValueError naming the key at fault."""
-    unknown = set(data) - {"deadlines", "calendar", "reminders", "escalation", "revisit"}
+    unknown = set(data) - {"deadlines", "calendar", "reminders", "escalation", "revisit", "review"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
     defaults = Policy()
@@ -197,7 +206,14 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
         ),
         notify=_roles("revisit.notify", v.get("notify", list(defaults.revisit.notify))),
     )
-    return Policy(deadlines, calendar, reminders, escalation, revisit)
+    w = data.get("review", {})
+    review = ReviewPolicy(
+        evidence_due_working_days=_positive_ints(
+            "review.evidence_due_working_days", [w.get("evidence_due_working_days", defaults.review.evidence_due_working_days)]
+        )[0],
+        reopen_window=_period("review.reopen_window", w["reopen_window"]) if "reopen_window" in w else defaults.review.reopen_window,
+    )
+    return Policy(deadlines, calendar, reminders, escalation, revisit, review)
 
 
 def load_policy(path: Path) -> Policy:

@@ -91,12 +91,18 @@ def upgrade() -> None:
     sa.Column('report_sha256', sa.String(length=64), nullable=False),
     sa.Column('workflow_id', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('phase', sa.String(length=32), nullable=False),
+    sa.Column('cycle', sa.Integer(), nullable=False),
+    sa.Column('next_action', sa.String(length=200), nullable=True),
+    sa.Column('next_action_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('projection_version', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['force_code'], ['forces.code'], name=op.f('fk_inspections_force_code_forces')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_inspections')),
     sa.UniqueConstraint('workflow_id', name=op.f('uq_inspections_workflow_id'))
     )
     with op.batch_alter_table('inspections', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_inspections_force_code'), ['force_code'], unique=False)
+        batch_op.create_index(batch_op.f('ix_inspections_phase'), ['phase'], unique=False)
         batch_op.create_index(batch_op.f('ix_inspections_published_on'), ['published_on'], unique=False)
 
     op.create_table('findings',
@@ -140,6 +146,7 @@ def upgrade() -> None:
     sa.Column('cycle', sa.Integer(), nullable=False),
     sa.Column('next_action', sa.String(length=200), nullable=True),
     sa.Column('next_action_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('projection_version', sa.Integer(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("force_claim IS NULL OR force_claim IN ('not_started', 'in_progress', 'implemented')", name=op.f('ck_recommendations_force_claim_valid')),
     sa.CheckConstraint("outcome IS NULL OR outcome IN ('achieved', 'partially_achieved', 'not_achieved', 'superseded', 'withdrawn')", name=op.f('ck_recommendations_outcome_valid')),
@@ -165,7 +172,7 @@ def upgrade() -> None:
     sa.Column('original_due', sa.Date(), nullable=False),
     sa.Column('current_due', sa.Date(), nullable=False),
     sa.Column('met_at', sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("kind IN ('immediate_update', 'action_plan', 'pcc_response', 'recommendation', 'revisit_by')", name=op.f('ck_deadlines_kind_valid')),
+    sa.CheckConstraint("kind IN ('immediate_update', 'action_plan', 'pcc_response', 'recommendation', 'evidence', 'revisit_by')", name=op.f('ck_deadlines_kind_valid')),
     sa.ForeignKeyConstraint(['inspection_id'], ['inspections.id'], name=op.f('fk_deadlines_inspection_id_inspections')),
     sa.ForeignKeyConstraint(['recommendation_id'], ['recommendations.id'], name=op.f('fk_deadlines_recommendation_id_recommendations')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deadlines')),
@@ -223,6 +230,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('message_id', sa.String(length=300), nullable=True),
+    sa.Column('scheduled_for', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name=op.f('ck_notifications_status_valid')),
@@ -234,6 +242,7 @@ def upgrade() -> None:
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notifications_inspection_id'), ['inspection_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_notifications_recommendation_id'), ['recommendation_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notifications_scheduled_for'), ['scheduled_for'], unique=False)
         batch_op.create_index(batch_op.f('ix_notifications_status'), ['status'], unique=False)
 
     op.create_table('progress_updates',
@@ -311,6 +320,7 @@ def downgrade() -> None:
     op.drop_table('progress_updates')
     with op.batch_alter_table('notifications', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_notifications_status'))
+        batch_op.drop_index(batch_op.f('ix_notifications_scheduled_for'))
         batch_op.drop_index(batch_op.f('ix_notifications_recommendation_id'))
         batch_op.drop_index(batch_op.f('ix_notifications_inspection_id'))
 
@@ -341,6 +351,7 @@ def downgrade() -> None:
     op.drop_table('findings')
     with op.batch_alter_table('inspections', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_inspections_published_on'))
+        batch_op.drop_index(batch_op.f('ix_inspections_phase'))
         batch_op.drop_index(batch_op.f('ix_inspections_force_code'))
 
     op.drop_table('inspections')
