@@ -11,7 +11,6 @@ a force's due date on a non-working day moves to the next working day, the inspe
 Europe/London.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone

@@ -28,39 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ncpi_workflow.clocks import DeadlineKind, Timeframe
+from ncpi_workflow.lifecycle import ForceClaim, Outcome, Phase
 from ncpi_workflow.report import FindingKind
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class Phase(StrEnum):
-    """A recommendation's place in its lifecycle (the inspectorate's view)."""
-
-    PUBLISHED = "published"
-    FORCE_NOTIFIED = "force_notified"
-    IN_PROGRESS = "in_progress"
-    EVIDENCE_REQUESTED = "evidence_requested"
-    EVIDENCE_SUBMITTED = "evidence_submitted"
-    UNDER_REVIEW = "under_review"
-    CLOSED = "closed"
-
-
-class ForceClaim(StrEnum):
-    """What the force says of its own progress, kept apart from the inspectorate's judgement."""
-
-    NOT_STARTED = "not_started"
-    IN_PROGRESS = "in_progress"
-    IMPLEMENTED = "implemented"
-
-
-class Outcome(StrEnum):
-    ACHIEVED = "achieved"
-    PARTIALLY_ACHIEVED = "partially_achieved"
-    NOT_ACHIEVED = "not_achieved"
-    SUPERSEDED = "superseded"
-    WITHDRAWN = "withdrawn"
 
 
 class ContactRole(StrEnum):

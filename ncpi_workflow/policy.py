@@ -4,7 +4,6 @@
 `load_policy` is the only part that reads a file.
 """
 
-from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     mail_from: str = "ncpi-followup@inspectorate.example"
+    inspectors_email: str = "ncpi-inspectors@inspectorate.example"
+    lead_hm_inspector_email: str = "lead-hmi@inspectorate.example"
     policy: Path = CONFIG_DIR / "policy.toml"
     forces_file: Path = CONFIG_DIR / "forces.yaml"
     time_scale: float = Field(default=1.0, gt=0, description="Compression of every policy duration; 1 is real time.")

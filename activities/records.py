@@ -1,0 +1,367 @@
+"""Activities that write the inspectorate's records. Each is idempotent: a retried call finds
+the row its first attempt wrote (by an idempotency key or a natural unique key) and adds nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from ncpi_workflow.lifecycle import (
+    AuditRecord,
+    DeadlineMetRecord,
+    DeadlineOpenRecord,
+    DeadlineRevisionRecord,
+    DecisionRecord,
+    EvidenceRecord,
+    EvidenceRequestRecord,
+    InspectionProjection,
+    NotificationRequest,
+    ProgressRecord,
+    RecommendationProjection,
+    ReopenRecord,
+    RevisitRecord,
+)
+from ncpi_workflow.models import (
+    Contact,
+    Deadline,
+    Decision,
+    Evidence,
+    EvidenceRequest,
+    Inspection,
+    Notification,
+    ProgressUpdate,
+    Recommendation,
+    Revisit,
+)
+from ncpi_workflow.store import append_audit, insert_if_absent, revise_deadline
+
+
+@dataclass(frozen=True)
+class InspectorateAddresses:
+    inspectors: str
+    lead_hm_inspector: str
+
+
+class RecordActivities:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], addresses: InspectorateAddresses):
+        self.sessions = sessions
+        self.addresses = addresses
+
+    def all(self) -> list:
+        return [
+            self.record_notification,
+            self.project_recommendation,
+            self.project_inspection,
+            self.audit,
+            self.record_progress,
+            self.record_evidence_request,
+            self.record_evidence,
+            self.record_decision,
+            self.record_reopen,
+            self.record_deadline_revision,
+            self.open_deadline,
+            self.mark_deadline_met,
+            self.record_revisit,
+        ]
+
+    async def _addresses(self, session: AsyncSession, inspection_id: str, roles: tuple[str, ...]) -> dict[str, list[str]]:
+        force_code = inspection_id.split("-", 1)[0]
+        contacts = {
+            c.role: c.email for c in (await session.scalars(select(Contact).where(Contact.force_code == force_code))).all()
+        }
+        inspectorate = {"inspectors": self.addresses.inspectors, "lead_hm_inspector": self.addresses.lead_hm_inspector}
+        resolved: dict[str, list[str]] = {"to": [], "roles": list(roles)}
+        for role in roles:
+            email = contacts.get(role) or inspectorate.get(role)
+            if email is None:
+                # Not retryable: reference data is missing, and retrying will not create it.
+                raise ApplicationError(f"no {role} address for force {force_code}", non_retryable=True)
+            if email not in resolved["to"]:
+                resolved["to"].append(email)
+        return resolved
+
+    @activity.defn
+    async def record_notification(self, request: NotificationRequest) -> int:
+        """Put a notification in the outbox once; delivery is the email worker's job."""
+        async with self.sessions.begin() as session:
+            recipients = await self._addresses(session, request.inspection_id, request.recipients)
+            inserted = await insert_if_absent(
+                session,
+                Notification,
+                ["idempotency_key"],
+                idempotency_key=request.idempotency_key,
+                kind=request.kind,
+                inspection_id=request.inspection_id,
+                recommendation_id=request.recommendation_id,
+                recipients=recipients,
+                subject=request.subject,
+                context=request.context,
+                status="pending",
+                attempts=0,
+                scheduled_for=request.scheduled_for,
+            )
+            if inserted:
+                await append_audit(
+                    session,
+                    actor="system",
+                    action=f"notification.{request.kind}",
+                    entity_type="recommendation" if request.recommendation_id else "inspection",
+                    entity_id=request.recommendation_id or request.inspection_id,
+                    detail={"key": request.idempotency_key, "to": recipients["to"], "subject": request.subject},
+                    idempotency_key=f"{request.idempotency_key}/audit",
+                )
+            return await session.scalar(
+                select(Notification.id).where(Notification.idempotency_key == request.idempotency_key)
+            )
+
+    @activity.defn
+    async def project_recommendation(self, projection: RecommendationProjection) -> None:
+        """Refresh the status projection; an older projection never overwrites a newer one."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Recommendation)
+                .where(
+                    Recommendation.id == projection.recommendation_id,
+                    Recommendation.projection_version < projection.version,
+                )
+                .values(
+                    projection_version=projection.version,
+                    phase=projection.phase,
+                    cycle=projection.cycle,
+                    force_claim=projection.force_claim,
+                    outcome=projection.outcome,
+                    next_action=projection.next_action,
+                    next_action_at=projection.next_action_at,
+                )
+            )
+
+    @activity.defn
+    async def project_inspection(self, projection: InspectionProjection) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Inspection)
+                .where(Inspection.id == projection.inspection_id, Inspection.projection_version < projection.version)
+                .values(
+                    projection_version=projection.version,
+                    phase=projection.phase,
+                    cycle=projection.cycle,
+                    next_action=projection.next_action,
+                    next_action_at=projection.next_action_at,
+                )
+            )
+
+    @activity.defn
+    async def audit(self, record: AuditRecord) -> None:
+        async with self.sessions.begin() as session:
+            await append_audit(
+                session,
+                actor=record.actor,
+                action=record.action,
+                entity_type=record.entity_type,
+                entity_id=record.entity_id,
+                detail=record.detail,
+                idempotency_key=record.idempotency_key,
+            )
+
+    @activity.defn
+    async def record_progress(self, record: ProgressRecord) -> None:
+        async with self.sessions.begin() as session:
+            if await insert_if_absent(
+                session,
+                ProgressUpdate,
+                ["idempotency_key"],
+                idempotency_key=record.idempotency_key,
+                recommendation_id=record.recommendation_id,
+                claim=record.claim,
+                text=record.text,
+                submitted_by=record.by,
+                submitted_at=record.at,
+            ):
+                await append_audit(
+                    session,
+                    actor=record.by,
+                    action="progress.submitted",
+                    entity_type="recommendation",
+                    entity_id=record.recommendation_id,
+                    detail={"claim": record.claim},
+                    idempotency_key=f"{record.idempotency_key}/audit",
+                )
+
+    @activity.defn
+    async def record_evidence_request(self, record: EvidenceRequestRecord) -> int:
+        async with self.sessions.begin() as session:
+            await insert_if_absent(
+                session,
+                EvidenceRequest,
+                ["idempotency_key"],
+                idempotency_key=record.idempotency_key,
+                recommendation_id=record.recommendation_id,
+                cycle=record.cycle,
+                due=record.due,
+                what=record.what,
+            )
+            return await session.scalar(
+                select(EvidenceRequest.id).where(EvidenceRequest.idempotency_key == record.idempotency_key)
+            )
+
+    @activity.defn
+    async def record_evidence(self, record: EvidenceRecord) -> int:
+        item = record.item
+        async with self.sessions.begin() as session:
+            request_id = await session.scalar(
+                select(EvidenceRequest.id)
+                .where(EvidenceRequest.recommendation_id == record.recommendation_id, EvidenceRequest.cycle == record.cycle)
+                .order_by(EvidenceRequest.id.desc())
+                .limit(1)
+            )
+            if await insert_if_absent(
+                session,
+                Evidence,
+                ["recommendation_id", "sha256"],
+                recommendation_id=record.recommendation_id,
+                evidence_request_id=request_id,
+                filename=item.filename,
+                content_type=item.content_type,
+                size_bytes=item.size_bytes,
+                sha256=item.sha256,
+                storage_path=item.storage_path,
+                description=item.description,
+                submitted_by=item.by,
+            ):
+                await append_audit(
+                    session,
+                    actor=item.by,
+                    action="evidence.submitted",
+                    entity_type="recommendation",
+                    entity_id=record.recommendation_id,
+                    detail={"filename": item.filename, "sha256": item.sha256, "size_bytes": item.size_bytes},
+                    idempotency_key=f"{record.idempotency_key}/audit",
+                )
+            return await session.scalar(
+                select(Evidence.id).where(
+                    Evidence.recommendation_id == record.recommendation_id, Evidence.sha256 == item.sha256
+                )
+            )
+
+    @activity.defn
+    async def record_decision(self, record: DecisionRecord) -> None:
+        async with self.sessions.begin() as session:
+            if await insert_if_absent(
+                session,
+                Decision,
+                ["recommendation_id", "cycle"],
+                recommendation_id=record.recommendation_id,
+                cycle=record.cycle,
+                outcome=record.outcome,
+                rationale=record.rationale,
+                decided_by=record.by,
+                decided_at=record.at,
+            ):
+                await append_audit(
+                    session,
+                    actor=record.by,
+                    action="decision.recorded",
+                    entity_type="recommendation",
+                    entity_id=record.recommendation_id,
+                    detail={"cycle": record.cycle, "outcome": record.outcome, "rationale": record.rationale},
+                    idempotency_key=f"{record.idempotency_key}/audit",
+                )
+
+    @activity.defn
+    async def record_reopen(self, record: ReopenRecord) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Decision)
+                .where(Decision.recommendation_id == record.recommendation_id, Decision.cycle == record.cycle)
+                .values(reopened_at=record.at, reopened_by=record.by, reopen_reason=record.reason)
+            )
+            await append_audit(
+                session,
+                actor=record.by,
+                action="recommendation.reopened",
+                entity_type="recommendation",
+                entity_id=record.recommendation_id,
+                detail={"closed_cycle": record.cycle, "reason": record.reason},
+                idempotency_key=record.idempotency_key,
+            )
+
+    @activity.defn
+    async def open_deadline(self, record: DeadlineOpenRecord) -> None:
+        async with self.sessions.begin() as session:
+            await insert_if_absent(
+                session,
+                Deadline,
+                ["inspection_id", "key", "cycle"],
+                inspection_id=record.inspection_id,
+                recommendation_id=record.recommendation_id,
+                key=record.key,
+                kind=record.kind,
+                cycle=record.cycle,
+                original_due=record.due,
+                current_due=record.due,
+            )
+
+    @activity.defn
+    async def record_deadline_revision(self, record: DeadlineRevisionRecord) -> None:
+        async with self.sessions.begin() as session:
+            await insert_if_absent(
+                session,
+                Deadline,
+                ["inspection_id", "key", "cycle"],
+                inspection_id=record.inspection_id,
+                recommendation_id=record.recommendation_id,
+                key=record.key,
+                kind=record.kind,
+                cycle=record.cycle,
+                original_due=record.original_due,
+                current_due=record.previous_due,
+            )
+            deadline_id = await session.scalar(
+                select(Deadline.id).where(
+                    Deadline.inspection_id == record.inspection_id,
+                    Deadline.key == record.key,
+                    Deadline.cycle == record.cycle,
+                )
+            )
+            await revise_deadline(session, deadline_id, record.new_due, record.reason, record.by, record.idempotency_key)
+
+    @activity.defn
+    async def mark_deadline_met(self, record: DeadlineMetRecord) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Deadline)
+                .where(
+                    Deadline.inspection_id == record.inspection_id,
+                    Deadline.key == record.key,
+                    Deadline.cycle == record.cycle,
+                    Deadline.met_at.is_(None),
+                )
+                .values(met_at=record.at)
+            )
+
+    @activity.defn
+    async def record_revisit(self, record: RevisitRecord) -> None:
+        async with self.sessions.begin() as session:
+            if await insert_if_absent(
+                session,
+                Revisit,
+                ["inspection_id", "cycle"],
+                inspection_id=record.inspection_id,
+                cycle=record.cycle,
+                trigger=record.trigger,
+                triggered_by=record.by,
+                opened_at=record.at,
+            ):
+                await append_audit(
+                    session,
+                    actor=record.by,
+                    action="revisit.opened",
+                    entity_type="inspection",
+                    entity_id=record.inspection_id,
+                    detail={"cycle": record.cycle, "trigger": record.trigger},
+                    idempotency_key=record.idempotency_key,
+                )

@@ -1,0 +1,668 @@
+"""The follow-up lifecycle's shared vocabulary: workflow IDs, inputs, states, requests and results.
+
+Everything here is plain dataclasses and pure functions, used by the workflows (deterministically),
+by the activities and by the CLI alike. Requests are what inspectors and forces send as Temporal
+Updates; `check_*` functions are the validators' rules, so the caller hears the same reason
+whether it asks the CLI or the workflow.
+"""
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from ncpi_workflow.clocks import (
+    Deadline,
+    DeadlineKind,
+    Message,
+    MessageKind,
+    Party,
+    TimeScale,
+    WorkingCalendar,
+    deadline_messages,
+)
+from ncpi_workflow.policy import Policy
+
+TASK_QUEUE_DEFAULT = "ncpi-followup"
+
+
+class Phase(StrEnum):
+    """A recommendation's place in its lifecycle (the inspectorate's view)."""
+
+    PUBLISHED = "published"
+    FORCE_NOTIFIED = "force_notified"
+    IN_PROGRESS = "in_progress"
+    EVIDENCE_REQUESTED = "evidence_requested"
+    EVIDENCE_SUBMITTED = "evidence_submitted"
+    UNDER_REVIEW = "under_review"
+    CLOSED = "closed"
+
+
+class InspectionPhase(StrEnum):
+    FOLLOWING_UP = "following_up"
+    REVISIT_OPEN = "revisit_open"
+    CLOSED = "closed"
+
+
+class ForceClaim(StrEnum):
+    """What the force says of its own progress, kept apart from the inspectorate's judgement."""
+
+    NOT_STARTED = "not_started"
+    IN_PROGRESS = "in_progress"
+    IMPLEMENTED = "implemented"
+
+
+class Outcome(StrEnum):
+    ACHIEVED = "achieved"
+    PARTIALLY_ACHIEVED = "partially_achieved"
+    NOT_ACHIEVED = "not_achieved"
+    SUPERSEDED = "superseded"
+    WITHDRAWN = "withdrawn"
+
+
+CLOSING_OUTCOMES = {Outcome.ACHIEVED, Outcome.SUPERSEDED, Outcome.WITHDRAWN}
+"""Outcomes that close a recommendation; the others start a further follow-up cycle."""
+
+REGISTER_STATUS = {
+    # The public register's vocabulary (HMICFRS) for each state.
+    Phase.PUBLISHED: "awaiting review",
+    Phase.FORCE_NOTIFIED: "awaiting review",
+    Phase.IN_PROGRESS: "being progressed",
+    Phase.EVIDENCE_REQUESTED: "being progressed",
+    Phase.EVIDENCE_SUBMITTED: "awaiting review",
+    Phase.UNDER_REVIEW: "awaiting review",
+    Phase.CLOSED: "no further action needed",
+}
+
+
+# ---------------------------------------------------------------- identifiers
+
+
+def inspection_workflow_id(inspection_id: str) -> str:
+    """'CUM-2017-01-26' -> 'ncpi/CUM/2017-01-26': one follow-up per force and publication date."""
+    force, published = inspection_id.split("-", 1)
+    return f"ncpi/{force}/{published}"
+
+
+def recommendation_workflow_id(recommendation_id: str) -> str:
+    """'CUM-2017-01-26-R1' -> 'ncpi/CUM/2017-01-26/R1'."""
+    inspection_id, ref = recommendation_id.rsplit("-", 1)
+    return f"{inspection_workflow_id(inspection_id)}/{ref}"
+
+
+def parse_inspection_id(text: str) -> str:
+    """Accept 'CUM-2017-01-26' or the workflow ID; raise ValueError otherwise."""
+    import re
+
+    if m := re.fullmatch(r"ncpi/([A-Z]{3})/(\d{4}-\d{2}-\d{2})", text):
+        return f"{m[1]}-{m[2]}"
+    if re.fullmatch(r"[A-Z]{3}-\d{4}-\d{2}-\d{2}", text):
+        return text
+    raise ValueError(f"{text!r} is not an inspection ID such as CUM-2017-01-26")
+
+
+def parse_recommendation_id(text: str) -> str:
+    """Accept 'CUM-2017-01-26-R1' or the workflow ID; raise ValueError otherwise."""
+    import re
+
+    if m := re.fullmatch(r"ncpi/([A-Z]{3})/(\d{4}-\d{2}-\d{2})/(R\d{1,3})", text):
+        return f"{m[1]}-{m[2]}-{m[3]}"
+    if re.fullmatch(r"[A-Z]{3}-\d{4}-\d{2}-\d{2}-R\d{1,3}", text):
+        return text
+    raise ValueError(f"{text!r} is not a recommendation ID such as CUM-2017-01-26-R1")
+
+
+# ---------------------------------------------------------------- clocks held in workflow state
+
+
+@dataclass
+class Revision:
+    previous_due: date
+    new_due: date
+    reason: str
+    by: str
+    at: datetime
+
+
+@dataclass
+class TrackedDeadline:
+    """A deadline as a workflow holds it: its original date, revisions and which messages went out."""
+
+    key: str
+    kind: DeadlineKind
+    party: Party
+    original_due: date
+    due: date
+    opened_at: datetime
+    """Calendar instant from which its messages count (publication, a new cycle, a request)."""
+    cycle: int = 1
+    reminded: bool = True
+    met_at: datetime | None = None
+    revisions: list[Revision] = field(default_factory=list)
+    handled: list[str] = field(default_factory=list)
+    """Message keys already sent or skipped."""
+
+    def as_deadline(self, calendar: WorkingCalendar) -> Deadline:
+        return Deadline(
+            key=self.key,
+            kind=self.kind,
+            party=self.party,
+            nominal=self.due,
+            due=self.due,
+            due_at=calendar.at(self.due, calendar.working_day_end),
+            reminded=self.reminded,
+        )
+
+    def messages(self, policy: Policy, calendar: WorkingCalendar) -> tuple[Message, ...]:
+        return deadline_messages(self.as_deadline(calendar), policy, calendar, not_before=self.opened_at)
+
+    def message_key(self, message: Message) -> str:
+        # The due date is part of the key: a revised deadline earns a fresh set of reminders.
+        return f"c{self.cycle}/{self.key}@{self.due.isoformat()}/{message.kind.value}/{message.working_days}"
+
+
+def tracked(deadline: Deadline, opened_at: datetime, cycle: int = 1) -> TrackedDeadline:
+    return TrackedDeadline(
+        key=deadline.key,
+        kind=deadline.kind,
+        party=deadline.party,
+        original_due=deadline.due,
+        due=deadline.due,
+        opened_at=opened_at,
+        cycle=cycle,
+        reminded=deadline.reminded,
+    )
+
+
+@dataclass
+class Due:
+    """The next message a workflow has to send, and those it supersedes (already past, never sent)."""
+
+    deadline: TrackedDeadline
+    message: Message
+    superseded: list[Message]
+
+
+def next_due(
+    deadlines: list[TrackedDeadline], policy: Policy, calendar: WorkingCalendar, now: datetime
+) -> Due | None:
+    """The earliest unhandled message among active deadlines. When several of one deadline's
+    messages are already past (a back-dated publication, a worker down for days), only the
+    latest of them is sent: a force needs the current rung, not a replay of every reminder."""
+    best: Due | None = None
+    for deadline in deadlines:
+        pending = [m for m in deadline.messages(policy, calendar) if deadline.message_key(m) not in deadline.handled]
+        if not pending:
+            continue
+        past = [m for m in pending if m.at <= now]
+        candidate = Due(deadline, past[-1], past[:-1]) if past else Due(deadline, pending[0], [])
+        if best is None or candidate.message.at < best.message.at:
+            best = candidate
+    return best
+
+
+# ---------------------------------------------------------------- history
+
+
+@dataclass
+class HistoryEntry:
+    at: datetime
+    """Calendar time (the policy clock; equals wall time at time scale 1)."""
+    event: str
+    by: str = "system"
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- notifications
+
+
+@dataclass
+class NotificationRequest:
+    idempotency_key: str
+    kind: str
+    inspection_id: str
+    recommendation_id: str | None
+    recipients: tuple[str, ...]
+    """Roles; the activity resolves them to addresses."""
+    subject: str
+    scheduled_for: datetime
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def message_subject(kind: MessageKind | str, label: str, due: date, force_name: str) -> str:
+    from ncpi_workflow.formatting import long_date
+
+    kind = str(kind)
+    return {
+        "reminder": f"Reminder: {label} due {long_date(due)}",
+        "due_today": f"Due today: {label} ({long_date(due)})",
+        "overdue": f"Overdue: {label} was due {long_date(due)}",
+        "escalation": f"Escalation: {label} overdue since {long_date(due)} ({force_name})",
+        "revisit_notice": f"Revisit of {force_name} due no later than {long_date(due)}",
+        "revisit_opens": f"Revisit of {force_name} opens today ({long_date(due)})",
+    }.get(kind, f"{label}: {kind.replace('_', ' ')}")
+
+
+# ---------------------------------------------------------------- recommendation workflow
+
+
+@dataclass
+class EvidenceItem:
+    evidence_id: int | None
+    filename: str
+    sha256: str
+    size_bytes: int
+    by: str
+    at: datetime
+    cycle: int
+
+
+@dataclass
+class RecommendationState:
+    phase: Phase
+    cycle: int
+    deadline: TrackedDeadline
+    force_claim: ForceClaim | None = None
+    outcome: Outcome | None = None
+    review_open: bool = False
+    evidence_deadline: TrackedDeadline | None = None
+    evidence: list[EvidenceItem] = field(default_factory=list)
+    closed_at: datetime | None = None
+    history: list[HistoryEntry] = field(default_factory=list)
+    projection_version: int = 0
+
+
+@dataclass
+class RecommendationInput:
+    inspection_id: str
+    recommendation_id: str
+    ref: str
+    force_code: str
+    force_name: str
+    timeframe: str
+    published: date
+    policy: Policy
+    calendar: WorkingCalendar
+    time_scale: TimeScale
+    parent_workflow_id: str
+    carried: RecommendationState | None = None
+
+
+@dataclass
+class RecommendationView:
+    """What a Query returns: the whole state, and what happens next."""
+
+    recommendation_id: str
+    workflow_id: str
+    state: RecommendationState
+    register_status: str
+    next_action: str | None
+    next_action_at: datetime | None
+    calendar_now: datetime
+
+
+# Requests (Updates) ------------------------------------------------------------
+
+
+@dataclass
+class ProgressRequest:
+    claim: str
+    text: str
+    by: str
+
+
+@dataclass
+class EvidenceRequestInput:
+    filename: str
+    sha256: str
+    size_bytes: int
+    storage_path: str
+    content_type: str
+    by: str
+    description: str | None = None
+
+
+@dataclass
+class DecisionRequest:
+    outcome: str
+    rationale: str
+    by: str
+
+
+@dataclass
+class ReasonRequest:
+    """Re-open or withdraw: who and why."""
+
+    reason: str
+    by: str
+
+
+@dataclass
+class ReviseDeadlineRequest:
+    deadline: str
+    """A deadline key: for a report action_plan, pcc_response, revisit_by...; for a recommendation 'recommendation' or 'evidence'."""
+    new_due: date
+    reason: str
+    by: str
+
+
+@dataclass
+class TriggerRevisitRequest:
+    by: str
+
+
+@dataclass
+class DeliveryRequest:
+    item: str
+    """action_plan, pcc_response or immediate_update."""
+    by: str
+    note: str = ""
+
+
+@dataclass
+class OpenReview:
+    """From the inspection workflow to each open recommendation: the revisit is open."""
+
+    cycle: int
+    revisit_opened_at: datetime
+
+
+@dataclass
+class Settled:
+    """From a recommendation to its inspection: a decision (or withdrawal) in this cycle."""
+
+    recommendation_id: str
+    cycle: int
+    outcome: str
+    open: bool
+    """True when the outcome starts a further follow-up cycle."""
+    decided_at: datetime
+
+
+@dataclass
+class Reopened:
+    recommendation_id: str
+    reason: str
+    by: str
+
+
+def _required(value: str, what: str) -> None:
+    if not value or not value.strip():
+        raise ValueError(f"{what} must not be empty")
+
+
+def check_progress(state: RecommendationState, request: ProgressRequest) -> None:
+    _required(request.by, "who is reporting (by)")
+    _required(request.text, "the progress text")
+    if request.claim not in {c.value for c in ForceClaim}:
+        raise ValueError(f"unknown claim {request.claim!r}; use one of: {', '.join(c.value for c in ForceClaim)}")
+    if state.phase is Phase.CLOSED:
+        raise ValueError("the recommendation is closed; progress can no longer be reported")
+
+
+def check_evidence(state: RecommendationState, request: EvidenceRequestInput, max_bytes: int | None = None) -> None:
+    _required(request.by, "who is submitting (by)")
+    _required(request.filename, "the file name")
+    if len(request.sha256) != 64:
+        raise ValueError("the evidence SHA-256 must be 64 hexadecimal characters")
+    if request.size_bytes < 0 or (max_bytes is not None and request.size_bytes > max_bytes):
+        raise ValueError(f"evidence file size {request.size_bytes} is outside the limit")
+    if state.phase is Phase.CLOSED:
+        raise ValueError("the recommendation is closed; evidence can no longer be submitted")
+    if any(e.sha256 == request.sha256 for e in state.evidence):
+        raise ValueError(f"this file ({request.filename}) was already submitted for this recommendation")
+
+
+def evidence_overdue(state: RecommendationState, calendar: WorkingCalendar, calendar_now: datetime) -> bool:
+    return state.evidence_deadline is not None and calendar_now > calendar.at(
+        state.evidence_deadline.due, calendar.working_day_end
+    )
+
+
+def check_decision(
+    state: RecommendationState, request: DecisionRequest, calendar: WorkingCalendar, calendar_now: datetime
+) -> None:
+    _required(request.by, "who decides (by)")
+    _required(request.rationale, "the rationale")
+    if request.outcome not in {o.value for o in Outcome}:
+        raise ValueError(f"unknown outcome {request.outcome!r}; use one of: {', '.join(o.value for o in Outcome)}")
+    if state.phase is Phase.CLOSED:
+        raise ValueError(f"the recommendation is already closed ({state.outcome}); re-open it first")
+    if state.phase is Phase.EVIDENCE_REQUESTED and evidence_overdue(state, calendar, calendar_now):
+        return  # the force sent nothing by the evidence deadline: inspectors may judge without it
+    if state.phase is not Phase.UNDER_REVIEW:
+        raise ValueError(
+            f"a decision needs the recommendation under review (at the revisit, with evidence or past the evidence "
+            f"deadline); it is {state.phase.value.replace('_', ' ')}"
+        )
+
+
+def check_reopen(state: RecommendationState, request: ReasonRequest) -> None:
+    _required(request.by, "who re-opens (by)")
+    _required(request.reason, "the reason")
+    if state.phase is not Phase.CLOSED:
+        raise ValueError(f"only a closed recommendation can be re-opened; it is {state.phase.value.replace('_', ' ')}")
+
+
+def check_withdraw(state: RecommendationState, request: ReasonRequest) -> None:
+    _required(request.by, "who withdraws (by)")
+    _required(request.reason, "the reason")
+    if state.phase is Phase.CLOSED:
+        raise ValueError(f"the recommendation is already closed ({state.outcome})")
+
+
+def check_revision(
+    deadline: TrackedDeadline | None, request: ReviseDeadlineRequest, calendar_today: date, latest: date | None = None
+) -> None:
+    _required(request.by, "who changes the deadline (by)")
+    _required(request.reason, "the reason")
+    if deadline is None:
+        raise ValueError(f"no open deadline {request.deadline!r} here")
+    if deadline.met_at is not None:
+        raise ValueError(f"the {request.deadline} deadline was already met")
+    if request.new_due == deadline.due:
+        raise ValueError(f"the {request.deadline} deadline is already {deadline.due.isoformat()}")
+    if request.new_due <= calendar_today:
+        raise ValueError(f"the new date {request.new_due.isoformat()} is not after today ({calendar_today.isoformat()})")
+    if latest is not None and request.new_due > latest:
+        raise ValueError(f"the {request.deadline} date cannot move later than {latest.isoformat()} (no later than six months)")
+
+
+# ---------------------------------------------------------------- inspection workflow
+
+
+@dataclass
+class RecommendationRef:
+    recommendation_id: str
+    ref: str
+    timeframe: str
+
+
+@dataclass
+class InspectionState:
+    phase: InspectionPhase
+    cycle: int
+    deadlines: list[TrackedDeadline]
+    open_recommendations: list[str]
+    """Recommendation IDs still open in this cycle."""
+    settled: dict[str, str] = field(default_factory=dict)
+    """Outcome by recommendation ID for this cycle's revisit."""
+    further: list[str] = field(default_factory=list)
+    """Recommendations a decision this cycle sent to a further follow-up."""
+    revisit_opened_at: datetime | None = None
+    revisit_trigger: str | None = None
+    revisit_by: str | None = None
+    closed_at: datetime | None = None
+    history: list[HistoryEntry] = field(default_factory=list)
+    projection_version: int = 0
+
+
+@dataclass
+class InspectionInput:
+    inspection_id: str
+    force_code: str
+    force_name: str
+    programme: str
+    title: str
+    published: date
+    recommendations: list[RecommendationRef]
+    policy: Policy
+    calendar: WorkingCalendar
+    time_scale: TimeScale
+    carried: InspectionState | None = None
+
+
+@dataclass
+class InspectionView:
+    inspection_id: str
+    workflow_id: str
+    state: InspectionState
+    next_action: str | None
+    next_action_at: datetime | None
+    calendar_now: datetime
+
+
+@dataclass
+class RevisitResult:
+    inspection_id: str
+    cycle: int
+    opened_at: datetime
+    trigger: str
+    by: str
+
+
+def revisit_deadline(state: InspectionState) -> TrackedDeadline:
+    return next(d for d in state.deadlines if d.kind is DeadlineKind.REVISIT_BY)
+
+
+# ---------------------------------------------------------------- activity inputs
+
+
+@dataclass
+class RecommendationProjection:
+    recommendation_id: str
+    version: int
+    phase: str
+    cycle: int
+    force_claim: str | None
+    outcome: str | None
+    next_action: str | None
+    next_action_at: datetime | None
+
+
+@dataclass
+class InspectionProjection:
+    inspection_id: str
+    version: int
+    phase: str
+    cycle: int
+    next_action: str | None
+    next_action_at: datetime | None
+
+
+@dataclass
+class AuditRecord:
+    idempotency_key: str
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProgressRecord:
+    idempotency_key: str
+    recommendation_id: str
+    claim: str
+    text: str
+    by: str
+    at: datetime
+
+
+@dataclass
+class EvidenceRequestRecord:
+    idempotency_key: str
+    recommendation_id: str
+    cycle: int
+    due: date
+    what: str
+
+
+@dataclass
+class EvidenceRecord:
+    idempotency_key: str
+    recommendation_id: str
+    cycle: int
+    item: EvidenceRequestInput
+
+
+@dataclass
+class DecisionRecord:
+    idempotency_key: str
+    recommendation_id: str
+    cycle: int
+    outcome: str
+    rationale: str
+    by: str
+    at: datetime
+
+
+@dataclass
+class ReopenRecord:
+    idempotency_key: str
+    recommendation_id: str
+    cycle: int
+    reason: str
+    by: str
+    at: datetime
+
+
+@dataclass
+class DeadlineRevisionRecord:
+    idempotency_key: str
+    inspection_id: str
+    key: str
+    cycle: int
+    recommendation_id: str | None
+    kind: str
+    original_due: date
+    previous_due: date
+    new_due: date
+    reason: str
+    by: str
+
+
+@dataclass
+class DeadlineOpenRecord:
+    """A new clock in a later cycle (further follow-up, evidence): one row per (key, cycle)."""
+
+    inspection_id: str
+    recommendation_id: str | None
+    key: str
+    kind: str
+    cycle: int
+    due: date
+
+
+@dataclass
+class DeadlineMetRecord:
+    inspection_id: str
+    key: str
+    cycle: int
+    at: datetime
+
+
+@dataclass
+class RevisitRecord:
+    idempotency_key: str
+    inspection_id: str
+    cycle: int
+    trigger: str
+    by: str
+    at: datetime
+
+
+def clock_timeout(time_scale: TimeScale, calendar_instant: datetime, clock_now: datetime) -> timedelta:
+    """How long to wait on the workflow clock until a calendar instant (zero if it has passed)."""
+    return max(time_scale.to_clock(calendar_instant) - clock_now, timedelta(0))

@@ -1,0 +1,119 @@
+"""Helpers for lifecycle tests: a worker on its own task queue and database, and readers of what it recorded."""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import AsyncIterator
+
+from sqlalchemy import select
+
+from ncpi_workflow import db
+from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
+from ncpi_workflow.models import Notification
+from ncpi_workflow.settings import Settings
+from tests.conftest import ROOT
+from worker import running_worker
+
+CUMBRIA = ROOT / "examples" / "cumbria-2017.yaml"
+_queues = itertools.count(1)
+
+
+@dataclass
+class Harness:
+    env: object
+    settings: Settings
+    sessions: object
+    anchor: datetime | None = None
+    published_at: datetime | None = None
+
+    @property
+    def client(self):
+        return self.env.client
+
+    def inspection(self, inspection_id: str):
+        return self.client.get_workflow_handle(inspection_workflow_id(inspection_id))
+
+    def recommendation(self, recommendation_id: str):
+        return self.client.get_workflow_handle(recommendation_workflow_id(recommendation_id))
+
+    async def notifications(self) -> list[Notification]:
+        async with self.sessions() as session:
+            rows = await session.scalars(select(Notification).order_by(Notification.scheduled_for, Notification.id))
+            return list(rows)
+
+
+@asynccontextmanager
+async def harness(env, tmp_path: Path, database_url: str | None = None, **overrides) -> AsyncIterator[Harness]:
+    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'ncpi.db'}"
+    await db.upgrade(url)
+    settings = Settings(
+        database_url=url,
+        task_queue=f"ncpi-test-{next(_queues)}",
+        data_dir=tmp_path / "data",
+        _env_file=None,
+        **overrides,
+    )
+    async with db.open_database(url) as sessions:
+        h = Harness(env, settings, sessions)
+        try:
+            async with running_worker(env.client, settings):
+                yield h
+        finally:
+            await terminate_all(h)
+
+
+async def terminate_all(h: Harness) -> None:
+    """Stop every workflow this test started, so none lingers on the shared server."""
+    from ncpi_workflow.models import Inspection, Recommendation
+
+    async with h.sessions() as session:
+        ids = [inspection_workflow_id(i) for i in (await session.scalars(select(Inspection.id))).all()]
+        ids += [recommendation_workflow_id(r) for r in (await session.scalars(select(Recommendation.id))).all()]
+    for workflow_id in ids:
+        try:
+            await h.client.get_workflow_handle(workflow_id).terminate(reason="test finished")
+        except Exception:  # already closed
+            pass
+
+
+def write_report(folder: Path, force: str, published: date, recommendations: list[tuple[str, str]], name: str | None = None) -> Path:
+    """A small valid report for one force, with the given (ref, timeframe) recommendations."""
+    import yaml
+
+    fieldwork_end = published - timedelta(days=60)
+    document = {
+        "format_version": 1,
+        "force": force,
+        "programme": "NCPI",
+        "title": f"Test inspection of {force}",
+        "source_url": "https://www.justiceinspectorates.gov.uk/hmicfrs/",
+        "illustrative": True,
+        "fieldwork": {"start": (fieldwork_end - timedelta(days=11)).isoformat(), "end": fieldwork_end.isoformat()},
+        "published": published.isoformat(),
+        "findings": [{"ref": "C1", "kind": "concern", "text": "A concern."}],
+        "recommendations": [
+            {"ref": ref, "text": f"Recommendation {ref}.", "timeframe": timeframe, "answers": "C1", "illustrative": True}
+            for ref, timeframe in recommendations
+        ],
+    }
+    path = folder / (name or f"{force.lower()}-{published.isoformat()}.yaml")
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def local_date(instant: datetime) -> date:
+    from zoneinfo import ZoneInfo
+
+    return instant.astimezone(ZoneInfo("Europe/London")).date()
+
+
+async def skip_to(h: Harness, calendar_instant: datetime) -> None:
+    """Let the time-skipping server run the clock forward to a calendar instant of the report."""
+    now = await h.env.get_current_time()
+    target = h.anchor + (calendar_instant - h.published_at)
+    if target > now:
+        await h.env.sleep(target - now)

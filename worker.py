@@ -1,0 +1,76 @@
+"""The worker service: runs every follow-up workflow and activity on the configured task queue.
+
+`python worker.py` and `ncpi worker` are the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.records import InspectorateAddresses, RecordActivities
+from ncpi_workflow import db
+from ncpi_workflow.settings import Settings, get_settings
+from ncpi_workflow.temporal import connect, ensure_search_attributes
+from workflows.inspection import InspectionWorkflow
+from workflows.recommendation import RecommendationWorkflow
+
+WORKFLOWS = [InspectionWorkflow, RecommendationWorkflow]
+
+# The domain package is deterministic and imported once, outside the sandbox: re-importing it (and
+# `holidays`, `dateutil`, pydantic models) for every workflow run would cost time and memory.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("ncpi_workflow", "dateutil")
+)
+
+log = logging.getLogger("ncpi.worker")
+
+
+def record_activities(sessions, settings: Settings) -> RecordActivities:
+    return RecordActivities(sessions, InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email))
+
+
+@asynccontextmanager
+async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    """A started worker for the workflows and activities, with its database, until the block ends."""
+    async with db.open_database(settings.database_url) as sessions:
+        worker = Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            workflow_runner=WORKFLOW_RUNNER,
+            activities=record_activities(sessions, settings).all(),
+        )
+        async with worker:
+            yield worker
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    added = await ensure_search_attributes(client, settings.temporal_namespace)
+    if added:
+        log.info("registered search attributes %s", ", ".join(added))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, settings):
+        log.info("worker running on %s, task queue %s", settings.temporal_address, settings.task_queue)
+        await stop.wait()
+        log.info("shutting down")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

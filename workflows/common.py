@@ -1,0 +1,61 @@
+"""What both follow-up workflows share: activity options, waiting on the policy clock, notifying."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Callable
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from ncpi_workflow.clocks import TimeScale
+    from ncpi_workflow.lifecycle import HistoryEntry, NotificationRequest, clock_timeout
+
+# Records must land however long the database is away: retry for ever, backing off to a minute.
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1))
+RECORD_TIMEOUT = timedelta(seconds=30)
+
+
+async def run_activity(name: str, argument, result_type=None):
+    return await workflow.execute_activity(
+        name, argument, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=result_type
+    )
+
+
+def calendar_now(time_scale: TimeScale) -> datetime:
+    """The policy calendar's 'now': wall time at time scale 1, a compressed replay otherwise."""
+    return time_scale.to_calendar(workflow.now())
+
+
+async def wait_until(time_scale: TimeScale, condition: Callable[[], bool], until: datetime | None) -> bool:
+    """Wait for `condition` or the calendar instant `until`. True when the condition came first."""
+    if condition():
+        return True
+    if until is None:
+        await workflow.wait_condition(condition)
+        return True
+    timeout = clock_timeout(time_scale, until, workflow.now())
+    if timeout <= timedelta(0):
+        return False
+    try:
+        await workflow.wait_condition(condition, timeout=timeout)
+        return True
+    except asyncio.TimeoutError:
+        return condition()
+
+
+async def notify(request: NotificationRequest) -> None:
+    await run_activity("record_notification", request, result_type=int)
+
+
+def history(entries: list[HistoryEntry], at: datetime, event: str, by: str = "system", detail: str = "") -> None:
+    entries.append(HistoryEntry(at=at, event=event, by=by, detail=detail))
+
+
+def update_key(workflow_id: str) -> str:
+    """An idempotency key for the current Update: the same Update retried by a client keeps its ID."""
+    info = workflow.current_update_info()
+    assert info is not None, "update_key is for Update handlers"
+    return f"{workflow_id}/update/{info.id}"

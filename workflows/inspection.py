@@ -1,0 +1,403 @@
+"""One workflow per published report: the report-level clocks, the fan-out to one workflow per
+recommendation, the revisit (early on an inspector's word, automatic at the limit), the outcome,
+and further follow-up cycles."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, time
+
+from temporalio import workflow
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from ncpi_workflow.clocks import DeadlineKind, MessageKind, Party, Timeframe, make_deadline, report_deadlines
+    from ncpi_workflow.formatting import long_date
+    from ncpi_workflow.lifecycle import (
+        DeadlineMetRecord,
+        DeadlineOpenRecord,
+        DeadlineRevisionRecord,
+        DeliveryRequest,
+        InspectionInput,
+        InspectionPhase,
+        InspectionProjection,
+        InspectionState,
+        InspectionView,
+        NotificationRequest,
+        OpenReview,
+        Outcome,
+        RecommendationInput,
+        Reopened,
+        ReviseDeadlineRequest,
+        Revision,
+        RevisitRecord,
+        RevisitResult,
+        Settled,
+        TrackedDeadline,
+        TriggerRevisitRequest,
+        AuditRecord,
+        check_revision,
+        inspection_workflow_id,
+        message_subject,
+        next_due,
+        recommendation_workflow_id,
+        revisit_deadline,
+        tracked,
+    )
+    from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
+
+from workflows.common import calendar_now, history, notify, run_activity, update_key, wait_until
+from workflows.recommendation import RecommendationWorkflow
+
+DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
+FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
+
+
+@workflow.defn(name="InspectionFollowUp")
+class InspectionWorkflow:
+    @workflow.init
+    def __init__(self, inp: InspectionInput) -> None:
+        self.inp = inp
+        self.policy = inp.policy
+        self.calendar = inp.calendar
+        self.scale = inp.time_scale
+        self.workflow_id = inspection_workflow_id(inp.inspection_id)
+        self.published_at = self.calendar.next_send_time(self.calendar.at(inp.published, time(0, 0)))
+        self.state = inp.carried or self._initial_state()
+        self.revisit_requested_by: str | None = None
+        self.wake = False
+        self.restart = False
+
+    def _initial_state(self) -> InspectionState:
+        deadlines = report_deadlines(
+            self.inp.published, [(r.ref, Timeframe(r.timeframe)) for r in self.inp.recommendations], self.policy, self.calendar
+        )
+        report_level = [tracked(d, self.published_at) for d in deadlines if d.kind is not DeadlineKind.RECOMMENDATION]
+        state = InspectionState(
+            phase=InspectionPhase.FOLLOWING_UP,
+            cycle=1,
+            deadlines=report_level,
+            open_recommendations=[r.recommendation_id for r in self.inp.recommendations],
+        )
+        history(state.history, self.published_at, "published", detail=f"{len(self.inp.recommendations)} recommendations")
+        return state
+
+    def _now(self) -> datetime:
+        return calendar_now(self.scale)
+
+    def _active_deadlines(self) -> list[TrackedDeadline]:
+        active = [d for d in self.state.deadlines if d.met_at is None and d.kind is not DeadlineKind.REVISIT_BY]
+        if self.state.phase is InspectionPhase.FOLLOWING_UP:
+            active.append(revisit_deadline(self.state))
+        return active
+
+    # ------------------------------------------------------------------ main loop
+
+    @workflow.run
+    async def run(self, inp: InspectionInput) -> str:
+        if inp.carried is None:
+            await self._publish()
+        await self._project()
+        while True:
+            if self.restart:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(replace(self.inp, carried=self.state))
+            s = self.state
+            if s.phase is InspectionPhase.CLOSED:
+                window_end = s.closed_at + self.policy.review.reopen_window.as_relativedelta()
+                reopened = await wait_until(self.scale, lambda: self.restart, window_end)
+                if not reopened:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    return "closed"
+                continue
+            if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
+                await self._open_revisit("inspector", self.revisit_requested_by)
+                continue
+            if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
+                await self._finish_cycle()
+                continue
+            due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+            woken = await wait_until(
+                self.scale, lambda: self.wake or self.restart or bool(self.revisit_requested_by), due.message.at if due else None
+            )
+            self.wake = False
+            if woken or due is None:
+                continue
+            if due.message.kind is MessageKind.REVISIT_OPENS:
+                due.deadline.handled.append(due.deadline.message_key(due.message))
+                await self._open_revisit("automatic", "system")
+            else:
+                await self._send(due)
+                await self._project()
+            if workflow.info().is_continue_as_new_suggested():
+                self.restart = True
+
+    async def _publish(self) -> None:
+        """The report notice to the force, then one child workflow per recommendation."""
+        await wait_until(self.scale, lambda: False, self.published_at)
+        lines = [f"{r.ref} ({r.timeframe.replace('_', ' ')})" for r in self.inp.recommendations]
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/published", kind="published", inspection_id=self.inp.inspection_id,
+                recommendation_id=None, recipients=FORCE_AND_PCC,
+                subject=f"Inspection report published: {self.inp.title}",
+                scheduled_for=self.published_at,
+                context={"recommendations": lines, "deadlines": {d.key: d.due.isoformat() for d in self.state.deadlines}},
+            )
+        )
+        for rec in self.inp.recommendations:
+            await workflow.start_child_workflow(
+                RecommendationWorkflow.run,
+                RecommendationInput(
+                    inspection_id=self.inp.inspection_id, recommendation_id=rec.recommendation_id, ref=rec.ref,
+                    force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
+                    published=self.inp.published, policy=self.policy, calendar=self.calendar,
+                    time_scale=self.scale, parent_workflow_id=self.workflow_id,
+                ),
+                id=recommendation_workflow_id(rec.recommendation_id),
+                # Children outlive each run of this workflow: it continues-as-new between cycles.
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+
+    async def _send(self, due) -> None:
+        deadline, message = due.deadline, due.message
+        for skipped in due.superseded:
+            deadline.handled.append(deadline.message_key(skipped))
+        key = deadline.message_key(message)
+        label = deadline.as_deadline(self.calendar).label
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/{key}", kind=message.kind.value,
+                inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=message.recipients,
+                subject=message_subject(message.kind, label, deadline.due, self.inp.force_name),
+                scheduled_for=message.at,
+                context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
+                         "working_days": message.working_days, "cycle": self.state.cycle},
+            )
+        )
+        deadline.handled.append(key)
+        detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
+        history(self.state.history, message.at, f"{message.kind.value} sent", detail=detail)
+
+    # ------------------------------------------------------------------ the revisit
+
+    async def _open_revisit(self, trigger: str, by: str) -> None:
+        s = self.state
+        now = self._now()
+        self.revisit_requested_by = None
+        limit = revisit_deadline(s)
+        limit.handled.extend(limit.message_key(m) for m in limit.messages(self.policy, self.calendar))
+        await run_activity(
+            "record_revisit",
+            RevisitRecord(f"{self.workflow_id}/c{s.cycle}/revisit", self.inp.inspection_id, s.cycle, trigger, by, now),
+        )
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_opened", kind="revisit_opened",
+                inspection_id=self.inp.inspection_id, recommendation_id=None,
+                recipients=("liaison_officer", "chief_officer", "inspectors"),
+                subject=f"Revisit of {self.inp.force_name} opened ({'by an inspector' if trigger == 'inspector' else 'at the six-month limit'})",
+                scheduled_for=now,
+                context={"trigger": trigger, "by": by, "cycle": s.cycle, "open": list(s.open_recommendations)},
+            )
+        )
+        history(s.history, now, f"revisit opened ({trigger})", by, f"{len(s.open_recommendations)} recommendations under review")
+        review = OpenReview(s.cycle, now)
+        for rec_id in list(s.open_recommendations):
+            await workflow.get_external_workflow_handle(recommendation_workflow_id(rec_id)).signal(
+                RecommendationWorkflow.open_review, review
+            )
+        # Only now is the revisit open: an inspector's trigger_revisit returns once all of the above is done.
+        s.phase = InspectionPhase.REVISIT_OPEN
+        s.revisit_opened_at, s.revisit_trigger, s.revisit_by = now, trigger, by
+        s.settled = {}
+        await self._project()
+
+    def _all_settled(self) -> bool:
+        return all(r in self.state.settled for r in self.state.open_recommendations)
+
+    async def _finish_cycle(self) -> None:
+        s = self.state
+        now = self._now()
+        outcomes = {r: s.settled[r] for r in s.open_recommendations}
+        further = [r for r, o in outcomes.items() if o in (Outcome.PARTIALLY_ACHIEVED.value, Outcome.NOT_ACHIEVED.value)]
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_outcome", kind="revisit_outcome",
+                inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=FORCE_AND_PCC,
+                subject=f"Outcome of the revisit of {self.inp.force_name}"
+                + (f": {len(further)} recommendations followed up further" if further else ": all recommendations closed"),
+                scheduled_for=now, context={"cycle": s.cycle, "outcomes": outcomes},
+            )
+        )
+        history(s.history, now, f"revisit cycle {s.cycle} decided", detail=", ".join(f"{r}: {o}" for r, o in outcomes.items()))
+        if further:
+            self._next_cycle(now, further)
+        else:
+            s.phase = InspectionPhase.CLOSED
+            s.closed_at = now
+            await self._project()
+
+    def _next_cycle(self, now: datetime, open_recommendations: list[str]) -> None:
+        s = self.state
+        s.cycle += 1
+        limit = make_deadline("revisit_by", DeadlineKind.REVISIT_BY, Party.INSPECTORATE,
+                              now.astimezone(self.calendar.zone).date(), self.policy.deadlines.further_follow_up, self.calendar)
+        s.deadlines = [d for d in s.deadlines if d.kind is not DeadlineKind.REVISIT_BY] + [tracked(limit, now, cycle=s.cycle)]
+        s.open_recommendations = open_recommendations
+        s.settled = {}
+        s.phase = InspectionPhase.FOLLOWING_UP
+        s.revisit_opened_at = s.revisit_trigger = s.revisit_by = s.closed_at = None
+        history(s.history, now, f"cycle {s.cycle} opened", detail=f"revisit no later than {long_date(limit.due)}")
+        self.restart = True
+
+    @workflow.signal
+    async def recommendation_settled(self, settled: Settled) -> None:
+        s = self.state
+        if settled.recommendation_id not in s.open_recommendations:
+            return
+        if s.phase is InspectionPhase.REVISIT_OPEN:
+            s.settled[settled.recommendation_id] = settled.outcome
+        elif not settled.open:
+            # Closed before the revisit (withdrawn): nothing left to review.
+            s.open_recommendations.remove(settled.recommendation_id)
+        history(s.history, self._now(), f"{settled.recommendation_id}: {settled.outcome}")
+        self.wake = True
+
+    @workflow.signal
+    async def recommendation_reopened(self, reopened: Reopened) -> None:
+        s = self.state
+        now = self._now()
+        history(s.history, now, f"{reopened.recommendation_id} re-opened", reopened.by, reopened.reason)
+        if s.phase is InspectionPhase.CLOSED:
+            self._next_cycle(now, [reopened.recommendation_id])
+        elif reopened.recommendation_id not in s.open_recommendations:
+            s.open_recommendations.append(reopened.recommendation_id)
+            if s.phase is InspectionPhase.REVISIT_OPEN:
+                await workflow.get_external_workflow_handle(recommendation_workflow_id(reopened.recommendation_id)).signal(
+                    RecommendationWorkflow.open_review, OpenReview(s.cycle, now)
+                )
+        self.wake = True
+
+    @workflow.update
+    async def trigger_revisit(self, request: TriggerRevisitRequest) -> RevisitResult:
+        self.revisit_requested_by = request.by.strip()
+        self.wake = True
+        await workflow.wait_condition(lambda: self.state.revisit_opened_at is not None)
+        s = self.state
+        return RevisitResult(self.inp.inspection_id, s.cycle, s.revisit_opened_at, s.revisit_trigger, s.revisit_by)
+
+    @trigger_revisit.validator
+    def _validate_trigger(self, request: TriggerRevisitRequest) -> None:
+        if not request.by or not request.by.strip():
+            raise ValueError("who triggers the revisit (by) must not be empty")
+        if self.state.phase is InspectionPhase.REVISIT_OPEN:
+            raise ValueError(f"the revisit of cycle {self.state.cycle} is already open (since {self.state.revisit_opened_at:%Y-%m-%d})")
+        if self.state.phase is InspectionPhase.CLOSED:
+            raise ValueError("every recommendation of this report is closed; there is nothing to revisit")
+        if self.revisit_requested_by:
+            raise ValueError("a revisit has already been requested")
+
+    # ------------------------------------------------------------------ report-level deliveries and deadlines
+
+    @workflow.update
+    async def record_delivery(self, request: DeliveryRequest) -> InspectionView:
+        deadline = self._deadline(request.item)
+        now = self._now()
+        deadline.met_at = now
+        await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
+        await run_activity(
+            "audit",
+            AuditRecord(update_key(self.workflow_id), request.by, f"{request.item}.received", "inspection",
+                        self.inp.inspection_id, {"note": request.note}),
+        )
+        history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, request.note)
+        await self._project()
+        self.wake = True
+        return self.view()
+
+    @record_delivery.validator
+    def _validate_delivery(self, request: DeliveryRequest) -> None:
+        if not request.by or not request.by.strip():
+            raise ValueError("who records it (by) must not be empty")
+        if request.item not in DELIVERABLE:
+            raise ValueError(f"unknown item {request.item!r}; use one of: {', '.join(DELIVERABLE)}")
+        deadline = self._deadline(request.item)
+        if deadline is None:
+            raise ValueError(f"this report has no {request.item} deadline")
+        if deadline.met_at is not None:
+            raise ValueError(f"the {request.item.replace('_', ' ')} was already received on {deadline.met_at:%Y-%m-%d}")
+
+    @workflow.update
+    async def revise_deadline(self, request: ReviseDeadlineRequest) -> InspectionView:
+        deadline = self._deadline(request.deadline)
+        now = self._now()
+        await run_activity(
+            "record_deadline_revision",
+            DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
+                                   None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
+                                   request.reason.strip(), request.by),
+        )
+        deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
+        history(self.state.history, now, "deadline revised", request.by,
+                f"{deadline.key}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
+        deadline.due = request.new_due
+        await self._project()
+        self.wake = True
+        return self.view()
+
+    @revise_deadline.validator
+    def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        deadline = self._deadline(request.deadline)
+        latest = None
+        if deadline is not None and deadline.kind is DeadlineKind.REVISIT_BY:
+            if self.state.phase is not InspectionPhase.FOLLOWING_UP:
+                raise ValueError("the revisit is already open or done; its limit can no longer change")
+            latest = deadline.original_due  # "no later than": the limit may move earlier, never later
+        today = self._now().astimezone(self.calendar.zone).date()
+        check_revision(deadline, request, today, latest)
+        if not self.calendar.is_working_day(request.new_due):
+            raise ValueError(f"{request.new_due.isoformat()} is not a working day")
+
+    def _deadline(self, key: str) -> TrackedDeadline | None:
+        return next((d for d in self.state.deadlines if d.key == key), None)
+
+    # ------------------------------------------------------------------ projection and queries
+
+    def _next_action(self) -> tuple[str | None, datetime | None]:
+        s = self.state
+        if s.phase is InspectionPhase.CLOSED:
+            return None, None
+        if s.phase is InspectionPhase.REVISIT_OPEN:
+            waiting = [r for r in s.open_recommendations if r not in s.settled]
+            return f"decisions awaited on {len(waiting)} recommendations", None
+        due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+        if due is None:
+            return None, None
+        label = due.deadline.as_deadline(self.calendar).label
+        return f"{due.message.kind.value.replace('_', ' ')}: {label}", due.message.at
+
+    async def _project(self) -> None:
+        s = self.state
+        s.projection_version += 1
+        action, at = self._next_action()
+        await run_activity(
+            "project_inspection",
+            InspectionProjection(self.inp.inspection_id, s.projection_version, s.phase.value, s.cycle, action, at),
+        )
+        limit = revisit_deadline(s)
+        workflow.upsert_search_attributes(
+            [
+                FORCE_CODE.value_set(self.inp.force_code),
+                PROGRAMME.value_set(self.inp.programme),
+                PHASE.value_set(s.phase.value),
+                NEXT_DEADLINE.value_set(self.calendar.at(limit.due, self.calendar.working_day_end))
+                if s.phase is InspectionPhase.FOLLOWING_UP
+                else NEXT_DEADLINE.value_unset(),
+            ]
+        )
+
+    @workflow.query(name="state")
+    def view(self) -> InspectionView:
+        action, at = self._next_action()
+        return InspectionView(self.inp.inspection_id, self.workflow_id, self.state, action, at, self._now())

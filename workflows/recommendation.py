@@ -1,0 +1,462 @@
+"""One workflow per recommendation: its deadline and reminders, the force's progress and evidence,
+the inspectorate's decision, further follow-up cycles and re-opening."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, time
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from ncpi_workflow.clocks import DeadlineKind, Party, Timeframe, make_deadline, recommendation_deadline
+    from ncpi_workflow.formatting import long_date
+    from ncpi_workflow.lifecycle import (
+        CLOSING_OUTCOMES,
+        REGISTER_STATUS,
+        DecisionRecord,
+        DecisionRequest,
+        DeadlineOpenRecord,
+        DeadlineRevisionRecord,
+        EvidenceItem,
+        EvidenceRecord,
+        EvidenceRequestInput,
+        EvidenceRequestRecord,
+        ForceClaim,
+        NotificationRequest,
+        OpenReview,
+        Outcome,
+        Phase,
+        ProgressRecord,
+        ProgressRequest,
+        ReasonRequest,
+        RecommendationInput,
+        RecommendationProjection,
+        RecommendationState,
+        RecommendationView,
+        Reopened,
+        ReopenRecord,
+        ReviseDeadlineRequest,
+        Revision,
+        Settled,
+        TrackedDeadline,
+        check_decision,
+        check_evidence,
+        check_progress,
+        check_reopen,
+        check_revision,
+        check_withdraw,
+        message_subject,
+        next_due,
+        recommendation_workflow_id,
+        tracked,
+    )
+    from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
+
+from workflows.common import calendar_now, history, notify, run_activity, update_key, wait_until
+
+FORCE_CONTACTS = ("liaison_officer", "chief_officer")
+NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_inspector")
+
+
+@workflow.defn(name="RecommendationFollowUp")
+class RecommendationWorkflow:
+    @workflow.init
+    def __init__(self, inp: RecommendationInput) -> None:
+        self.inp = inp
+        self.policy = inp.policy
+        self.calendar = inp.calendar
+        self.scale = inp.time_scale
+        self.workflow_id = recommendation_workflow_id(inp.recommendation_id)
+        self.state = inp.carried or self._initial_state()
+        self.wake = False
+        self.restart = False
+
+    # ------------------------------------------------------------------ set-up
+
+    def _initial_state(self) -> RecommendationState:
+        published_at = self.calendar.next_send_time(self.calendar.at(self.inp.published, time(0, 0)))
+        deadline = recommendation_deadline(
+            self.inp.ref, Timeframe(self.inp.timeframe), self.inp.published, self.policy, self.calendar
+        )
+        state = RecommendationState(
+            phase=Phase.FORCE_NOTIFIED, cycle=1, deadline=replace(tracked(deadline, published_at), key="recommendation")
+        )
+        history(state.history, published_at, "force notified", detail=f"due {long_date(deadline.due)}")
+        return state
+
+    def _now(self) -> datetime:
+        return calendar_now(self.scale)
+
+    def _label(self, deadline: TrackedDeadline) -> str:
+        if deadline.kind is DeadlineKind.EVIDENCE:
+            return f"Evidence for recommendation {self.inp.ref}"
+        return f"Recommendation {self.inp.ref}" + (f" (follow-up cycle {deadline.cycle})" if deadline.cycle > 1 else "")
+
+    def _active_deadlines(self) -> list[TrackedDeadline]:
+        s = self.state
+        active = []
+        if s.phase in (Phase.FORCE_NOTIFIED, Phase.IN_PROGRESS) and s.force_claim is not ForceClaim.IMPLEMENTED:
+            active.append(s.deadline)
+        if s.phase is Phase.EVIDENCE_REQUESTED and s.evidence_deadline is not None:
+            active.append(s.evidence_deadline)
+        return active
+
+    # ------------------------------------------------------------------ main loop
+
+    @workflow.run
+    async def run(self, inp: RecommendationInput) -> str:
+        await self._project()
+        while True:
+            if self.restart:
+                # A new cycle starts with a fresh history: the state carries what must survive.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(replace(self.inp, carried=self.state))
+            if self.state.phase is Phase.CLOSED:
+                window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
+                reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED, window_end)
+                if not reopened:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    return str(self.state.outcome)
+                continue
+            due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+            woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
+            self.wake = False
+            if not woken and due is not None:
+                await self._send(due)
+                await self._project()
+            if workflow.info().is_continue_as_new_suggested() and not self.restart:
+                self.restart = True
+
+    async def _send(self, due) -> None:
+        deadline, message = due.deadline, due.message
+        for skipped in due.superseded:
+            deadline.handled.append(deadline.message_key(skipped))
+        key = deadline.message_key(message)
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/{key}",
+                kind=message.kind.value,
+                inspection_id=self.inp.inspection_id,
+                recommendation_id=self.inp.recommendation_id,
+                recipients=message.recipients,
+                subject=message_subject(message.kind, self._label(deadline), deadline.due, self.inp.force_name),
+                scheduled_for=message.at,
+                context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
+                         "working_days": message.working_days, "cycle": self.state.cycle},
+            )
+        )
+        deadline.handled.append(key)
+        detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
+        history(self.state.history, message.at, f"{message.kind.value} sent", detail=detail)
+
+    async def _project(self) -> None:
+        s = self.state
+        s.projection_version += 1
+        action, at = self._next_action()
+        await run_activity(
+            "project_recommendation",
+            RecommendationProjection(
+                recommendation_id=self.inp.recommendation_id,
+                version=s.projection_version,
+                phase=s.phase.value,
+                cycle=s.cycle,
+                force_claim=s.force_claim.value if s.force_claim else None,
+                outcome=s.outcome.value if s.outcome else None,
+                next_action=action,
+                next_action_at=at,
+            ),
+        )
+        workflow.upsert_search_attributes(
+            [
+                FORCE_CODE.value_set(self.inp.force_code),
+                PROGRAMME.value_set("NCPI"),
+                PHASE.value_set(s.phase.value),
+                NEXT_DEADLINE.value_set(self.calendar.at(s.deadline.due, self.calendar.working_day_end))
+                if s.phase is not Phase.CLOSED
+                else NEXT_DEADLINE.value_unset(),
+            ]
+        )
+
+    def _next_action(self) -> tuple[str | None, datetime | None]:
+        s = self.state
+        due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+        if due is not None:
+            return f"{due.message.kind.value.replace('_', ' ')}: {self._label(due.deadline)}", due.message.at
+        if s.phase in (Phase.UNDER_REVIEW, Phase.EVIDENCE_REQUESTED):
+            return "decision by the inspectorate", None
+        if s.phase is Phase.EVIDENCE_SUBMITTED:
+            return "revisit (review of the evidence)", None
+        if s.phase is Phase.CLOSED:
+            return None, None
+        return "revisit", None
+
+    # ------------------------------------------------------------------ queries
+
+    @workflow.query(name="state")
+    def view(self) -> RecommendationView:
+        action, at = self._next_action()
+        return RecommendationView(
+            recommendation_id=self.inp.recommendation_id,
+            workflow_id=self.workflow_id,
+            state=self.state,
+            register_status=REGISTER_STATUS[self.state.phase],
+            next_action=action,
+            next_action_at=at,
+            calendar_now=self._now(),
+        )
+
+    # ------------------------------------------------------------------ force actions
+
+    @workflow.update
+    async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
+        s = self.state
+        now = self._now()
+        await run_activity(
+            "record_progress",
+            ProgressRecord(update_key(self.workflow_id), self.inp.recommendation_id, request.claim, request.text.strip(), request.by, now),
+        )
+        s.force_claim = ForceClaim(request.claim)
+        if s.phase is Phase.FORCE_NOTIFIED:
+            s.phase = Phase.IN_PROGRESS
+        history(s.history, now, "progress reported", request.by, f"{request.claim}: {request.text.strip()}")
+        await self._project()
+        self.wake = True
+        return self.view()
+
+    @submit_progress.validator
+    def _validate_progress(self, request: ProgressRequest) -> None:
+        check_progress(self.state, request)
+
+    @workflow.update
+    async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
+        s = self.state
+        now = self._now()
+        evidence_id = await run_activity(
+            "record_evidence",
+            EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request),
+            result_type=int,
+        )
+        s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, now, s.cycle))
+        if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
+            s.evidence_deadline.met_at = now
+        if s.phase is not Phase.UNDER_REVIEW:
+            s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
+        history(s.history, now, "evidence submitted", request.by, f"{request.filename} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
+        await self._project()
+        self.wake = True
+        return self.view()
+
+    @submit_evidence.validator
+    def _validate_evidence(self, request: EvidenceRequestInput) -> None:
+        check_evidence(self.state, request)
+
+    # ------------------------------------------------------------------ the revisit
+
+    @workflow.signal
+    async def open_review(self, review: OpenReview) -> None:
+        s = self.state
+        if s.phase is Phase.CLOSED or s.review_open:
+            return
+        s.review_open = True
+        now = self._now()
+        if any(e.cycle == s.cycle for e in s.evidence):
+            s.phase = Phase.UNDER_REVIEW
+            history(s.history, now, "under review", detail="evidence already submitted")
+        else:
+            due = self.calendar.add_working_days(now.astimezone(self.calendar.zone).date(), self.policy.review.evidence_due_working_days)
+            evidence = TrackedDeadline(
+                key="evidence", kind=DeadlineKind.EVIDENCE, party=Party.FORCE, original_due=due, due=due,
+                opened_at=now, cycle=s.cycle,
+            )
+            s.evidence_deadline = evidence
+            s.phase = Phase.EVIDENCE_REQUESTED
+            key = f"{self.workflow_id}/c{s.cycle}/evidence_request"
+            await run_activity(
+                "record_evidence_request",
+                EvidenceRequestRecord(key, self.inp.recommendation_id, s.cycle, due,
+                                      f"Evidence that recommendation {self.inp.ref} has been implemented"),
+                result_type=int,
+            )
+            await run_activity(
+                "open_deadline",
+                DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id,
+                                   f"evidence:{self.inp.ref}", DeadlineKind.EVIDENCE.value, s.cycle, due),
+            )
+            await notify(
+                NotificationRequest(
+                    idempotency_key=key, kind="evidence_request", inspection_id=self.inp.inspection_id,
+                    recommendation_id=self.inp.recommendation_id, recipients=("liaison_officer",),
+                    subject=f"Evidence requested: recommendation {self.inp.ref}, by {long_date(due)}",
+                    scheduled_for=now, context={"due": due.isoformat(), "cycle": s.cycle},
+                )
+            )
+            history(s.history, now, "evidence requested", detail=f"by {long_date(due)}")
+        await self._project()
+        self.wake = True
+
+    @workflow.update
+    async def record_decision(self, request: DecisionRequest) -> RecommendationView:
+        s = self.state
+        now = self._now()
+        outcome = Outcome(request.outcome)
+        await run_activity(
+            "record_decision",
+            DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, outcome.value,
+                           request.rationale.strip(), request.by, now),
+        )
+        history(s.history, now, f"decision: {outcome.value}", request.by, request.rationale.strip())
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
+                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                recipients=FORCE_CONTACTS,
+                subject=f"Decision on recommendation {self.inp.ref}: {outcome.value.replace('_', ' ')}",
+                scheduled_for=now, context={"outcome": outcome.value, "rationale": request.rationale.strip(), "by": request.by, "cycle": s.cycle},
+            )
+        )
+        if outcome is Outcome.NOT_ACHIEVED:
+            await notify(
+                NotificationRequest(
+                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
+                    inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                    recipients=NOT_ACHIEVED_ESCALATION,
+                    subject=f"Escalation: recommendation {self.inp.ref} not achieved ({self.inp.force_name})",
+                    scheduled_for=now, context={"outcome": outcome.value, "rung": "not_achieved", "cycle": s.cycle},
+                )
+            )
+        s.outcome = outcome
+        await self._settle(outcome, now)
+        return self.view()
+
+    @record_decision.validator
+    def _validate_decision(self, request: DecisionRequest) -> None:
+        check_decision(self.state, request, self.calendar, self._now())
+
+    async def _settle(self, outcome: Outcome, now: datetime) -> None:
+        """Close, or start a further follow-up cycle; tell the inspection either way."""
+        s = self.state
+        decided_cycle = s.cycle
+        further = outcome not in CLOSING_OUTCOMES
+        if further:
+            await self._start_cycle(now, f"further follow-up after {outcome.value.replace('_', ' ')}")
+        else:
+            s.phase = Phase.CLOSED
+            s.closed_at = now
+        await self._project()
+        await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
+            "recommendation_settled", Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now)
+        )
+        self.wake = True
+
+    async def _start_cycle(self, now: datetime, why: str) -> None:
+        s = self.state
+        s.cycle += 1
+        deadline = make_deadline("recommendation", DeadlineKind.RECOMMENDATION, Party.FORCE,
+                                 now.astimezone(self.calendar.zone).date(), self.policy.deadlines.further_follow_up, self.calendar)
+        s.deadline = tracked(deadline, now, cycle=s.cycle)
+        s.phase = Phase.IN_PROGRESS
+        s.review_open = False
+        s.evidence_deadline = None
+        s.closed_at = None
+        await run_activity(
+            "open_deadline",
+            DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id, f"recommendation:{self.inp.ref}",
+                               DeadlineKind.RECOMMENDATION.value, s.cycle, deadline.due),
+        )
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/further_follow_up", kind="further_follow_up",
+                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                recipients=FORCE_CONTACTS,
+                subject=f"Further follow-up: recommendation {self.inp.ref}, new deadline {long_date(deadline.due)}",
+                scheduled_for=now, context={"due": deadline.due.isoformat(), "cycle": s.cycle, "why": why},
+            )
+        )
+        history(s.history, now, f"cycle {s.cycle} opened", detail=f"{why}; due {long_date(deadline.due)}")
+        self.restart = True
+
+    # ------------------------------------------------------------------ inspector actions
+
+    @workflow.update
+    async def withdraw(self, request: ReasonRequest) -> RecommendationView:
+        s = self.state
+        now = self._now()
+        await run_activity(
+            "record_decision",
+            DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, Outcome.WITHDRAWN.value,
+                           request.reason.strip(), request.by, now),
+        )
+        history(s.history, now, "withdrawn", request.by, request.reason.strip())
+        await notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
+                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                recipients=FORCE_CONTACTS, subject=f"Recommendation {self.inp.ref} withdrawn",
+                scheduled_for=now, context={"outcome": "withdrawn", "rationale": request.reason.strip(), "by": request.by},
+            )
+        )
+        s.outcome = Outcome.WITHDRAWN
+        await self._settle(Outcome.WITHDRAWN, now)
+        return self.view()
+
+    @withdraw.validator
+    def _validate_withdraw(self, request: ReasonRequest) -> None:
+        check_withdraw(self.state, request)
+
+    @workflow.update
+    async def reopen(self, request: ReasonRequest) -> RecommendationView:
+        s = self.state
+        now = self._now()
+        closed_cycle = s.cycle
+        await run_activity(
+            "record_reopen",
+            ReopenRecord(update_key(self.workflow_id), self.inp.recommendation_id, closed_cycle, request.reason.strip(), request.by, now),
+        )
+        history(s.history, now, "re-opened", request.by, request.reason.strip())
+        s.outcome = None
+        await self._start_cycle(now, f"re-opened: {request.reason.strip()}")
+        await self._project()
+        await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
+            "recommendation_reopened", Reopened(self.inp.recommendation_id, request.reason.strip(), request.by)
+        )
+        return self.view()
+
+    @reopen.validator
+    def _validate_reopen(self, request: ReasonRequest) -> None:
+        check_reopen(self.state, request)
+
+    @workflow.update
+    async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:
+        deadline = self._deadline_named(request.deadline)
+        now = self._now()
+        db_key = f"{request.deadline}:{self.inp.ref}"
+        await run_activity(
+            "record_deadline_revision",
+            DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, db_key, deadline.cycle,
+                                   self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
+                                   request.new_due, request.reason.strip(), request.by),
+        )
+        deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
+        history(self.state.history, now, "deadline revised", request.by,
+                f"{request.deadline}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
+        deadline.due = request.new_due
+        await self._project()
+        self.wake = True
+        return self.view()
+
+    @revise_deadline.validator
+    def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        if self.state.phase is Phase.CLOSED:
+            raise ValueError("the recommendation is closed; re-open it before changing its deadline")
+        today = self._now().astimezone(self.calendar.zone).date()
+        check_revision(self._deadline_named(request.deadline), request, today)
+        if not self.calendar.is_working_day(request.new_due):
+            raise ValueError(f"{request.new_due.isoformat()} is not a working day")
+
+    def _deadline_named(self, name: str) -> TrackedDeadline | None:
+        if name == "recommendation":
+            return self.state.deadline
+        if name == "evidence":
+            return self.state.evidence_deadline
+        return None
