@@ -183,3 +183,208 @@ async def test_no_evidence_ever_reminders_then_every_escalation_rung(time_skippi
         assert recipients[("2017-06-13", "chief_officer")] == ["liaison_officer", "chief_officer"]
         assert recipients[("2017-06-20", "chief_officer_and_pcc")] == ["liaison_officer", "chief_officer", "pcc"]
         assert recipients[("2017-07-04", "lead_hm_inspector")] == ["liaison_officer", "chief_officer", "pcc", "lead_hm_inspector"]
+
+
+async def revisit_and_evidence(h, inspection_id: str, refs: list[str], when: datetime, by="hmi.lead"):
+    await skip_to(h, when)
+    await h.inspection(inspection_id).execute_update("trigger_revisit", TriggerRevisitRequest(by=by))
+    for ref in refs:
+        rec_id = f"{inspection_id}-{ref}"
+        await eventually(lambda: _phase_is(h, rec_id, "evidence_requested"))
+        await update(h.recommendation(rec_id), "submit_evidence", evidence(f"{rec_id}.pdf"))
+
+
+async def _phase_is(h, rec_id, phase):
+    return (await rec_view(h, rec_id)).state.phase == phase
+
+
+async def decide(h, rec_id, outcome, rationale="Judged at the revisit.", by="hmi.lead") -> RecommendationView:
+    return await update(h.recommendation(rec_id), "record_decision",
+                        DecisionRequest(outcome=outcome, rationale=rationale, by=by), result_type=RecommendationView)
+
+
+async def test_partially_achieved_then_achieved_in_the_second_cycle(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "WYP", date(2017, 2, 7), [("R1", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 7))
+        await revisit_and_evidence(h, "WYP-2017-02-07", ["R1"], at(2017, 5, 15, 12))
+        view = await decide(h, "WYP-2017-02-07-R1", "partially_achieved", "Profile written; not yet used in districts.")
+        assert (view.state.phase, view.state.cycle, view.state.deadline.due) == ("in_progress", 2, date(2017, 8, 15))
+        inspection = await eventually(lambda: _cycle(h, "WYP-2017-02-07", 2))
+        assert inspection.state.phase == "following_up"
+        assert [d.due for d in inspection.state.deadlines if d.key == "revisit_by"] == [date(2017, 8, 15)]
+        # Cycle 2: the revisit opens by itself at its limit; evidence, then achieved.
+        await skip_to(h, at(2017, 8, 15, 12))
+        await eventually(lambda: _phase_is(h, "WYP-2017-02-07-R1", "evidence_requested"))
+        await update(h.recommendation("WYP-2017-02-07-R1"), "submit_evidence", evidence("cycle-2.pdf"))
+        view = await decide(h, "WYP-2017-02-07-R1", "achieved", "Now used in every district.")
+        assert view.state.phase == "closed" and view.state.cycle == 2
+        await eventually(lambda: _closed(h, "WYP-2017-02-07"))
+        rows = summary(await h.notifications())
+        assert ("2017-05-15", "decision", "R1") in rows
+        assert ("2017-05-15", "further_follow_up", "R1") in rows
+        # The new deadline (15 August) earns its own reminders: 10 and 3 working days before.
+        assert ("2017-08-01", "reminder", "R1") in rows and ("2017-08-10", "reminder", "R1") in rows
+        assert [r for r in rows if r[1] == "revisit_opened"] == [("2017-05-15", "revisit_opened", "report"), ("2017-08-15", "revisit_opened", "report")]
+        assert [r for r in rows if r[1] == "revisit_outcome"] == [("2017-05-15", "revisit_outcome", "report"), ("2017-08-15", "revisit_outcome", "report")]
+        assert await outcome_rows(h) == [("R1", 1, "partially_achieved"), ("R1", 2, "achieved")]
+        async with h.sessions() as session:
+            cycles = (await session.scalars(select(Deadline.cycle).where(Deadline.key == "recommendation:R1").order_by(Deadline.cycle))).all()
+            assert cycles == [1, 2]
+            assert [r.cycle for r in (await session.scalars(select(Revisit).order_by(Revisit.cycle))).all()] == [1, 2]
+
+
+async def _cycle(h, inspection_id, cycle):
+    view = await insp_view(h, inspection_id)
+    return view if view.state.cycle == cycle else None
+
+
+async def test_not_achieved_escalates_and_starts_a_further_cycle(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "MER", date(2017, 2, 8), [("R1", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 8))
+        await revisit_and_evidence(h, "MER-2017-02-08", ["R1"], at(2017, 6, 1, 12))
+        view = await decide(h, "MER-2017-02-08-R1", "not_achieved", "No change in practice found.")
+        assert view.state.phase == "in_progress" and view.state.cycle == 2
+        await eventually(lambda: _cycle(h, "MER-2017-02-08", 2))
+        decided = [n for n in await h.notifications() if local_date(n.scheduled_for) == date(2017, 6, 1) and n.recommendation_id]
+        kinds = [(n.kind, n.context.get("rung"), n.recipients["roles"]) for n in decided if n.kind != "evidence_request"]
+        assert kinds == [
+            ("decision", None, ["liaison_officer", "chief_officer"]),
+            ("escalation", "not_achieved", ["liaison_officer", "chief_officer", "pcc", "lead_hm_inspector"]),
+            ("further_follow_up", None, ["liaison_officer", "chief_officer"]),
+        ]
+        escalation = next(n for n in decided if n.kind == "escalation")
+        assert "lead-hmi@inspectorate.example" in escalation.recipients["to"]
+        assert "pcc@merseyside.pcc.example" in escalation.recipients["to"]
+        async with h.sessions() as session:
+            rec = await session.get(Recommendation, "MER-2017-02-08-R1")
+            assert (rec.phase, rec.cycle, rec.outcome) == ("in_progress", 2, "not_achieved")
+
+
+async def test_superseded_closes_with_no_further_action(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "SUS", date(2017, 2, 9), [("R1", "within_six_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 9))
+        await revisit_and_evidence(h, "SUS-2017-02-09", ["R1"], at(2017, 6, 1, 12))
+        view = await decide(h, "SUS-2017-02-09-R1", "superseded", "Covered by the 2017 vulnerability inspection.")
+        assert view.state.phase == "closed" and view.state.outcome == "superseded"
+        await eventually(lambda: _closed(h, "SUS-2017-02-09"))
+        await skip_to(h, at(2017, 9, 1, 12))
+        rows = summary(await h.notifications())
+        # Nothing for R1 after the decision: its own deadline (9 August) passes in silence.
+        assert not [r for r in rows if r[2] == "R1" and r[0] > "2017-06-01"]
+        assert await outcome_rows(h) == [("R1", 1, "superseded")]
+
+
+async def test_withdrawn_before_the_revisit_leaves_the_others_to_it(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "DOR", date(2017, 2, 10), [("R1", "within_three_months"), ("R2", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 10))
+        await skip_to(h, at(2017, 3, 1, 12))
+        view = await update(h.recommendation("DOR-2017-02-10-R1"), "withdraw",
+                            ReasonRequest(reason="Duplicates R2 after the force's restructure.", by="hmi.lead"), result_type=RecommendationView)
+        assert view.state.phase == "closed" and view.state.outcome == "withdrawn"
+        await eventually(lambda: _open_list(h, "DOR-2017-02-10", ["DOR-2017-02-10-R2"]))
+        await revisit_and_evidence(h, "DOR-2017-02-10", ["R2"], at(2017, 6, 1, 12))
+        await decide(h, "DOR-2017-02-10-R2", "achieved")
+        await eventually(lambda: _closed(h, "DOR-2017-02-10"))
+        rows = summary(await h.notifications())
+        assert [r for r in rows if r[2] == "R1" and r[0] >= "2017-03-01"] == [("2017-03-01", "decision", "R1")]
+        assert [r for r in rows if r[1] == "evidence_request"] == [("2017-06-01", "evidence_request", "R2")]
+        assert await outcome_rows(h) == [("R1", 1, "withdrawn"), ("R2", 1, "achieved")]
+
+
+async def _open_list(h, inspection_id, expected):
+    return (await insp_view(h, inspection_id)).state.open_recommendations == expected
+
+
+async def test_automatic_revisit_at_the_limit_never_later_than_six_months(time_skipping_env, tmp_path):
+    # Thursday 2 March 2017 + 6 months is Saturday 2 September: the limit moves back to Friday 1 September.
+    report = write_report(tmp_path, "AVS", date(2017, 3, 2), [("R1", "within_six_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 3, 2))
+        await skip_to(h, at(2017, 9, 1, 8))
+        assert (await insp_view(h, "AVS-2017-03-02")).state.phase == "following_up"
+        await skip_to(h, at(2017, 9, 1, 12))
+        view = await eventually(lambda: _revisit_open(h, "AVS-2017-03-02"))
+        assert view.state.revisit_trigger == "automatic"
+        assert local_date(view.state.revisit_opened_at) == date(2017, 9, 1) <= date(2017, 9, 2)
+        rows = summary(await h.notifications())
+        assert [r for r in rows if r[2] == "revisit_by" or r[1] == "revisit_opened"] == [
+            ("2017-08-03", "revisit_notice", "revisit_by"),  # 20 working days before; 28 August is a bank holiday
+            ("2017-08-17", "revisit_notice", "revisit_by"),
+            ("2017-09-01", "revisit_opened", "report"),
+        ]
+        notices = [n for n in await h.notifications() if n.kind in ("revisit_notice", "revisit_opened")]
+        assert all("ncpi-inspectors@inspectorate.example" in n.recipients["to"] for n in notices)
+        async with h.sessions() as session:
+            revisit = (await session.scalars(select(Revisit))).one()
+            assert (revisit.trigger, revisit.triggered_by) == ("automatic", "system")
+            rec = await session.get(Recommendation, "AVS-2017-03-02-R1")
+            assert rec.phase == "evidence_requested"
+
+
+async def _revisit_open(h, inspection_id):
+    view = await insp_view(h, inspection_id)
+    return view if view.state.phase == "revisit_open" else None
+
+
+async def test_a_revised_deadline_keeps_the_original_and_replans_reminders(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "NOR", date(2017, 2, 13), [("R1", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 13))
+        await skip_to(h, at(2017, 3, 1, 12))
+        # The action plan (due Monday 27 March) moves to Monday 10 April; R1 (due 15 May) to Friday 30 June.
+        view = await update(h.inspection("NOR-2017-02-13"), "revise_deadline",
+                            ReviseDeadlineRequest(deadline="action_plan", new_due=date(2017, 4, 10),
+                                                  reason="Force restructure agreed with the lead HMI.", by="hmi.lead"),
+                            result_type=InspectionView)
+        plan = next(d for d in view.state.deadlines if d.key == "action_plan")
+        assert (plan.original_due, plan.due, plan.revisions[0].by) == (date(2017, 3, 27), date(2017, 4, 10), "hmi.lead")
+        await update(h.recommendation("NOR-2017-02-13-R1"), "revise_deadline",
+                     ReviseDeadlineRequest(deadline="recommendation", new_due=date(2017, 6, 30), reason="Awaiting a new IT system.", by="hmi.lead"))
+        await skip_to(h, at(2017, 7, 3, 12))
+        rows = summary(await h.notifications())
+        assert [r for r in rows if r[2] == "action_plan"][:3] == [
+            ("2017-03-27", "reminder", "action_plan"),   # 10 working days before 10 April
+            ("2017-04-05", "reminder", "action_plan"),   # 3 working days before
+            ("2017-04-10", "due_today", "action_plan"),
+        ]
+        assert [r for r in rows if r[2] == "R1"] == [
+            ("2017-06-16", "reminder", "R1"),
+            ("2017-06-27", "reminder", "R1"),
+            ("2017-06-30", "due_today", "R1"),
+        ]
+        async with h.sessions() as session:
+            deadlines = {d.key: d for d in (await session.scalars(select(Deadline))).all()}
+            assert (deadlines["action_plan"].original_due, deadlines["action_plan"].current_due) == (date(2017, 3, 27), date(2017, 4, 10))
+            assert (deadlines["recommendation:R1"].original_due, deadlines["recommendation:R1"].current_due) == (date(2017, 5, 15), date(2017, 6, 30))
+            revisions = (await session.scalars(select(DeadlineRevision).order_by(DeadlineRevision.id))).all()
+            assert [(r.previous_due, r.new_due, r.changed_by, r.reason) for r in revisions] == [
+                (date(2017, 3, 27), date(2017, 4, 10), "hmi.lead", "Force restructure agreed with the lead HMI."),
+                (date(2017, 5, 15), date(2017, 6, 30), "hmi.lead", "Awaiting a new IT system."),
+            ]
+
+
+async def test_a_closed_recommendation_is_reopened_into_a_new_cycle(time_skipping_env, tmp_path):
+    report = write_report(tmp_path, "LIN", date(2017, 2, 14), [("R1", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        await start(h, report, date(2017, 2, 14))
+        await revisit_and_evidence(h, "LIN-2017-02-14", ["R1"], at(2017, 5, 16, 12))
+        await decide(h, "LIN-2017-02-14-R1", "achieved")
+        await eventually(lambda: _closed(h, "LIN-2017-02-14"))
+        await skip_to(h, at(2017, 7, 3, 12))
+        view = await update(h.recommendation("LIN-2017-02-14-R1"), "reopen",
+                            ReasonRequest(reason="A serious case review found the practice lapsed.", by="hmi.lead"), result_type=RecommendationView)
+        assert (view.state.phase, view.state.cycle, view.state.outcome, view.state.deadline.due) == ("in_progress", 2, None, date(2017, 10, 3))
+        inspection = await eventually(lambda: _cycle(h, "LIN-2017-02-14", 2))
+        assert inspection.state.phase == "following_up" and inspection.state.open_recommendations == ["LIN-2017-02-14-R1"]
+        rows = summary(await h.notifications())
+        assert ("2017-07-03", "further_follow_up", "R1") in rows
+        async with h.sessions() as session:
+            decision = (await session.scalars(select(Decision))).one()
+            assert (decision.outcome, decision.reopened_by, decision.reopen_reason) == (
+                "achieved", "hmi.lead", "A serious case review found the practice lapsed.")
+            rec = await session.get(Recommendation, "LIN-2017-02-14-R1")
+            assert (rec.phase, rec.cycle) == ("in_progress", 2)
