@@ -1,0 +1,93 @@
+"""Record the event histories that tests/test_replay.py replays.
+
+Run it (`.venv/bin/python -m tests.histories.generate`) only when a workflow change is meant to be
+incompatible and is released behind workflow.patched(): then keep the old files and add the new.
+The scenario passes through every handler and both continue-as-new paths: progress, a delivery, a
+revised deadline, an inspector's revisit, evidence, a partial decision (a second cycle), the
+automatic revisit, an achieved decision, a withdrawal and a re-opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from temporalio.client import WorkflowHistory
+
+from ncpi_workflow.lifecycle import DeliveryRequest, ProgressRequest, ReasonRequest, ReviseDeadlineRequest
+from ncpi_workflow.temporal import DATA_CONVERTER, ensure_search_attributes
+from tests.lifecycle_support import harness, skip_to, write_report
+
+HERE = Path(__file__).resolve().parent
+
+
+async def all_runs(client, workflow_id: str, first_run_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow, following continue-as-new from the first."""
+    runs, run_id = [], first_run_id
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        runs.append(history)
+        run_id = next(
+            (e.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+             for e in history.events if e.HasField("workflow_execution_continued_as_new_event_attributes")),
+            None,
+        )
+    return runs
+
+
+async def main() -> None:
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests import test_lifecycle_timeskipping as t
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(Path(__import__("sys").executable).parent / "temporal-test-server"),
+        data_converter=DATA_CONVERTER,
+    )
+    await ensure_search_attributes(env.client, "default")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            report = write_report(tmp_path, "HUM", date(2017, 2, 7), [("R1", "within_three_months"), ("R2", "immediately"), ("R3", "within_six_months")])
+            async with harness(env, tmp_path) as h:
+                publication = await t.start(h, report, date(2017, 2, 7))
+                insp = h.inspection("HUM-2017-02-07")
+                first_inspection_run = (await insp.describe()).run_id
+                await t.skip_to(h, t.at(2017, 2, 20, 12))
+                await t.update(h.recommendation("HUM-2017-02-07-R1"), "submit_progress", ProgressRequest("in_progress", "Started.", "liaison"))
+                await t.update(insp, "record_delivery", DeliveryRequest("action_plan", "hmi.office"))
+                await t.update(insp, "revise_deadline", ReviseDeadlineRequest("pcc_response", date(2017, 4, 18), "PCC election purdah.", "hmi.lead"))
+                await t.update(h.recommendation("HUM-2017-02-07-R3"), "withdraw", ReasonRequest("Superseded by R1.", "hmi.lead"))
+                await t.revisit_and_evidence(h, "HUM-2017-02-07", ["R1", "R2"], t.at(2017, 5, 15, 12))
+                await t.decide(h, "HUM-2017-02-07-R1", "partially_achieved")
+                await t.decide(h, "HUM-2017-02-07-R2", "achieved")
+                await t.eventually(lambda: t._cycle(h, "HUM-2017-02-07", 2))
+                await skip_to(h, t.at(2017, 8, 15, 12))
+                await t.eventually(lambda: t._phase_is(h, "HUM-2017-02-07-R1", "evidence_requested"))
+                await t.update(h.recommendation("HUM-2017-02-07-R1"), "submit_evidence", t.evidence("cycle-2.pdf"))
+                await t.decide(h, "HUM-2017-02-07-R1", "achieved")
+                await t.eventually(lambda: t._closed(h, "HUM-2017-02-07"))
+                await t.update(h.recommendation("HUM-2017-02-07-R2"), "reopen", ReasonRequest("Practice lapsed.", "hmi.lead"))
+                await t.eventually(lambda: t._cycle(h, "HUM-2017-02-07", 3))
+                histories = {"inspection": await all_runs(h.client, publication.workflow_id, first_inspection_run)}
+                for ref in ("R1", "R2", "R3"):
+                    rec_handle = h.recommendation(f"HUM-2017-02-07-{ref}")
+                    first = next(
+                        e.child_workflow_execution_started_event_attributes.workflow_execution.run_id
+                        for e in histories["inspection"][0].events
+                        if e.HasField("child_workflow_execution_started_event_attributes")
+                        and e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id == rec_handle.id
+                    )
+                    histories[f"recommendation-{ref}"] = await all_runs(h.client, rec_handle.id, first)
+        for name, runs in histories.items():
+            for index, history in enumerate(runs, start=1):
+                (HERE / f"{name}-run{index}.json").write_text(history.to_json())
+                print(f"wrote {name}-run{index}.json ({len(history.events)} events)")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
