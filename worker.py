@@ -15,7 +15,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.delivery import DeliveryActivities, DeliverySettings
 from activities.records import InspectorateAddresses, RecordActivities
+from ncpi_workflow.mailer import Mailer, SmtpConfig
 from ncpi_workflow import db
 from ncpi_workflow.settings import Settings, get_settings
 from ncpi_workflow.temporal import connect, ensure_search_attributes
@@ -37,19 +39,30 @@ def record_activities(sessions, settings: Settings) -> RecordActivities:
     return RecordActivities(sessions, InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email))
 
 
+def delivery_activities(sessions, mailer: Mailer, settings: Settings) -> DeliveryActivities:
+    return DeliveryActivities(
+        sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir)
+    )
+
+
 @asynccontextmanager
 async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
-    """A started worker for the workflows and activities, with its database, until the block ends."""
+    """A started worker for the workflows and activities, with its database and SMTP connection,
+    until the block ends."""
+    mailer = Mailer(SmtpConfig.from_settings(settings))
     async with db.open_database(settings.database_url) as sessions:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
             workflow_runner=WORKFLOW_RUNNER,
-            activities=record_activities(sessions, settings).all(),
+            activities=record_activities(sessions, settings).all() + delivery_activities(sessions, mailer, settings).all(),
         )
-        async with worker:
-            yield worker
+        try:
+            async with worker:
+                yield worker
+        finally:
+            await mailer.close()
 
 
 async def serve(settings: Settings) -> None:

@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Coroutine, List, Optional
+from typing import Any, Coroutine, Iterator, List, Optional
 
 import typer
 
@@ -229,6 +231,511 @@ def dev() -> None:
     typer.echo("")
     typer.echo(f"Database: {settings.database_url}")
     typer.echo("Try: ncpi forces | ncpi validate FILE | ncpi plan FILE [--json] | ncpi schema")
+
+
+# ---------------------------------------------------------------- the follow-up lifecycle (Temporal)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+CALL_TIMEOUT_SECONDS = 60.0
+"""How long a Query or Update may wait for the worker before the command gives up with one line."""
+
+
+def _one_line(text: object, limit: int = 240) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _unreachable(settings, reason: str) -> UserError:
+    return UserError(
+        f"cannot reach Temporal at {settings.temporal_address} (NCPI_TEMPORAL_ADDRESS, namespace "
+        f"{settings.temporal_namespace}): {reason}"
+    )
+
+
+def _connect_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    return _one_line(text.removeprefix("Failed client connect: "), 160)
+
+
+async def _client(settings):
+    from ncpi_workflow.temporal import connect
+
+    try:
+        return await asyncio.wait_for(
+            connect(settings.temporal_address, settings.temporal_namespace), CONNECT_TIMEOUT_SECONDS
+        )
+    except asyncio.TimeoutError:
+        raise _unreachable(settings, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s") from None
+    except RuntimeError as exc:  # the SDK reports a failed connection as RuntimeError("Failed client connect: ...")
+        raise _unreachable(settings, _connect_reason(exc)) from None
+
+
+def _timed_out(settings, subject: str, seconds: float | None = CALL_TIMEOUT_SECONDS) -> UserError:
+    within = f" within {seconds:g} s" if seconds else " in time"
+    return UserError(
+        f"no answer about {subject}{within}: is `ncpi worker` running on task queue "
+        f"{settings.task_queue}? (the request may still be carried out when a worker picks it up; check with "
+        f"`ncpi show {subject}`)"
+    )
+
+
+@contextmanager
+def _temporal_errors(settings, subject: str) -> Iterator[None]:
+    """Temporal's refusals and failures as one-line UserErrors naming what the user asked about."""
+    from temporalio.client import (
+        WorkflowQueryFailedError,
+        WorkflowUpdateFailedError,
+        WorkflowUpdateRPCTimeoutOrCancelledError,
+    )
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        yield
+    except WorkflowUpdateFailedError as exc:
+        # A validator's refusal (or a failed handler): its ApplicationError carries the reason.
+        cause = exc.cause
+        raise UserError(_one_line(getattr(cause, "message", None) or cause or exc)) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise _timed_out(settings, subject) from None
+    except WorkflowQueryFailedError as exc:
+        raise UserError(f"{subject}: the query failed: {_one_line(exc)}") from None
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            if "completed" in (exc.message or "").lower():
+                raise UserError(
+                    f"the follow-up workflow for {subject} has finished; it accepts no more changes"
+                ) from None
+            raise UserError(f"no follow-up workflow for {subject} (is it published?)") from None
+        if exc.status is RPCStatusCode.UNAVAILABLE:
+            raise _unreachable(settings, _one_line(exc.message, 160)) from None
+        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise _timed_out(settings, subject, None) from None
+        raise UserError(f"Temporal could not handle the request about {subject}: {_one_line(exc.message)}") from None
+    except asyncio.TimeoutError:
+        raise _timed_out(settings, subject) from None
+
+
+@contextmanager
+def _database_errors(settings) -> Iterator[None]:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as exc:
+        text = str(getattr(exc, "orig", exc))
+        if "no such table" in text or "does not exist" in text:
+            raise UserError("the database has no schema yet: run `ncpi db upgrade`") from None
+        raise UserError(f"database {settings.database_url.split('://', 1)[0]}: {_one_line(text, 160)}") from None
+    except OSError as exc:
+        raise UserError(f"database: {_one_line(exc, 160)}") from None
+
+
+def _target(text: str) -> tuple[str, str]:
+    """('recommendation' | 'inspection', business ID) from an ID or a workflow ID."""
+    from ncpi_workflow.lifecycle import parse_inspection_id, parse_recommendation_id
+
+    for kind, parse in (("recommendation", parse_recommendation_id), ("inspection", parse_inspection_id)):
+        try:
+            return kind, parse(text.strip())
+        except ValueError:
+            continue
+    raise UserError(
+        f"{text!r} is not an inspection ID such as CUM-2017-01-26 or a recommendation ID such as CUM-2017-01-26-R1"
+    )
+
+
+def _recommendation(text: str) -> str:
+    from ncpi_workflow.lifecycle import parse_recommendation_id
+
+    try:
+        return parse_recommendation_id(text.strip())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _inspection(text: str) -> str:
+    from ncpi_workflow.lifecycle import parse_inspection_id
+
+    try:
+        return parse_inspection_id(text.strip())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _workflow_id(kind: str, business_id: str) -> str:
+    from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
+
+    return recommendation_workflow_id(business_id) if kind == "recommendation" else inspection_workflow_id(business_id)
+
+
+def _view_type(kind: str):
+    from ncpi_workflow.lifecycle import InspectionView, RecommendationView
+
+    return RecommendationView if kind == "recommendation" else InspectionView
+
+
+async def _query_state(settings, client, kind: str, business_id: str):
+    handle = client.get_workflow_handle(_workflow_id(kind, business_id))
+    with _temporal_errors(settings, business_id):
+        return await asyncio.wait_for(handle.query("state", result_type=_view_type(kind)), CALL_TIMEOUT_SECONDS)
+
+
+async def _send_update(settings, client, kind: str, business_id: str, update: str, request: Any, result_type: Any):
+    """One Temporal Update with a fresh update ID; a validator's refusal becomes the UserError it gave."""
+    handle = client.get_workflow_handle(_workflow_id(kind, business_id))
+    with _temporal_errors(settings, business_id):
+        return await asyncio.wait_for(
+            handle.execute_update(update, request, result_type=result_type), CALL_TIMEOUT_SECONDS
+        )
+
+
+def _update(kind: str, business_id: str, update: str, request: Any, result_type: Any = None) -> Any:
+    settings = _settings()
+
+    async def go():
+        client = await _client(settings)
+        return await _send_update(settings, client, kind, business_id, update, request, result_type or _view_type(kind))
+
+    return run(go())
+
+
+def _echo_lines(lines: List[str]) -> None:
+    typer.echo("\n".join(lines))
+
+
+def _echo_json(document: Any) -> None:
+    typer.echo(json.dumps(document, indent=2, default=_json_default))
+
+
+@app.command()
+def publish(
+    file: Path = typer.Argument(..., help="A report file (YAML)."),
+    anchor_now: bool = typer.Option(
+        False,
+        "--anchor-now",
+        help="Run the follow-up as if the report were published now (for demonstrations): its clocks start from this moment.",
+    ),
+) -> None:
+    """Publish a report: write its records and start its follow-up workflow. Publishing it again starts nothing."""
+    from ncpi_workflow import publishing
+    from ncpi_workflow.report import ReportInvalid
+
+    settings = _settings()
+    try:
+        _load(file)  # refuse a bad file before touching Temporal or the database
+    except ReportInvalid as exc:
+        fail(exc.problems[0])
+    anchor = datetime.now(timezone.utc) if anchor_now else None
+
+    async def go():
+        client = await _client(settings)
+        with _temporal_errors(settings, str(file)):
+            return await publishing.publish(settings, client, file, anchor=anchor)
+
+    with _database_errors(settings):
+        result = run(go())
+    if result.started:
+        typer.echo(
+            f"published {result.inspection_id}: workflow {result.workflow_id}, {result.recommendations} recommendations"
+        )
+    else:
+        typer.echo(f"{result.inspection_id} is already published (workflow {result.workflow_id}); nothing started")
+
+
+@app.command()
+def status(
+    force: Optional[str] = typer.Option(None, "--force", metavar="CODE", help="Only this force's inspections, e.g. CUM."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a list of objects, one per recommendation."),
+) -> None:
+    """Where every recommendation stands, from the database's projection of the workflows (no Temporal needed)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from ncpi_workflow import db
+    from ncpi_workflow.models import Inspection
+    from ncpi_workflow.views import render_status, status_records
+
+    settings = _settings()
+    known = _forces()
+    code = None
+    if force is not None:
+        code = force.strip().upper()
+        if code not in known:
+            fail(f"unknown force code {force!r}; `ncpi forces` lists the {len(known)} codes")
+
+    async def fetch():
+        async with db.open_database(settings.database_url) as sessions:
+            async with sessions() as session:
+                query = select(Inspection).options(selectinload(Inspection.recommendations))
+                if code:
+                    query = query.where(Inspection.force_code == code)
+                return list(await session.scalars(query.order_by(Inspection.published_on, Inspection.id)))
+
+    with _database_errors(settings):
+        inspections = run(fetch())
+    if as_json:
+        _echo_json(status_records(inspections))
+        return
+    if not inspections:
+        typer.echo("no published inspections" + (f" for {code}" if code else ""))
+        return
+    _echo_lines(render_status(inspections, {c: f.name for c, f in known.items()}))
+
+
+@app.command()
+def show(
+    id: str = typer.Argument(..., metavar="ID", help="An inspection (CUM-2017-01-26) or recommendation (CUM-2017-01-26-R1) ID, or its workflow ID."),
+    as_json: bool = typer.Option(False, "--json", help="The workflow's whole view as JSON."),
+) -> None:
+    """The live state of one follow-up, from its workflow: phase, deadlines and revisions, next action, evidence, history."""
+    from ncpi_workflow.views import dump, render_inspection, render_recommendation
+
+    kind, business_id = _target(id)
+    settings = _settings()
+
+    async def go():
+        client = await _client(settings)
+        return await _query_state(settings, client, kind, business_id)
+
+    view = run(go())
+    if as_json:
+        _echo_json(dump(view))
+    else:
+        _echo_lines(render_recommendation(view) if kind == "recommendation" else render_inspection(view))
+
+
+CLAIMS = "not_started, in_progress, implemented"
+OUTCOMES = "achieved, partially_achieved, not_achieved, superseded, withdrawn"
+
+
+@app.command()
+def progress(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    claim: str = typer.Option(..., "--claim", help=f"What the force says: {CLAIMS}."),
+    text: str = typer.Option(..., "--text", help="The force's account of its progress."),
+    by: str = typer.Option(..., "--by", help="Who reports it."),
+) -> None:
+    """Record the force's progress on a recommendation (its own claim, apart from the inspectorate's judgement)."""
+    from ncpi_workflow.lifecycle import ProgressRequest
+    from ncpi_workflow.views import words
+
+    rec = _recommendation(rec_id)
+    view = _update("recommendation", rec, "submit_progress", ProgressRequest(claim=claim, text=text, by=by))
+    s = view.state
+    typer.echo(f"{rec}: progress recorded (force claims {words(s.force_claim)}); {words(s.phase)}, {view.register_status}")
+
+
+@app.command()
+def evidence(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    file: Path = typer.Option(..., "--file", help="The evidence file."),
+    by: str = typer.Option(..., "--by", help="Who submits it."),
+    description: Optional[str] = typer.Option(None, "--description", help="What the file shows."),
+) -> None:
+    """Submit a file of evidence for a recommendation: kept by its SHA-256, then recorded by the workflow."""
+    from ncpi_workflow.evidence_files import content_type, hash_file, keep_file, stored_path
+    from ncpi_workflow.lifecycle import EvidenceRequestInput, RecommendationView, check_evidence
+
+    rec = _recommendation(rec_id)
+    settings = _settings()
+    limit = settings.evidence_max_bytes
+    sha256, size = hash_file(file, limit)
+
+    def request_for(sha: str, size_bytes: int, path: Path) -> EvidenceRequestInput:
+        return EvidenceRequestInput(
+            filename=file.name, sha256=sha, size_bytes=size_bytes, storage_path=str(path.resolve()),
+            content_type=content_type(file.name), by=by, description=description,
+        )
+
+    async def go():
+        client = await _client(settings)
+        # Ask first, so that a submission the workflow would refuse leaves nothing in the store.
+        current = await _query_state(settings, client, "recommendation", rec)
+        try:
+            check_evidence(current.state, request_for(sha256, size, stored_path(settings.evidence_dir, sha256)), limit)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        stored = keep_file(file, settings.evidence_dir, limit)
+        request = request_for(stored.sha256, stored.size_bytes, stored.storage_path)
+        return await _send_update(settings, client, "recommendation", rec, "submit_evidence", request, RecommendationView), stored
+
+    view, stored = run(go())
+    typer.echo(
+        f"{rec}: evidence {stored.filename} recorded ({stored.size_bytes:,} bytes, sha256 {stored.sha256[:12]}); "
+        f"{view.state.phase.value.replace('_', ' ')}, {view.register_status}"
+    )
+
+
+@app.command()
+def revisit(
+    inspection_id: str = typer.Argument(..., metavar="INSPECTION_ID", help="An inspection ID, e.g. CUM-2017-01-26."),
+    by: str = typer.Option(..., "--by", help="The inspector opening the revisit."),
+) -> None:
+    """Open the revisit (post-inspection review) now: every open recommendation is asked for evidence or reviewed."""
+    from ncpi_workflow.lifecycle import RevisitResult, TriggerRevisitRequest
+    from ncpi_workflow.views import when
+
+    insp = _inspection(inspection_id)
+    result = _update("inspection", insp, "trigger_revisit", TriggerRevisitRequest(by=by), RevisitResult)
+    typer.echo(f"revisit of {insp} opened {when(result.opened_at)} (cycle {result.cycle}, {result.trigger}, by {result.by})")
+
+
+@app.command()
+def decide(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    outcome: str = typer.Option(..., "--outcome", help=f"The inspectorate's judgement: {OUTCOMES}."),
+    rationale: str = typer.Option(..., "--rationale", help="Why."),
+    by: str = typer.Option(..., "--by", help="Who decides."),
+) -> None:
+    """Record the inspectorate's decision on a recommendation under review: it closes or starts a further cycle."""
+    from ncpi_workflow.lifecycle import DecisionRequest
+    from ncpi_workflow.views import words
+
+    rec = _recommendation(rec_id)
+    view = _update("recommendation", rec, "record_decision", DecisionRequest(outcome=outcome, rationale=rationale, by=by))
+    s = view.state
+    if s.phase.value == "closed":
+        typer.echo(f"{rec}: {words(outcome)}; closed ({view.register_status})")
+    else:
+        typer.echo(f"{rec}: {words(outcome)}; further follow-up cycle {s.cycle}, due {s.deadline.due.isoformat()}")
+
+
+@app.command()
+def reopen(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    reason: str = typer.Option(..., "--reason", help="Why it is re-opened."),
+    by: str = typer.Option(..., "--by", help="Who re-opens it."),
+) -> None:
+    """Re-open a closed recommendation: a new follow-up cycle with a new deadline."""
+    from ncpi_workflow.lifecycle import ReasonRequest
+    from ncpi_workflow.views import words
+
+    rec = _recommendation(rec_id)
+    view = _update("recommendation", rec, "reopen", ReasonRequest(reason=reason, by=by))
+    s = view.state
+    typer.echo(f"{rec}: re-opened; cycle {s.cycle}, {words(s.phase)}, due {s.deadline.due.isoformat()}")
+
+
+@app.command()
+def withdraw(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    reason: str = typer.Option(..., "--reason", help="Why it is withdrawn."),
+    by: str = typer.Option(..., "--by", help="Who withdraws it."),
+) -> None:
+    """Withdraw a recommendation: it closes with the outcome 'withdrawn'."""
+    from ncpi_workflow.lifecycle import ReasonRequest
+
+    rec = _recommendation(rec_id)
+    view = _update("recommendation", rec, "withdraw", ReasonRequest(reason=reason, by=by))
+    typer.echo(f"{rec}: withdrawn; closed ({view.register_status})")
+
+
+@app.command("revise-deadline")
+def revise_deadline(
+    id: str = typer.Argument(..., metavar="ID", help="An inspection ID (report deadlines) or a recommendation ID."),
+    deadline: str = typer.Option(
+        ..., "--deadline", metavar="KEY",
+        help="Inspection: action_plan, pcc_response, immediate_update or revisit_by; recommendation: recommendation or evidence.",
+    ),
+    to: str = typer.Option(..., "--to", metavar="YYYY-MM-DD", help="The new due date (a working day after today)."),
+    reason: str = typer.Option(..., "--reason", help="Why it moves."),
+    by: str = typer.Option(..., "--by", help="Who moves it."),
+) -> None:
+    """Move a deadline. Its original date is kept; the revision is recorded with the reason and who made it."""
+    from ncpi_workflow.lifecycle import ReviseDeadlineRequest
+
+    kind, business_id = _target(id)
+    try:
+        new_due = date.fromisoformat(to.strip())
+    except ValueError:
+        fail(f"--to: {to!r} is not a date such as 2026-12-31")
+    view = _update(kind, business_id, "revise_deadline", ReviseDeadlineRequest(deadline=deadline, new_due=new_due, reason=reason, by=by))
+    if kind == "recommendation":
+        moved = view.state.deadline if deadline == "recommendation" else view.state.evidence_deadline
+    else:
+        moved = next(d for d in view.state.deadlines if d.key == deadline)
+    previous = moved.revisions[-1].previous_due
+    typer.echo(
+        f"{business_id}: {deadline} deadline moved from {previous.isoformat()} to {moved.due.isoformat()} "
+        f"(originally {moved.original_due.isoformat()})"
+    )
+
+
+@app.command()
+def deliver(
+    inspection_id: str = typer.Argument(..., metavar="INSPECTION_ID", help="An inspection ID, e.g. CUM-2017-01-26."),
+    item: str = typer.Argument(..., help="action_plan, pcc_response or immediate_update."),
+    by: str = typer.Option(..., "--by", help="Who records its receipt."),
+    note: str = typer.Option("", "--note", help="A note, e.g. how it arrived."),
+) -> None:
+    """Record that the force (or PCC) delivered a report-level item: its deadline is met and its reminders stop."""
+    from ncpi_workflow.lifecycle import DeliveryRequest
+    from ncpi_workflow.views import when, words
+
+    insp = _inspection(inspection_id)
+    view = _update("inspection", insp, "record_delivery", DeliveryRequest(item=item, by=by, note=note))
+    met = next(d for d in view.state.deadlines if d.key == item)
+    typer.echo(f"{insp}: {words(item)} received {when(met.met_at)} (was due {met.due.isoformat()})")
+
+
+@app.command()
+def worker() -> None:
+    """Run the worker: every follow-up workflow and activity on the task queue, until Ctrl-C or SIGTERM."""
+    import logging
+
+    import worker as worker_module
+
+    settings = _settings()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
+    try:
+        with _database_errors(settings), _temporal_errors(settings, f"task queue {settings.task_queue}"):
+            run(worker_module.serve(settings))
+    except RuntimeError as exc:
+        if "client connect" in str(exc):
+            raise _unreachable(settings, _connect_reason(exc)) from None
+        raise
+
+
+OUTBOX_STATUSES = ("pending", "sent", "failed")
+
+
+@app.command()
+def outbox(
+    status: Optional[str] = typer.Option(None, "--status", help="Only notifications with this status: pending, sent or failed."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The email outbox: every notification the follow-ups have produced (times in Europe/London)."""
+    from sqlalchemy import select
+
+    from ncpi_workflow import db
+    from ncpi_workflow.models import Notification
+    from ncpi_workflow.views import outbox_records, render_outbox
+
+    settings = _settings()
+    if status is not None and status not in OUTBOX_STATUSES:
+        fail(f"--status: {status!r} is not one of: {', '.join(OUTBOX_STATUSES)}")
+
+    async def fetch():
+        async with db.open_database(settings.database_url) as sessions:
+            async with sessions() as session:
+                query = select(Notification)
+                if status is not None:
+                    query = query.where(Notification.status == status)
+                return list(await session.scalars(query.order_by(Notification.scheduled_for, Notification.id)))
+
+    with _database_errors(settings):
+        records = outbox_records(run(fetch()))
+    if as_json:
+        _echo_json(records)
+        return
+    if not records:
+        typer.echo("the outbox is empty" if status is None else f"no {status} notifications")
+        return
+    _echo_lines(render_outbox(records))
 
 
 def main() -> None:

@@ -270,6 +270,8 @@ class RecommendationState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
+    undelivered: list[int] = field(default_factory=list)
+    """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
 
 
 @dataclass
@@ -495,6 +497,8 @@ class InspectionState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
+    undelivered: list[int] = field(default_factory=list)
+    """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
 
 
 @dataclass

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
+    smtp_tls: bool = False
+    """Implicit TLS (SMTPS, usually port 465); NCPI_SMTP_STARTTLS upgrades a plain connection instead."""
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_rate_limit: float = Field(default=0.0, ge=0, description="Messages per second at most; 0 is unlimited.")
+    smtp_idle_seconds: float = Field(default=30.0, ge=0, description="Keep an idle SMTP connection this long for the next burst.")
+    reply_to: str | None = "ncpi-followup-replies@inspectorate.example"
+    templates_dir: Path | None = None
     mail_from: str = "ncpi-followup@inspectorate.example"
     inspectors_email: str = "ncpi-inspectors@inspectorate.example"
     lead_hm_inspector_email: str = "lead-hmi@inspectorate.example"

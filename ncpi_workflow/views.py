@@ -7,7 +7,7 @@ that the text and the JSON say the same thing.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from pydantic import TypeAdapter
@@ -157,11 +157,16 @@ def render_inspection(view: InspectionView) -> list[str]:
 # ---------------------------------------------------------------- the database projection (`ncpi status`)
 
 
+def ordered(recommendations: Iterable[Any]) -> list[Any]:
+    """R1, R2, ..., R10 (not R1, R10, R2)."""
+    return sorted(recommendations, key=lambda r: (len(r.ref), r.ref))
+
+
 def status_records(inspections: Iterable[Any]) -> list[dict[str, Any]]:
     """One record per recommendation, with its inspection's projection, in inspection order."""
     records = []
     for insp in inspections:
-        for rec in insp.recommendations:
+        for rec in ordered(insp.recommendations):
             records.append(
                 {
                     "inspection_id": insp.id,
@@ -198,7 +203,7 @@ def render_status(inspections: Iterable[Any], force_names: dict[str, str]) -> li
         if insp.next_action:
             head += f"; next: {insp.next_action}" + (f", {when(insp.next_action_at)}" if insp.next_action_at else "")
         lines.append(head)
-        for rec in insp.recommendations:
+        for rec in ordered(insp.recommendations):
             line = (
                 f"  {rec.id:<20} {words(rec.timeframe):<20} {words(rec.phase):<19} cycle {rec.cycle}  "
                 f"{register_status(rec.phase):<25}"
@@ -241,7 +246,3 @@ def render_outbox(records: list[dict[str, Any]]) -> list[str]:
         scheduled = short_datetime(datetime.fromisoformat(r["scheduled_for"])) if r["scheduled_for"] else "-"
         lines.append(f"{r['id']:>5}  {scheduled:<22} {r['kind']:<17} {r['status']:<8} {', '.join(r['to'])}  {r['subject']}")
     return lines
-
-
-def iso(day: date) -> str:
-    return day.isoformat()

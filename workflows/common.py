@@ -46,8 +46,47 @@ async def wait_until(time_scale: TimeScale, condition: Callable[[], bool], until
         return condition()
 
 
-async def notify(request: NotificationRequest) -> None:
-    await run_activity("record_notification", request, result_type=int)
+# Email delivery retries until the server takes the message (transient failures: refused, timeouts,
+# 4xx). Permanent refusals are not raised: the activity records them and tells the inspectors.
+DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10))
+DELIVERY_TIMEOUT = timedelta(minutes=2)
+DELIVERY_PATIENCE = timedelta(minutes=1)
+
+
+class Outbox:
+    """Records notifications (awaited: the record must exist before the workflow moves on) and
+    delivers them in the background, so an SMTP outage never holds up an inspector's Update."""
+
+    def __init__(self) -> None:
+        self.deliveries: dict[int, asyncio.Task] = {}
+
+    def resume(self, notification_ids: list[int]) -> None:
+        """Deliveries handed over by the previous run (see `settle`)."""
+        for notification_id in notification_ids:
+            self._deliver(notification_id)
+
+    def _deliver(self, notification_id: int) -> None:
+        self.deliveries = {i: d for i, d in self.deliveries.items() if not d.done()}
+        self.deliveries[notification_id] = workflow.start_activity(
+            "deliver_notification", notification_id, start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY
+        )
+
+    async def notify(self, request: NotificationRequest) -> None:
+        self._deliver(await run_activity("record_notification", request, result_type=int))
+
+    async def settle(self, patience: timedelta | None = DELIVERY_PATIENCE) -> list[int]:
+        """Before continue-as-new: let deliveries in progress finish (they usually take a moment),
+        then hand over those still waiting for the SMTP server, for the next run to resume."""
+        pending = lambda: all(d.done() for d in self.deliveries.values())  # noqa: E731
+        try:
+            await workflow.wait_condition(pending, timeout=patience)
+        except asyncio.TimeoutError:
+            pass
+        return [i for i, d in self.deliveries.items() if not d.done()]
+
+    async def drain(self) -> None:
+        """Before completing: every delivery must end."""
+        await asyncio.gather(*self.deliveries.values())
 
 
 def history(entries: list[HistoryEntry], at: datetime, event: str, by: str = "system", detail: str = "") -> None:

@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
-from workflows.common import calendar_now, history, notify, run_activity, update_key, wait_until
+from workflows.common import Outbox, calendar_now, history, run_activity, update_key, wait_until
 from workflows.recommendation import RecommendationWorkflow
 
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
@@ -67,6 +67,7 @@ class InspectionWorkflow:
         self.revisit_requested_by: str | None = None
         self.wake = False
         self.restart = False
+        self.outbox = Outbox()
 
     def _initial_state(self) -> InspectionState:
         deadlines = report_deadlines(
@@ -95,12 +96,15 @@ class InspectionWorkflow:
 
     @workflow.run
     async def run(self, inp: InspectionInput) -> str:
+        self.outbox.resume(self.state.undelivered)
+        self.state.undelivered = []
         if inp.carried is None:
             await self._publish()
         await self._project()
         while True:
             if self.restart:
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state))
             s = self.state
             if s.phase is InspectionPhase.CLOSED:
@@ -108,6 +112,7 @@ class InspectionWorkflow:
                 reopened = await wait_until(self.scale, lambda: self.restart, window_end)
                 if not reopened:
                     await workflow.wait_condition(workflow.all_handlers_finished)
+                    await self.outbox.drain()
                     return "closed"
                 continue
             if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
@@ -136,7 +141,7 @@ class InspectionWorkflow:
         """The report notice to the force, then one child workflow per recommendation."""
         await wait_until(self.scale, lambda: False, self.published_at)
         lines = [f"{r.ref} ({r.timeframe.replace('_', ' ')})" for r in self.inp.recommendations]
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/published", kind="published", inspection_id=self.inp.inspection_id,
                 recommendation_id=None, recipients=FORCE_AND_PCC,
@@ -165,7 +170,7 @@ class InspectionWorkflow:
             deadline.handled.append(deadline.message_key(skipped))
         key = deadline.message_key(message)
         label = deadline.as_deadline(self.calendar).label
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/{key}", kind=message.kind.value,
                 inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=message.recipients,
@@ -191,7 +196,7 @@ class InspectionWorkflow:
             "record_revisit",
             RevisitRecord(f"{self.workflow_id}/c{s.cycle}/revisit", self.inp.inspection_id, s.cycle, trigger, by, now),
         )
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_opened", kind="revisit_opened",
                 inspection_id=self.inp.inspection_id, recommendation_id=None,
@@ -221,7 +226,7 @@ class InspectionWorkflow:
         now = self._now()
         outcomes = {r: s.settled[r] for r in s.open_recommendations}
         further = [r for r, o in outcomes.items() if o in (Outcome.PARTIALLY_ACHIEVED.value, Outcome.NOT_ACHIEVED.value)]
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_outcome", kind="revisit_outcome",
                 inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=FORCE_AND_PCC,
@@ -269,12 +274,15 @@ class InspectionWorkflow:
         s = self.state
         now = self._now()
         history(s.history, now, f"{reopened.recommendation_id} re-opened", reopened.by, reopened.reason)
+        rec = reopened.recommendation_id
         if s.phase is InspectionPhase.CLOSED:
-            self._next_cycle(now, [reopened.recommendation_id])
-        elif reopened.recommendation_id not in s.open_recommendations:
-            s.open_recommendations.append(reopened.recommendation_id)
+            self._next_cycle(now, [rec])
+        else:
+            s.settled.pop(rec, None)  # its decision in this cycle no longer stands
+            if rec not in s.open_recommendations:
+                s.open_recommendations.append(rec)
             if s.phase is InspectionPhase.REVISIT_OPEN:
-                await workflow.get_external_workflow_handle(recommendation_workflow_id(reopened.recommendation_id)).signal(
+                await workflow.get_external_workflow_handle(recommendation_workflow_id(rec)).signal(
                     RecommendationWorkflow.open_review, OpenReview(s.cycle, now)
                 )
         self.wake = True
@@ -291,8 +299,11 @@ class InspectionWorkflow:
     def _validate_trigger(self, request: TriggerRevisitRequest) -> None:
         if not request.by or not request.by.strip():
             raise ValueError("who triggers the revisit (by) must not be empty")
+        if self.restart:
+            raise ValueError("a new follow-up cycle is starting; try again in a minute")
         if self.state.phase is InspectionPhase.REVISIT_OPEN:
-            raise ValueError(f"the revisit of cycle {self.state.cycle} is already open (since {self.state.revisit_opened_at:%Y-%m-%d})")
+            opened = self.calendar.local(self.state.revisit_opened_at)
+            raise ValueError(f"the revisit of cycle {self.state.cycle} is already open (since {opened:%Y-%m-%d})")
         if self.state.phase is InspectionPhase.CLOSED:
             raise ValueError("every recommendation of this report is closed; there is nothing to revisit")
         if self.revisit_requested_by:
@@ -326,7 +337,8 @@ class InspectionWorkflow:
         if deadline is None:
             raise ValueError(f"this report has no {request.item} deadline")
         if deadline.met_at is not None:
-            raise ValueError(f"the {request.item.replace('_', ' ')} was already received on {deadline.met_at:%Y-%m-%d}")
+            received = self.calendar.local(deadline.met_at)
+            raise ValueError(f"the {request.item.replace('_', ' ')} was already received on {received:%Y-%m-%d}")
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> InspectionView:

@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
-from workflows.common import calendar_now, history, notify, run_activity, update_key, wait_until
+from workflows.common import Outbox, calendar_now, history, run_activity, update_key, wait_until
 
 FORCE_CONTACTS = ("liaison_officer", "chief_officer")
 NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_inspector")
@@ -71,6 +71,7 @@ class RecommendationWorkflow:
         self.state = inp.carried or self._initial_state()
         self.wake = False
         self.restart = False
+        self.outbox = Outbox()
 
     # ------------------------------------------------------------------ set-up
 
@@ -106,17 +107,21 @@ class RecommendationWorkflow:
 
     @workflow.run
     async def run(self, inp: RecommendationInput) -> str:
+        self.outbox.resume(self.state.undelivered)
+        self.state.undelivered = []
         await self._project()
         while True:
             if self.restart:
                 # A new cycle starts with a fresh history: the state carries what must survive.
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state))
             if self.state.phase is Phase.CLOSED:
                 window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
                 reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED, window_end)
                 if not reopened:
                     await workflow.wait_condition(workflow.all_handlers_finished)
+                    await self.outbox.drain()
                     return str(self.state.outcome)
                 continue
             due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
@@ -133,7 +138,7 @@ class RecommendationWorkflow:
         for skipped in due.superseded:
             deadline.handled.append(deadline.message_key(skipped))
         key = deadline.message_key(message)
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/{key}",
                 kind=message.kind.value,
@@ -283,7 +288,7 @@ class RecommendationWorkflow:
                 DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id,
                                    f"evidence:{self.inp.ref}", DeadlineKind.EVIDENCE.value, s.cycle, due),
             )
-            await notify(
+            await self.outbox.notify(
                 NotificationRequest(
                     idempotency_key=key, kind="evidence_request", inspection_id=self.inp.inspection_id,
                     recommendation_id=self.inp.recommendation_id, recipients=("liaison_officer",),
@@ -306,7 +311,7 @@ class RecommendationWorkflow:
                            request.rationale.strip(), request.by, now),
         )
         history(s.history, now, f"decision: {outcome.value}", request.by, request.rationale.strip())
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
                 inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
@@ -316,7 +321,7 @@ class RecommendationWorkflow:
             )
         )
         if outcome is Outcome.NOT_ACHIEVED:
-            await notify(
+            await self.outbox.notify(
                 NotificationRequest(
                     idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
                     inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
@@ -364,7 +369,7 @@ class RecommendationWorkflow:
             DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id, f"recommendation:{self.inp.ref}",
                                DeadlineKind.RECOMMENDATION.value, s.cycle, deadline.due),
         )
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/further_follow_up", kind="further_follow_up",
                 inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
@@ -388,7 +393,7 @@ class RecommendationWorkflow:
                            request.reason.strip(), request.by, now),
         )
         history(s.history, now, "withdrawn", request.by, request.reason.strip())
-        await notify(
+        await self.outbox.notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
                 inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,

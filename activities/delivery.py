@@ -1,0 +1,188 @@
+"""Delivering the outbox by email, exactly once in effect.
+
+`deliver_notification` sends a recorded notification unless it was already sent, and marks it
+sent. Transient failures raise, and Temporal retries them with backoff for as long as it takes;
+a permanent refusal is recorded as failed with the server's answer and the inspectors are told.
+
+The one window no design closes: the server accepts the message and the worker dies before the row
+is marked sent. The retried activity then sends again, with the same Message-ID (derived from the
+notification's idempotency key), so the repeat is recognisable as the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from ncpi_workflow.emails import DecisionFacts, EmailContext, EmailTemplateError, RecommendationFacts, render_email
+from ncpi_workflow.mailer import Mailer, PermanentDeliveryError, TransientDeliveryError, build_message, message_id_for
+from ncpi_workflow.models import Deadline, Decision, Inspection, Notification, Recommendation, utcnow
+from ncpi_workflow.store import append_audit, insert_if_absent
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    mail_from: str
+    reply_to: str | None
+    inspectors_email: str
+    templates_dir: Path | None
+
+
+SENT, FAILED = "sent", "failed"
+
+
+class DeliveryActivities:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], mailer: Mailer, settings: DeliverySettings):
+        self.sessions = sessions
+        self.mailer = mailer
+        self.settings = settings
+
+    def all(self) -> list:
+        return [self.deliver_notification]
+
+    @activity.defn
+    async def deliver_notification(self, notification_id: int) -> str:
+        """Send one outbox notification by email unless already sent. Returns its final status."""
+        async with self.sessions() as session:
+            notification = await session.get(Notification, notification_id)
+            if notification is None:
+                raise LookupError(f"no notification {notification_id}")
+            if notification.status in (SENT, FAILED):
+                return notification.status  # a retry after success, or a failure already reported
+            context = await email_context(session, notification)
+        return await self._send(notification_id, context)
+
+    async def _send(self, notification_id: int, context: EmailContext) -> str:
+        context.reply_to = self.settings.reply_to
+        try:
+            rendered = render_email(context, self.settings.templates_dir)
+        except EmailTemplateError as exc:
+            # A broken template or missing data: retrying cannot help, so it is a permanent failure.
+            return await self._fail(notification_id, f"template error: {exc}", message_id=None)
+        async with self.sessions() as session:
+            notification = await session.get(Notification, notification_id)
+            message_id = message_id_for(notification.idempotency_key, self.settings.mail_from)
+            message = build_message(
+                mail_from=self.settings.mail_from, reply_to=self.settings.reply_to, to=list(notification.recipients["to"]),
+                subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
+                reference=notification.idempotency_key,
+            )
+            notification.attempts += 1
+            try:
+                await self.mailer.send(message)
+            except TransientDeliveryError as exc:
+                notification.last_error = str(exc)
+                await session.commit()
+                raise  # Temporal retries with backoff
+            except PermanentDeliveryError as exc:
+                await session.commit()
+                return await self._fail(notification_id, exc.answer, message_id)
+            notification.status = SENT
+            notification.sent_at = utcnow()
+            notification.message_id = message_id
+            notification.last_error = None
+            await session.commit()
+            return SENT
+
+    async def _fail(self, notification_id: int, answer: str, message_id: str | None) -> str:
+        """Record a permanent failure with the server's answer, then tell the inspectors."""
+        async with self.sessions() as session:
+            notification = await session.get(Notification, notification_id)
+            notification.status = FAILED
+            notification.last_error = answer
+            notification.message_id = message_id
+            await append_audit(
+                session, actor="system", action="notification.failed", entity_type="notification",
+                entity_id=str(notification.id), detail={"answer": answer, "to": notification.recipients["to"]},
+                idempotency_key=f"{notification.idempotency_key}/failed",
+            )
+            await session.commit()
+        await self._tell_inspectors(notification, answer)
+        return FAILED
+
+    async def _tell_inspectors(self, failed: Notification, answer: str) -> None:
+        """Record and send a delivery_failed notice to the inspectors' mailbox (once; never about itself)."""
+        if failed.kind == "delivery_failed":
+            return
+        key = f"{failed.idempotency_key}/delivery_failed"
+        async with self.sessions.begin() as session:
+            await insert_if_absent(
+                session, Notification, ["idempotency_key"],
+                idempotency_key=key, kind="delivery_failed", inspection_id=failed.inspection_id,
+                recommendation_id=failed.recommendation_id,
+                recipients={"to": [self.settings.inspectors_email], "roles": ["inspectors"]},
+                subject=f"Email not delivered: {failed.subject}",
+                context={"failed_id": failed.id}, status="pending", attempts=0, scheduled_for=utcnow(),
+            )
+            alert_id = await session.scalar(select(Notification.id).where(Notification.idempotency_key == key))
+        try:
+            await self.deliver_notification(alert_id)
+        except TransientDeliveryError:
+            pass  # stays pending: `ncpi outbox` shows it, and the reconciliation job re-sends pending mail
+
+
+async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
+    """Everything the templates need, from the outbox row and the records it points at."""
+    inspection = await session.get(Inspection, n.inspection_id)
+    from ncpi_workflow.models import Force
+
+    force = await session.get(Force, inspection.force_code)
+    recs = (await session.scalars(
+        select(Recommendation).where(Recommendation.inspection_id == inspection.id).order_by(Recommendation.id)
+    )).all()
+    deadlines = (await session.scalars(select(Deadline).where(Deadline.inspection_id == inspection.id))).all()
+    ctx = n.context or {}
+
+    def facts(rec: Recommendation) -> RecommendationFacts:
+        own = sorted((d for d in deadlines if d.recommendation_id == rec.id and d.kind == "recommendation"), key=lambda d: d.cycle)
+        latest = own[-1] if own else None
+        return RecommendationFacts(
+            ref=rec.ref, text=rec.text, timeframe=rec.timeframe,
+            due=latest.current_due if latest else None, original_due=latest.original_due if latest else None,
+            phase=rec.phase, outcome=rec.outcome, illustrative=rec.illustrative,
+        )
+
+    recommendation = next((facts(r) for r in recs if r.id == n.recommendation_id), None)
+    report_deadlines = {d.key: d.current_due for d in deadlines if d.recommendation_id is None and d.cycle == 1}
+    decision = None
+    if n.recommendation_id and (n.kind in ("decision", "further_follow_up") or ctx.get("rung") == "not_achieved"):
+        row = await session.scalar(
+            select(Decision).where(Decision.recommendation_id == n.recommendation_id).order_by(Decision.cycle.desc()).limit(1)
+        )
+        if row is not None:
+            decision = DecisionFacts(row.outcome, row.rationale, row.decided_by, row.decided_at)
+    failed = None
+    if n.kind == "delivery_failed":
+        original = await session.get(Notification, ctx.get("failed_id"))
+        failed = {"id": original.id, "kind": original.kind, "subject": original.subject,
+                  "to": original.recipients.get("to", []), "error": original.last_error or ""}
+    due = date.fromisoformat(ctx["due"]) if ctx.get("due") else None
+    deadline_key = ctx.get("deadline")
+    label = None
+    if deadline_key:
+        from ncpi_workflow.clocks import DEADLINE_LABELS, DeadlineKind
+
+        if deadline_key in ("recommendation", "evidence") and recommendation:
+            label = f"{'Evidence for recommendation' if deadline_key == 'evidence' else 'Recommendation'} {recommendation.ref}"
+        elif deadline_key in {k.value for k in DeadlineKind}:
+            label = DEADLINE_LABELS[DeadlineKind(deadline_key)]
+    ref_of = {r.id: r.ref for r in recs}
+    return EmailContext(
+        kind=n.kind, subject=n.subject, force_code=force.code, force_name=force.name,
+        inspection_id=inspection.id, inspection_title=inspection.title, published=inspection.published_on,
+        source_url=inspection.source_url, scheduled_for=n.scheduled_for or n.created_at,
+        recipients=list(n.recipients.get("roles", [])), deadline_label=label, deadline_key=deadline_key, due=due,
+        working_days=ctx.get("working_days"), rung=ctx.get("rung"), cycle=ctx.get("cycle") or 1,
+        recommendation=recommendation, recommendations=[facts(r) for r in recs], report_deadlines=report_deadlines,
+        decision=decision,
+        outcomes={ref_of.get(k, k): v for k, v in (ctx.get("outcomes") or {}).items()},
+        revisit_trigger=ctx.get("trigger"), failed_notification=failed,
+        reference=n.idempotency_key, triggered_by=ctx.get("by"),
+        evidence_what=f"Evidence that recommendation {recommendation.ref} has been implemented"
+        if n.kind == "evidence_request" and recommendation else None,
+    )
