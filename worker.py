@@ -21,10 +21,11 @@ from ncpi_workflow.mailer import Mailer, SmtpConfig
 from ncpi_workflow import db
 from ncpi_workflow.settings import Settings, get_settings
 from ncpi_workflow.temporal import connect, ensure_search_attributes
+from workflows.delivery import DeliveryWorkflow
 from workflows.inspection import InspectionWorkflow
 from workflows.recommendation import RecommendationWorkflow
 
-WORKFLOWS = [InspectionWorkflow, RecommendationWorkflow]
+WORKFLOWS = [InspectionWorkflow, RecommendationWorkflow, DeliveryWorkflow]
 
 # The domain package is deterministic and imported once, outside the sandbox: re-importing it (and
 # `holidays`, `dateutil`, pydantic models) for every workflow run would cost time and memory.

@@ -26,7 +26,6 @@ from ncpi_workflow.lifecycle import (
     RevisitRecord,
 )
 from ncpi_workflow.models import (
-    Contact,
     Deadline,
     Decision,
     Evidence,
@@ -37,13 +36,17 @@ from ncpi_workflow.models import (
     Recommendation,
     Revisit,
 )
-from ncpi_workflow.store import append_audit, insert_if_absent, revise_deadline
+from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
 
 
 @dataclass(frozen=True)
 class InspectorateAddresses:
     inspectors: str
     lead_hm_inspector: str
+
+    @property
+    def by_role(self) -> dict[str, str]:
+        return {"inspectors": self.inspectors, "lead_hm_inspector": self.lead_hm_inspector}
 
 
 class RecordActivities:
@@ -68,27 +71,15 @@ class RecordActivities:
             self.record_revisit,
         ]
 
-    async def _addresses(self, session: AsyncSession, inspection_id: str, roles: tuple[str, ...]) -> dict[str, list[str]]:
-        force_code = inspection_id.split("-", 1)[0]
-        contacts = {
-            c.role: c.email for c in (await session.scalars(select(Contact).where(Contact.force_code == force_code))).all()
-        }
-        inspectorate = {"inspectors": self.addresses.inspectors, "lead_hm_inspector": self.addresses.lead_hm_inspector}
-        resolved: dict[str, list[str]] = {"to": [], "roles": list(roles)}
-        for role in roles:
-            email = contacts.get(role) or inspectorate.get(role)
-            if email is None:
-                # Not retryable: reference data is missing, and retrying will not create it.
-                raise ApplicationError(f"no {role} address for force {force_code}", non_retryable=True)
-            if email not in resolved["to"]:
-                resolved["to"].append(email)
-        return resolved
-
     @activity.defn
     async def record_notification(self, request: NotificationRequest) -> int:
         """Put a notification in the outbox once; delivery is the email worker's job."""
         async with self.sessions.begin() as session:
-            recipients = await self._addresses(session, request.inspection_id, request.recipients)
+            try:
+                recipients = await resolve_recipients(session, request.inspection_id, request.recipients, self.addresses.by_role)
+            except LookupError as exc:
+                # Not retryable: reference data is missing, and retrying will not create it.
+                raise ApplicationError(str(exc), non_retryable=True) from None
             inserted = await insert_if_absent(
                 session,
                 Notification,

@@ -703,12 +703,19 @@ def worker() -> None:
 OUTBOX_STATUSES = ("pending", "sent", "failed")
 
 
-@app.command()
+outbox_app = typer.Typer(help="The email outbox.", invoke_without_command=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.callback()
 def outbox(
+    ctx: typer.Context,
     status: Optional[str] = typer.Option(None, "--status", help="Only notifications with this status: pending, sent or failed."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The email outbox: every notification the follow-ups have produced (times in Europe/London)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from sqlalchemy import select
 
     from ncpi_workflow import db
@@ -736,6 +743,58 @@ def outbox(
         typer.echo("the outbox is empty" if status is None else f"no {status} notifications")
         return
     _echo_lines(render_outbox(records))
+
+
+@outbox_app.command("resend")
+def outbox_resend(
+    notification_id: int = typer.Argument(..., help="The notification's id (first column of `ncpi outbox`)."),
+    by: str = typer.Option("operator", "--by", help="Who asks for it, for the audit trail."),
+) -> None:
+    """Send a failed (or stuck pending) notification again, to the contacts' current addresses."""
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from ncpi_workflow import db
+    from ncpi_workflow.models import Notification
+    from ncpi_workflow.store import append_audit, resolve_recipients
+    from workflows.delivery import resend_workflow_id
+
+    settings = _settings()
+    inspectorate = {"inspectors": settings.inspectors_email, "lead_hm_inspector": settings.lead_hm_inspector_email}
+
+    async def go() -> list[str]:
+        client = await _client(settings)
+        async with db.open_database(settings.database_url) as sessions:
+            async with sessions() as session:
+                await session.begin()
+                row = await session.get(Notification, notification_id)
+                if row is None:
+                    raise UserError(f"no notification {notification_id} in the outbox")
+                if row.status == "sent":
+                    raise UserError(f"notification {notification_id} was already sent ({row.sent_at:%Y-%m-%d %H:%M} UTC)")
+                try:
+                    row.recipients = await resolve_recipients(session, row.inspection_id, row.recipients.get("roles", []), inspectorate)
+                except LookupError as exc:
+                    raise UserError(str(exc)) from None
+                previous = row.last_error
+                row.status = "pending"
+                await append_audit(session, actor=by, action="notification.resend", entity_type="notification",
+                                   entity_id=str(row.id), detail={"previous_error": previous, "to": row.recipients["to"]})
+                with _temporal_errors(settings, f"notification {notification_id}"):
+                    try:
+                        await client.start_workflow(
+                            "NotificationDelivery", notification_id, id=resend_workflow_id(notification_id),
+                            task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                        )
+                    except WorkflowAlreadyStartedError:
+                        raise UserError(f"a re-send of notification {notification_id} is already under way") from None
+                await session.commit()
+                return row.recipients["to"]
+
+    with _database_errors(settings):
+        to = run(go())
+    typer.echo(f"re-sending notification {notification_id} to {', '.join(to)}")
 
 
 def main() -> None:

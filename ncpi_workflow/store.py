@@ -280,5 +280,24 @@ async def store_evidence(
     return evidence, True
 
 
+async def resolve_recipients(
+    session: AsyncSession, inspection_id: str, roles: tuple[str, ...] | list[str], inspectorate: dict[str, str]
+) -> dict[str, list[str]]:
+    """Roles to addresses: the force's contacts from the database, the inspectorate's from settings.
+    Raises LookupError naming a role nobody holds."""
+    force_code = inspection_id.split("-", 1)[0]
+    contacts = {
+        c.role: c.email for c in (await session.scalars(select(Contact).where(Contact.force_code == force_code))).all()
+    }
+    resolved: dict[str, list[str]] = {"to": [], "roles": list(roles)}
+    for role in roles:
+        email = contacts.get(role) or inspectorate.get(role)
+        if email is None:
+            raise LookupError(f"no {role} address for force {force_code}")
+        if email not in resolved["to"]:
+            resolved["to"].append(email)
+    return resolved
+
+
 async def count_rows(session: AsyncSession, model: type) -> int:
     return await session.scalar(select(func.count()).select_from(model)) or 0

@@ -174,3 +174,37 @@ async def test_a_burst_of_500_reminders_goes_over_one_connection(tmp_path):
             await mailer.close()
     finally:
         controller.stop()
+
+
+async def test_a_failed_notification_is_re_sent_with_ncpi_outbox_resend(time_skipping_env, tmp_path):
+    from tests.conftest import run_ncpi
+
+    report = write_report(tmp_path, "STA", date(2017, 3, 13), [("R1", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        h.smtp.refuse["liaison@staffordshire.police.example"] = "550 5.1.1 mailbox unavailable"
+        await start(h, report, date(2017, 3, 13))
+        rows = await eventually(lambda: _with_alert(h))
+        failed = next(r for r in rows if r.kind == "published")
+        h.smtp.refuse.clear()  # the address is fixed
+        env = {
+            **{k: v for k, v in __import__("os").environ.items() if not k.startswith("NCPI_")},
+            "NCPI_TEMPORAL_ADDRESS": h.client.service_client.config.target_host,
+            "NCPI_DATABASE_URL": h.settings.database_url,
+            "NCPI_TASK_QUEUE": h.settings.task_queue,
+            "NCPI_SETTINGS_FILE": str(tmp_path / "none.toml"),
+        }
+        result = await asyncio.to_thread(run_ncpi, "outbox", "resend", str(failed.id), "--by", "ops.desk", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"re-sending notification {failed.id} to liaison@staffordshire.police.example")
+        await eventually(lambda: _status_is(h, failed.id, "sent"))
+        again = [m for m in h.smtp.messages if m.message["X-NCPI-Reference"] == failed.idempotency_key]
+        assert len(again) == 2  # once to the others at first, once more to everyone now
+        refused = await asyncio.to_thread(run_ncpi, "outbox", "resend", str(failed.id), env=env)
+        assert refused.returncode != 0 and "was already sent" in refused.stderr and len(refused.stderr.splitlines()) == 1
+        listing = await asyncio.to_thread(run_ncpi, "outbox", "--status", "sent", "--json", env=env)
+        assert listing.returncode == 0 and str(failed.id) in listing.stdout
+
+
+async def _status_is(h, notification_id, status):
+    async with h.sessions() as session:
+        return (await session.get(Notification, notification_id, populate_existing=True)).status == status

@@ -1,0 +1,21 @@
+"""Delivering one notification again, on an operator's word (`ncpi outbox resend ID`)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.common import DELIVERY_RETRY, DELIVERY_TIMEOUT
+
+
+@workflow.defn(name="NotificationDelivery")
+class DeliveryWorkflow:
+    @workflow.run
+    async def run(self, notification_id: int) -> str:
+        return await workflow.execute_activity(
+            "deliver_notification", notification_id, start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
+            result_type=str,
+        )
+
+
+def resend_workflow_id(notification_id: int) -> str:
+    return f"ncpi/notification/{notification_id}/resend"
