@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -58,6 +59,9 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
             workflows=WORKFLOWS,
             workflow_runner=WORKFLOW_RUNNER,
             activities=record_activities(sessions, settings).all() + delivery_activities(sessions, mailer, settings).all(),
+            # On SIGTERM, activities in flight get this long to finish before they are cancelled (and
+            # retried elsewhere by Temporal): every activity is idempotent, so nothing is lost either way.
+            graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
         )
         try:
             async with worker:
@@ -81,9 +85,30 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors (NCPI_LOG_FORMAT=json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if settings.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(get_settings()))
+    settings = get_settings()
+    configure_logging(settings)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

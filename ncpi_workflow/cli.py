@@ -220,17 +220,13 @@ def forces(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 
 @app.command()
 def dev() -> None:
-    """Run on embedded defaults: SQLite under .data/, the example reports checked and planned."""
-    settings = _settings()
-    db_upgrade()
-    examples = sorted(Path("examples").glob("*.yaml"))
-    if examples:
-        validate(examples)
-        typer.echo("")
-        plan(Path("examples/cumbria-2017.yaml"), as_json=False)
-    typer.echo("")
-    typer.echo(f"Database: {settings.database_url}")
-    typer.echo("Try: ncpi forces | ncpi validate FILE | ncpi plan FILE [--json] | ncpi schema")
+    """Run everything on embedded defaults: Temporal dev server, SMTP capture, database, worker (`make run`)."""
+    import logging
+
+    from ncpi_workflow.devstack import run_dev
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(run_dev(_settings(), echo=lambda line: typer.echo(line)))
 
 
 # ---------------------------------------------------------------- the follow-up lifecycle (Temporal)
@@ -683,14 +679,10 @@ def deliver(
 @app.command()
 def worker() -> None:
     """Run the worker: every follow-up workflow and activity on the task queue, until Ctrl-C or SIGTERM."""
-    import logging
-
     import worker as worker_module
 
     settings = _settings()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
-    )
+    worker_module.configure_logging(settings)
     try:
         with _database_errors(settings), _temporal_errors(settings, f"task queue {settings.task_queue}"):
             run(worker_module.serve(settings))
@@ -698,6 +690,27 @@ def worker() -> None:
         if "client connect" in str(exc):
             raise _unreachable(settings, _connect_reason(exc)) from None
         raise
+
+
+@app.command()
+def health() -> None:
+    """Readiness: the database answers and Temporal answers. Exit 0 when both do (for orchestrators)."""
+    from sqlalchemy import text
+
+    from ncpi_workflow import db
+
+    settings = _settings()
+
+    async def check() -> None:
+        async with db.open_database(settings.database_url) as sessions:
+            async with sessions() as session:
+                await session.execute(text("SELECT 1"))
+        client = await _client(settings)
+        await asyncio.wait_for(client.service_client.check_health(), CALL_TIMEOUT_SECONDS)
+
+    with _database_errors(settings):
+        run(check())
+    typer.echo("ok: database and Temporal reachable")
 
 
 OUTBOX_STATUSES = ("pending", "sent", "failed")

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     smtp_idle_seconds: float = Field(default=30.0, ge=0, description="Keep an idle SMTP connection this long for the next burst.")
     reply_to: str | None = "ncpi-followup-replies@inspectorate.example"
     templates_dir: Path | None = None
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long in-flight activities may finish.")
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+    dev_time_scale: float = Field(default=50_000.0, gt=0, description="`ncpi dev`: six months in about five minutes.")
     mail_from: str = "ncpi-followup@inspectorate.example"
     inspectors_email: str = "ncpi-inspectors@inspectorate.example"
     lead_hm_inspector_email: str = "lead-hmi@inspectorate.example"

@@ -34,8 +34,12 @@ class CaptureHandler:
         """Recipient address -> SMTP answer, e.g. '550 5.1.1 No such mailbox'."""
         self.transactions = 0
         self._lock = threading.Lock()
+        self._next_file = 1
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            # A restarted capture carries on numbering: earlier messages are never overwritten.
+            numbers = [int(p.stem) for p in folder.glob("*.eml") if p.stem.isdigit()]
+            self._next_file = max(numbers, default=0) + 1
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse:
@@ -48,9 +52,9 @@ class CaptureHandler:
         with self._lock:
             self.messages.append(captured)
             self.transactions += 1
-            index = len(self.messages)
+            number, self._next_file = self._next_file, self._next_file + 1
         if self.folder is not None:
-            (self.folder / f"{index:06d}.eml").write_bytes(envelope.content)
+            (self.folder / f"{number:06d}.eml").write_bytes(envelope.content)
         return "250 Message accepted for delivery"
 
 
