@@ -49,7 +49,7 @@ RUN pip install --no-deps --editable . \
 USER ncpi:ncpi
 
 # `ncpi health` exits 0 when this container's worker is running and polling its task queue.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["ncpi", "health"]
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["ncpi", "health", "--worker"]
 
 ENTRYPOINT ["ncpi"]
 CMD ["worker"]

@@ -81,7 +81,10 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with running_worker(client, settings):
         log.info("worker running on %s, task queue %s", settings.temporal_address, settings.task_queue)
+        alive = asyncio.create_task(keep_alive(settings.worker_alive_file))
         await stop.wait()
+        alive.cancel()
+        settings.worker_alive_file.unlink(missing_ok=True)
         log.info("shutting down")
 
 
@@ -103,6 +106,19 @@ def configure_logging(settings: Settings) -> None:
         JsonFormatter() if settings.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+ALIVE_EVERY_SECONDS = 5.0
+
+
+async def keep_alive(path) -> None:
+    """Touch the liveness file while the worker runs (per container: not on a shared volume)."""
+    while True:
+        try:
+            path.touch()
+        except OSError as exc:
+            log.warning("cannot touch %s: %s", path, exc)
+        await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
 
 def main() -> None:

@@ -693,13 +693,24 @@ def worker() -> None:
 
 
 @app.command()
-def health() -> None:
-    """Readiness: the database answers and Temporal answers. Exit 0 when both do (for orchestrators)."""
+def health(
+    check_worker: bool = typer.Option(False, "--worker", help="Also require this container's worker to be running."),
+) -> None:
+    """Readiness: the database and Temporal answer (and, with --worker, the local worker is alive). Exit 0 when so."""
+    import time
+
     from sqlalchemy import text
 
     from ncpi_workflow import db
 
     settings = _settings()
+    if check_worker:
+        alive = settings.worker_alive_file
+        if not alive.exists():
+            fail(f"no worker running here ({alive} is missing)")
+        age = time.time() - alive.stat().st_mtime
+        if age > 30:
+            fail(f"the worker has not reported for {age:.0f} s ({alive})")
 
     async def check() -> None:
         async with db.open_database(settings.database_url) as sessions:
@@ -710,7 +721,7 @@ def health() -> None:
 
     with _database_errors(settings):
         run(check())
-    typer.echo("ok: database and Temporal reachable")
+    typer.echo("ok: database and Temporal reachable" + (", worker alive" if check_worker else ""))
 
 
 OUTBOX_STATUSES = ("pending", "sent", "failed")

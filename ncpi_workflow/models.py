@@ -311,3 +311,21 @@ class AuditEvent(Base):
     entity_id: Mapped[str] = mapped_column(String(64), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+
+
+class JobRun(Base):
+    """One run of a scheduled job (the daily digest, the reconciler) for one due time.
+
+    UNIQUE(job, due_at) is the lock: every worker replica fires the same schedule, and only the one
+    whose INSERT lands runs the job (see ncpi_workflow.jobs.claim). `due_at` is stored in UTC."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job", "due_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(64))
+    due_at: Mapped[datetime]
+    claimed_by: Mapped[str] = mapped_column(String(200))
+    """hostname:pid of the replica that runs it."""
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(Text)

@@ -105,3 +105,41 @@ async def published_ids(settings: Settings) -> list[str]:
     async with db.open_database(settings.database_url) as sessions:
         async with sessions() as session:
             return list((await session.scalars(select(Inspection.id).order_by(Inspection.id))).all())
+
+
+async def inspection_input_from_records(
+    session,
+    inspection_id: str,
+    *,
+    policy,
+    time_scale: TimeScale,
+    calendar=None,
+    carried=None,
+) -> InspectionInput:
+    """The InspectionInput `publish` starts a follow-up with, rebuilt from the records instead of
+    the report file (for the reconciler's restarts). `calendar` defaults to the one `publish`
+    computes for the publication date; pass the original run's policy, calendar and time scale
+    when they are known, so that a restarted follow-up keeps the clocks it started with."""
+    from ncpi_workflow.models import Force, Recommendation
+
+    inspection = await session.get(Inspection, inspection_id)
+    if inspection is None:
+        raise LookupError(f"no inspection {inspection_id}")
+    force = await session.get(Force, inspection.force_code)
+    recommendations = (
+        await session.scalars(select(Recommendation).where(Recommendation.inspection_id == inspection_id))
+    ).all()
+    recommendations = sorted(recommendations, key=lambda r: (len(r.ref), r.ref))  # report order: R1, R2, ... R10
+    return InspectionInput(
+        inspection_id=inspection.id,
+        force_code=inspection.force_code,
+        force_name=force.name if force is not None else inspection.force_code,
+        programme=inspection.programme,
+        title=inspection.title,
+        published=inspection.published_on,
+        recommendations=[RecommendationRef(r.id, r.ref, r.timeframe) for r in recommendations],
+        policy=policy,
+        calendar=calendar or calendar_for_report(policy, inspection.published_on),
+        time_scale=time_scale,
+        carried=carried,
+    )

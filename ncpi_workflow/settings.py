@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     templates_dir: Path | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long in-flight activities may finish.")
     log_format: str = Field(default="text", pattern="^(text|json)$")
+    worker_alive_file: Path = Path("/tmp/ncpi-worker.alive")
+    """Touched by a running worker every few seconds; `ncpi health --worker` checks it is fresh."""
     dev_ui_port: int = Field(default=8233, ge=1, le=65535)
     dev_time_scale: float = Field(default=50_000.0, gt=0, description="`ncpi dev`: six months in about five minutes.")
     mail_from: str = "ncpi-followup@inspectorate.example"
@@ -77,6 +79,12 @@ class Settings(BaseSettings):
                 f"unsupported database driver {url.drivername!r}; use one of {sorted(SUPPORTED_DATABASE_DRIVERS)}"
             )
         return value
+
+    @field_validator("smtp_username", "smtp_password", "reply_to", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        # Compose passes unset variables through as "": that means "none", not an empty login.
+        return None if value == "" else value
 
     @field_validator("temporal_address")
     @classmethod

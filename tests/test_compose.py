@@ -209,7 +209,7 @@ def test_healthchecks(resolved):
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
     assert services["temporal"]["healthcheck"]["test"][1:4] == ["temporal", "operator", "cluster"]
-    assert services["worker"]["healthcheck"]["test"] == ["CMD", "ncpi", "health"]
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "ncpi", "health", "--worker"]
     assert services["temporal"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
@@ -292,7 +292,7 @@ def test_dockerfile_shape():
     assert user not in ("root", "0"), "the service must not run as root"
     assert json.loads(values["ENTRYPOINT"][-1]) == ["ncpi"]
     assert json.loads(values["CMD"][-1]) == ["worker"]
-    assert values["HEALTHCHECK"][-1].endswith('CMD ["ncpi", "health"]')
+    assert values["HEALTHCHECK"][-1].endswith('CMD ["ncpi", "health", "--worker"]')
     assert [k for k, _ in instructions].index("USER") > max(i for i, (k, _) in enumerate(instructions) if k == "RUN")
 
 

@@ -62,6 +62,7 @@ async def test_sigterm_during_an_activity_exits_cleanly_and_nothing_is_lost(dev_
         NCPI_TEMPORAL_ADDRESS=dev_server_env.address, NCPI_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'ncpi.db'}",
         NCPI_TASK_QUEUE=f"ncpi-worker-service-{os.getpid()}", NCPI_SMTP_HOST="127.0.0.1", NCPI_SMTP_PORT=str(controller.port),
         NCPI_DATA_DIR=str(tmp_path / "data"), NCPI_SETTINGS_FILE=str(tmp_path / "none.toml"), NCPI_SHUTDOWN_GRACE_SECONDS="20",
+        NCPI_WORKER_ALIVE_FILE=str(tmp_path / "worker.alive"),
     )
     assert run_ncpi("db", "upgrade", env=env).returncode == 0
     report = write_report(tmp_path, "BED", date.today() - timedelta(days=1), [("R1", "within_three_months")], name="bed.yaml")
@@ -70,6 +71,8 @@ async def test_sigterm_during_an_activity_exits_cleanly_and_nothing_is_lost(dev_
     second = None
     try:
         await wait_for(lambda: _contains(tmp_path / "first.log", "worker running on"), what="first worker up")
+        health = await asyncio.to_thread(run_ncpi, "health", "--worker", env=env)
+        assert health.returncode == 0 and health.stdout.startswith("ok: database and Temporal reachable, worker alive")
         published = await asyncio.to_thread(run_ncpi, "publish", str(report), "--anchor-now", env=env)
         assert published.returncode == 0, published.stderr
         # The report notice is being delivered (the SMTP server is slow): stop the worker now.
@@ -79,6 +82,8 @@ async def test_sigterm_during_an_activity_exits_cleanly_and_nothing_is_lost(dev_
         log = (tmp_path / "first.log").read_text()
         assert code == 0, log
         assert "shutting down" in log and "Traceback" not in log
+        gone = await asyncio.to_thread(run_ncpi, "health", "--worker", env=env)
+        assert gone.returncode != 0 and "no worker running here" in gone.stderr
         # The activity in flight was allowed to finish: the notice is marked sent, delivered once.
         rows = await _notifications(env)
         assert [(r.kind, r.status) for r in rows] == [("published", "sent")]
