@@ -12,7 +12,7 @@ notification's idempotency key), so the repeat is recognisable as the same messa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -127,7 +127,34 @@ class DeliveryActivities:
 
 
 async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
-    """Everything the templates need, from the outbox row and the records it points at."""
+    """Everything the templates need, from the outbox row and the records it points at.
+
+    A notification about no inspection (the inspectors' daily digest) gets placeholders for the
+    report's fields, as the worked digest example has, and the digest's lists from its context."""
+    ctx = n.context or {}
+    if n.inspection_id is None:
+        from ncpi_workflow.emails import DigestItem
+        from ncpi_workflow.formatting import local_date
+
+        def when(value: str | None) -> date | datetime | None:
+            if not value:
+                return None
+            return date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+
+        scheduled_for = n.scheduled_for or n.created_at
+        digest = {}
+        if n.kind == "digest":
+            digest = {
+                section: [DigestItem(i["force_code"], i["inspection_id"], i["what"], when(i.get("when"))) for i in ctx.get(section) or []]
+                for section in ("revisits_due", "overdue", "decisions_awaited")
+            }
+        return EmailContext(
+            kind=n.kind, subject=n.subject, force_code="ALL", force_name="All forces", inspection_id="",
+            inspection_title="Daily digest" if n.kind == "digest" else n.subject,
+            published=date.fromisoformat(ctx["date"]) if ctx.get("date") else local_date(scheduled_for),
+            source_url="", scheduled_for=scheduled_for, recipients=list(n.recipients.get("roles", [])),
+            digest=digest, reference=n.idempotency_key,
+        )
     inspection = await session.get(Inspection, n.inspection_id)
     from ncpi_workflow.models import Force
 
@@ -136,7 +163,6 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
         select(Recommendation).where(Recommendation.inspection_id == inspection.id).order_by(Recommendation.id)
     )).all()
     deadlines = (await session.scalars(select(Deadline).where(Deadline.inspection_id == inspection.id))).all()
-    ctx = n.context or {}
 
     def facts(rec: Recommendation) -> RecommendationFacts:
         own = sorted((d for d in deadlines if d.recommendation_id == rec.id and d.kind == "recommendation"), key=lambda d: d.cycle)

@@ -68,11 +68,3 @@ def test_unknown_command_and_missing_file_are_one_line_errors(cli_env):
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     missing = run_ncpi("validate", "no/such/report.yaml", env=cli_env)
     assert missing.returncode != 0 and missing.stderr == "ncpi: no/such/report.yaml: no such file\n"
-
-
-def test_dev_prepares_the_embedded_database_and_shows_the_example(cli_env):
-    result = run_ncpi("dev", env=cli_env)
-    assert result.returncode == 0, result.stderr
-    assert "examples/cumbria-2017.yaml: valid" in result.stdout
-    assert "Force action plan due Thursday 9 March 2017" in result.stdout
-    assert run_ncpi("forces", env=cli_env).returncode == 0
