@@ -11,7 +11,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.clocks import TimeScale
-    from ncpi_workflow.lifecycle import HistoryEntry, NotificationRequest, clock_timeout
+    from ncpi_workflow.lifecycle import Due, HistoryEntry, NotificationRequest, clock_timeout, message_subject
 
 # Records must land however long the database is away: retry for ever, backing off to a minute.
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1))
@@ -98,3 +98,27 @@ def update_key(workflow_id: str) -> str:
     info = workflow.current_update_info()
     assert info is not None, "update_key is for Update handlers"
     return f"{workflow_id}/update/{info.id}"
+
+
+async def send_due_message(
+    outbox: Outbox, workflow_id: str, due: Due, *, label: str, inspection_id: str, recommendation_id: str | None,
+    force_name: str, cycle: int, entries: list[HistoryEntry],
+) -> None:
+    """Send a deadline's next message (reminder, due today, overdue, escalation, revisit notice);
+    the older ones it supersedes are marked handled without being sent."""
+    deadline, message = due.deadline, due.message
+    for skipped in due.superseded:
+        deadline.handled.append(deadline.message_key(skipped))
+    key = deadline.message_key(message)
+    await outbox.notify(
+        NotificationRequest(
+            idempotency_key=f"{workflow_id}/{key}", kind=message.kind.value, inspection_id=inspection_id,
+            recommendation_id=recommendation_id, recipients=message.recipients,
+            subject=message_subject(message.kind, label, deadline.due, force_name), scheduled_for=message.at,
+            context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
+                     "working_days": message.working_days, "cycle": cycle},
+        )
+    )
+    deadline.handled.append(key)
+    detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
+    history(entries, message.at, f"{message.kind.value} sent", detail=detail)

@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
-from workflows.common import Outbox, calendar_now, history, run_activity, update_key, wait_until
+from workflows.common import Outbox, calendar_now, history, run_activity, send_due_message, update_key, wait_until
 
 FORCE_CONTACTS = ("liaison_officer", "chief_officer")
 NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_inspector")
@@ -134,26 +134,11 @@ class RecommendationWorkflow:
                 self.restart = True
 
     async def _send(self, due) -> None:
-        deadline, message = due.deadline, due.message
-        for skipped in due.superseded:
-            deadline.handled.append(deadline.message_key(skipped))
-        key = deadline.message_key(message)
-        await self.outbox.notify(
-            NotificationRequest(
-                idempotency_key=f"{self.workflow_id}/{key}",
-                kind=message.kind.value,
-                inspection_id=self.inp.inspection_id,
-                recommendation_id=self.inp.recommendation_id,
-                recipients=message.recipients,
-                subject=message_subject(message.kind, self._label(deadline), deadline.due, self.inp.force_name),
-                scheduled_for=message.at,
-                context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
-                         "working_days": message.working_days, "cycle": self.state.cycle},
-            )
+        await send_due_message(
+            self.outbox, self.workflow_id, due, label=self._label(due.deadline), inspection_id=self.inp.inspection_id,
+            recommendation_id=self.inp.recommendation_id, force_name=self.inp.force_name, cycle=self.state.cycle,
+            entries=self.state.history,
         )
-        deadline.handled.append(key)
-        detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
-        history(self.state.history, message.at, f"{message.kind.value} sent", detail=detail)
 
     async def _project(self) -> None:
         s = self.state
