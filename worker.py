@@ -70,6 +70,22 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
             await mailer.close()
 
 
+@asynccontextmanager
+async def scheduled_jobs(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """The in-service periodic jobs (APScheduler): the inspectors' digest at 08:00 on working days and
+    reconciliation every few minutes. Every replica runs the scheduler; a claim in the database
+    lets exactly one of them run each due time."""
+    from ncpi_workflow.jobs import build_scheduler
+
+    async with db.open_database(settings.database_url) as sessions:
+        scheduler = build_scheduler(sessions, client, settings)
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=False)
+
+
 async def serve(settings: Settings) -> None:
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     added = await ensure_search_attributes(client, settings.temporal_namespace)
@@ -79,7 +95,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(client, settings):
+    async with running_worker(client, settings), scheduled_jobs(client, settings):
         log.info("worker running on %s, task queue %s", settings.temporal_address, settings.task_queue)
         alive = asyncio.create_task(keep_alive(settings.worker_alive_file))
         await stop.wait()

@@ -797,7 +797,9 @@ def outbox_resend(
                 if row.status == "sent":
                     raise UserError(f"notification {notification_id} was already sent ({row.sent_at:%Y-%m-%d %H:%M} UTC)")
                 try:
-                    row.recipients = await resolve_recipients(session, row.inspection_id, row.recipients.get("roles", []), inspectorate)
+                    # A digest or alert belongs to no inspection: only the inspectorate's addresses apply.
+                    owner = row.inspection_id or "ALL"
+                    row.recipients = await resolve_recipients(session, owner, row.recipients.get("roles", []), inspectorate)
                 except LookupError as exc:
                     raise UserError(str(exc)) from None
                 previous = row.last_error

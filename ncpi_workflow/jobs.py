@@ -257,7 +257,9 @@ async def digest_sections(session: AsyncSession, today: date) -> dict[str, list[
     ).all()
     involved = set(inspections) | {r.inspection_id for r in recommendations}
     deadlines = (await session.scalars(select(Deadline).where(Deadline.inspection_id.in_(involved)))).all() if involved else []
-    force_of = dict((await session.execute(select(Inspection.id, Inspection.force_code).where(Inspection.id.in_(involved)))).all()) if involved else {}
+    force_of = dict((await session.execute(
+        select(Inspection.id, Inspection.force_code).where(Inspection.id.in_(involved))
+    )).all()) if involved else {}
     revisits: dict[str, Revisit] = {}
     if involved:
         for revisit in (await session.scalars(select(Revisit).where(Revisit.inspection_id.in_(involved)))).all():
@@ -310,13 +312,18 @@ async def digest_sections(session: AsyncSession, today: date) -> dict[str, list[
             if evidence_due is not None and evidence_due < today and evidence.met_at is None:
                 overdue.append(_item(force_code, rec.inspection_id, f"Evidence for recommendation {rec.ref} was due", evidence_due))
                 what = f"Recommendation {rec.ref}: no evidence by its date; the inspectorate may decide without it"
-            else:
+            elif evidence_due is not None:
                 what = f"Recommendation {rec.ref}: evidence requested, due"
+            else:
+                what = f"Recommendation {rec.ref}: evidence requested"
             awaited.append(_item(force_code, rec.inspection_id, what, evidence_due))
         elif rec.phase == Phase.UNDER_REVIEW.value:
             revisit = revisits.get(rec.inspection_id)
-            awaited.append(_item(force_code, rec.inspection_id, f"Recommendation {rec.ref}: evidence in, under review since",
-                                 revisit.opened_at if revisit is not None else None))
+            if revisit is not None:
+                awaited.append(_item(force_code, rec.inspection_id, f"Recommendation {rec.ref}: evidence in, under review since",
+                                     revisit.opened_at))
+            else:
+                awaited.append(_item(force_code, rec.inspection_id, f"Recommendation {rec.ref}: evidence in, under review", None))
 
     def by_when(item):
         return (item["when"] or "9999", item["force_code"], item["inspection_id"], item["what"])
@@ -608,10 +615,14 @@ async def inspection_state(
     settled: dict[str, str] = {}
     revisit = None
     if phase is InspectionPhase.REVISIT_OPEN:
-        settled = {d.recommendation_id: d.outcome for d in decisions if d.cycle == inspection.cycle and d.reopened_at is None}
         revisit = await session.scalar(
             select(Revisit).where(Revisit.inspection_id == inspection.id, Revisit.cycle == inspection.cycle)
         )
+        opened = _utc(revisit.opened_at) if revisit is not None else None
+        settled = {  # decisions of this revisit (not a withdrawal before it) that still stand
+            d.recommendation_id: d.outcome for d in decisions
+            if d.cycle == inspection.cycle and d.reopened_at is None and (opened is None or _utc(d.decided_at) >= opened)
+        }
     open_recommendations = [r.id for r in recommendations if r.phase != Phase.CLOSED.value or r.id in settled]
     return InspectionState(
         phase=phase,
@@ -641,6 +652,12 @@ async def _recommendation_input(
 
 
 # ---------------------------------------------------------------- reconciliation: the pass
+
+
+def _abort_if_unreachable(exc: Exception) -> None:
+    """Temporal down: stop the pass (one failure recorded, not one per workflow); the next pass retries."""
+    if isinstance(exc, RPCError) and exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        raise exc
 
 
 def _words(value: Any) -> str:
@@ -683,7 +700,8 @@ class _Pass:
         for inspection in inspections:
             try:
                 await self._inspection(inspection.id)
-            except Exception:
+            except Exception as exc:
+                _abort_if_unreachable(exc)
                 log.exception("reconciler: inspection %s not reconciled", inspection.id)
 
     async def _inspection(self, inspection_id: str) -> None:
@@ -694,9 +712,12 @@ class _Pass:
         if status == RUNNING or status == COMPLETED:
             await self._compare_inspection(inspection_id, workflow_id, closed_run=status == COMPLETED)
             return
+        if status is not None and status not in RESTARTABLE:
+            log.info("reconciler: %s is %s: left alone", workflow_id, WorkflowExecutionStatus.Name(status))
+            return
         if inspection.phase == InspectionPhase.CLOSED.value:
             return  # closed in the records: nothing left to follow up
-        await self._restart_inspection(inspection_id, workflow_id, RESTARTABLE.get(status, "missing") if status else "missing")
+        await self._restart_inspection(inspection_id, workflow_id, RESTARTABLE[status] if status else "missing")
 
     async def _restart_inspection(self, inspection_id: str, workflow_id: str, was: str) -> None:
         async with self.sessions() as session:
@@ -770,7 +791,8 @@ class _Pass:
         for rec_id in ids:
             try:
                 await self._recommendation(rec_id)
-            except Exception:
+            except Exception as exc:
+                _abort_if_unreachable(exc)
                 log.exception("reconciler: recommendation %s not reconciled", rec_id)
 
     async def _recommendation(self, rec_id: str) -> None:
@@ -782,6 +804,9 @@ class _Pass:
         if status == RUNNING or status == COMPLETED:
             await self._compare_recommendation(rec_id, workflow_id, closed_run=status == COMPLETED)
             return
+        if status is not None and status not in RESTARTABLE:
+            log.info("reconciler: %s is %s: left alone", workflow_id, WorkflowExecutionStatus.Name(status))
+            return
         if rec.phase == Phase.CLOSED.value:
             return
         never_ran = rec.projection_version == 0 and status is None
@@ -790,8 +815,7 @@ class _Pass:
         if never_ran and inspection.id not in self.restarted_parents and inspection.projection_version == 0:
             if await workflow_status(self.client, inspection_workflow_id(inspection.id)) == RUNNING:
                 return  # its inspection is still publishing: it starts its recommendations itself
-        await self._restart_recommendation(rec_id, workflow_id, RESTARTABLE.get(status, "missing") if status else "missing",
-                                           fresh=never_ran)
+        await self._restart_recommendation(rec_id, workflow_id, RESTARTABLE[status] if status else "missing", fresh=never_ran)
 
     async def _restart_recommendation(self, rec_id: str, workflow_id: str, was: str, fresh: bool) -> None:
         async with self.sessions() as session:
@@ -895,7 +919,8 @@ class _Pass:
                 await self._record(f"re-delivering pending notification {notification_id} ({kind})",
                                    action="notification.redelivered", entity_type="notification",
                                    entity_id=str(notification_id), detail={"kind": kind})
-            except Exception:
+            except Exception as exc:
+                _abort_if_unreachable(exc)
                 log.exception("reconciler: notification %s not re-delivered", notification_id)
 
 
