@@ -21,5 +21,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .hypothesis
