@@ -446,12 +446,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a list of objects, one per recommendation."),
 ) -> None:
     """Where every recommendation stands, from the database's projection of the workflows (no Temporal needed)."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import selectinload
-
     from ncpi_workflow import db
-    from ncpi_workflow.models import Inspection
-    from ncpi_workflow.views import render_status, status_records
+    from ncpi_workflow.views import render_status, status_json, status_records, status_rows
 
     settings = _settings()
     known = _forces()
@@ -464,20 +460,17 @@ def status(
     async def fetch():
         async with db.open_database(settings.database_url) as sessions:
             async with sessions() as session:
-                query = select(Inspection).options(selectinload(Inspection.recommendations))
-                if code:
-                    query = query.where(Inspection.force_code == code)
-                return list(await session.scalars(query.order_by(Inspection.published_on, Inspection.id)))
+                return await status_rows(session, code)
 
     with _database_errors(settings):
-        inspections = run(fetch())
+        rows = run(fetch())
     if as_json:
-        _echo_json(status_records(inspections))
+        typer.echo(status_json(status_records(rows)))
         return
-    if not inspections:
+    if not rows:
         typer.echo("no published inspections" + (f" for {code}" if code else ""))
         return
-    _echo_lines(render_status(inspections, {c: f.name for c, f in known.items()}))
+    _echo_lines(render_status(rows, {c: f.name for c, f in known.items()}))
 
 
 @app.command()

@@ -1,14 +1,17 @@
 """How the CLI shows follow-up state: text for people, JSON for tools.
 
 Workflow views (the "state" Query) are dumped with pydantic, the same way the data converter sends
-them; database rows (the status projection, the outbox) are turned into plain dictionaries first so
-that the text and the JSON say the same thing.
+them. The status projection is read as plain rows (no ORM objects: it lists every recommendation)
+and its text and JSON are built from the same rows; the outbox is turned into plain dictionaries
+first, so that its text and JSON say the same thing.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from pydantic import TypeAdapter
 
@@ -16,10 +19,13 @@ from ncpi_workflow.formatting import LONDON, long_date, short_datetime
 from ncpi_workflow.lifecycle import (
     REGISTER_STATUS,
     InspectionView,
-    Phase,
     RecommendationView,
     TrackedDeadline,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 DEADLINE_NAMES = {
     "immediate_update": "update on immediate recommendations",
@@ -53,11 +59,8 @@ def london_iso(instant: datetime | None) -> str | None:
     return utc(instant).astimezone(LONDON).isoformat() if instant is not None else None
 
 
-def register_status(phase: str) -> str:
-    try:
-        return REGISTER_STATUS[Phase(phase)]
-    except ValueError:
-        return phase
+# The public register's wording of each phase, keyed by the stored string; an unknown phase is shown as it is.
+REGISTER_WORDS = {phase.value: wording for phase, wording in REGISTER_STATUS.items()}
 
 
 def dump(view: InspectionView | RecommendationView) -> dict[str, Any]:
@@ -157,65 +160,128 @@ def render_inspection(view: InspectionView) -> list[str]:
 # ---------------------------------------------------------------- the database projection (`ncpi status`)
 
 
-def ordered(recommendations: Iterable[Any]) -> list[Any]:
-    """R1, R2, ..., R10 (not R1, R10, R2)."""
-    return sorted(recommendations, key=lambda r: (len(r.ref), r.ref))
+async def status_rows(session: AsyncSession, force_code: str | None = None) -> list[Row]:
+    """Every recommendation with its inspection's projection, in listing order, from one query.
+
+    Order: publication day, inspection, then R1, R2, ..., R10 (not R1, R10, R2). An inspection without
+    recommendations is one row whose recommendation columns are None. Only the columns the listing
+    shows are read: loading ORM objects costs more than the query itself at 100,000 rows.
+    """
+    from sqlalchemy import func, select
+
+    from ncpi_workflow.models import Inspection, Recommendation
+
+    query = (
+        select(
+            Inspection.id, Inspection.force_code, Inspection.published_on, Inspection.phase, Inspection.cycle,
+            Inspection.next_action, Inspection.next_action_at,
+            Recommendation.id.label("recommendation_id"), Recommendation.ref, Recommendation.timeframe,
+            Recommendation.phase.label("recommendation_phase"), Recommendation.cycle.label("recommendation_cycle"),
+            Recommendation.force_claim, Recommendation.outcome, Recommendation.next_action.label("recommendation_next_action"),
+            Recommendation.next_action_at.label("recommendation_next_action_at"),
+        )
+        .outerjoin(Recommendation, Recommendation.inspection_id == Inspection.id)
+        .order_by(Inspection.published_on, Inspection.id, func.length(Recommendation.ref), Recommendation.ref)
+    )
+    if force_code:
+        query = query.where(Inspection.force_code == force_code)
+    # On the session's connection, not session.execute: the ORM's per-row processing of plain columns
+    # costs as much again as building the rows.
+    connection = await session.connection()
+    return (await connection.execute(query)).all()
 
 
-def status_records(inspections: Iterable[Any]) -> list[dict[str, Any]]:
-    """One record per recommendation, with its inspection's projection, in inspection order."""
+def _remembered(function: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    # A listing repeats a few hundred instants and phases over thousands of rows: convert each once.
+    return functools.lru_cache(maxsize=None)(function)
+
+
+def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """One record per recommendation (rows from `status_rows`), with its inspection's projection."""
+    iso = _remembered(london_iso)
     records = []
-    for insp in inspections:
-        for rec in ordered(insp.recommendations):
-            records.append(
-                {
-                    "inspection_id": insp.id,
-                    "force": insp.force_code,
-                    "published": insp.published_on.isoformat(),
-                    "inspection_phase": insp.phase,
-                    "inspection_cycle": insp.cycle,
-                    "inspection_next_action": insp.next_action,
-                    "inspection_next_action_at": london_iso(insp.next_action_at),
-                    "recommendation_id": rec.id,
-                    "ref": rec.ref,
-                    "timeframe": rec.timeframe,
-                    "phase": rec.phase,
-                    "register_status": register_status(rec.phase),
-                    "cycle": rec.cycle,
-                    "force_claim": rec.force_claim,
-                    "outcome": rec.outcome,
-                    "next_action": rec.next_action,
-                    "next_action_at": london_iso(rec.next_action_at),
-                }
-            )
+    shown = inspection = None
+    for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
+         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, next_action, next_action_at) in rows:
+        if insp_id != shown:
+            shown = insp_id
+            inspection = {
+                "inspection_id": insp_id,
+                "force": force_code,
+                "published": published_on.isoformat(),
+                "inspection_phase": insp_phase,
+                "inspection_cycle": insp_cycle,
+                "inspection_next_action": insp_next,
+                "inspection_next_action_at": iso(insp_next_at),
+            }
+        if rec_id is None:
+            continue
+        records.append(
+            {
+                **inspection,
+                "recommendation_id": rec_id,
+                "ref": ref,
+                "timeframe": timeframe,
+                "phase": phase,
+                "register_status": REGISTER_WORDS.get(phase, phase),
+                "cycle": cycle,
+                "force_claim": force_claim,
+                "outcome": outcome,
+                "next_action": next_action,
+                "next_action_at": iso(next_action_at),
+            }
+        )
     return records
 
 
-def render_status(inspections: Iterable[Any], force_names: dict[str, str]) -> list[str]:
+def status_json(records: list[dict[str, Any]]) -> str:
+    """`json.dumps(records, indent=2)`, byte for byte, in about half the time.
+
+    With `indent` the json module falls back to its pure-Python encoder (1.3 s for 100,000 records).
+    Without it, the C encoder puts each item of a record on its own line given these separators, and
+    only the braces between records need moving. That needs flat records (no nested lists or
+    objects); and since an encoded string never holds a raw line break, the close-brace, separator,
+    open-brace sequence can only be the boundary between two records.
+    """
+    if not records:
+        return "[]"
+    flat = json.dumps(records, separators=(",\n    ", ": "))
+    return "[\n  {\n    " + flat[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }\n]"
+
+
+def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]:
+    """The text of `ncpi status` from `status_rows`: a heading per inspection, a line per recommendation."""
+    at = _remembered(when)
+    wording = _remembered(words)
     lines: list[str] = []
-    for insp in inspections:
-        if lines:
-            lines.append("")
-        head = (
-            f"{insp.id}  {force_names.get(insp.force_code, insp.force_code)}, published {long_date(insp.published_on)}: "
-            f"{words(insp.phase)}, cycle {insp.cycle}"
-        )
-        if insp.next_action:
-            head += f"; next: {insp.next_action}" + (f", {when(insp.next_action_at)}" if insp.next_action_at else "")
-        lines.append(head)
-        for rec in ordered(insp.recommendations):
-            line = (
-                f"  {rec.id:<20} {words(rec.timeframe):<20} {words(rec.phase):<19} cycle {rec.cycle}  "
-                f"{register_status(rec.phase):<25}"
+    shown = None
+    for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
+         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, next_action, next_action_at) in rows:
+        if insp_id != shown:
+            shown = insp_id
+            if lines:
+                lines.append("")
+            head = (
+                f"{insp_id}  {force_names.get(force_code, force_code)}, published {long_date(published_on)}: "
+                f"{wording(insp_phase)}, cycle {insp_cycle}"
             )
-            extras = []
-            if rec.force_claim:
-                extras.append(f"force claims {words(rec.force_claim)}")
-            if rec.outcome:
-                extras.append(f"outcome {words(rec.outcome)}")
-            if rec.next_action:
-                extras.append(f"next: {rec.next_action}" + (f", {when(rec.next_action_at)}" if rec.next_action_at else ""))
-            lines.append((line + "  " + "; ".join(extras)).rstrip())
+            if insp_next:
+                head += f"; next: {insp_next}" + (f", {at(insp_next_at)}" if insp_next_at else "")
+            lines.append(head)
+        if rec_id is None:
+            continue
+        line = (
+            f"  {rec_id:<20} {wording(timeframe):<20} {wording(phase):<19} cycle {cycle}  "
+            f"{REGISTER_WORDS.get(phase, phase):<25}"
+        )
+        extras = []
+        if force_claim:
+            extras.append(f"force claims {wording(force_claim)}")
+        if outcome:
+            extras.append(f"outcome {wording(outcome)}")
+        if next_action:
+            extras.append(f"next: {next_action}" + (f", {at(next_action_at)}" if next_action_at else ""))
+        lines.append((line + "  " + "; ".join(extras)).rstrip())
     return lines
 
 
