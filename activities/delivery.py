@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
@@ -64,30 +64,31 @@ class DeliveryActivities:
         except EmailTemplateError as exc:
             # A broken template or missing data: retrying cannot help, so it is a permanent failure.
             return await self._fail(notification_id, f"template error: {exc}", message_id=None)
-        async with self.sessions() as session:
+        # Count the attempt first, then send holding no database connection: a burst of deliveries
+        # waiting their turn on the shared SMTP connection would otherwise hold the whole connection
+        # pool, and every other activity of the worker would wait for it.
+        async with self.sessions.begin() as session:
             notification = await session.get(Notification, notification_id)
+            notification.attempts += 1
             message_id = message_id_for(notification.idempotency_key, self.settings.mail_from)
             message = build_message(
                 mail_from=self.settings.mail_from, reply_to=self.settings.reply_to, to=list(notification.recipients["to"]),
                 subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
                 reference=notification.idempotency_key,
             )
-            notification.attempts += 1
-            try:
-                await self.mailer.send(message)
-            except TransientDeliveryError as exc:
-                notification.last_error = str(exc)
-                await session.commit()
-                raise  # Temporal retries with backoff
-            except PermanentDeliveryError as exc:
-                await session.commit()
-                return await self._fail(notification_id, exc.answer, message_id)
-            notification.status = SENT
-            notification.sent_at = utcnow()
-            notification.message_id = message_id
-            notification.last_error = None
-            await session.commit()
-            return SENT
+        try:
+            await self.mailer.send(message)
+        except TransientDeliveryError as exc:
+            await self._record(notification_id, last_error=str(exc))
+            raise  # Temporal retries with backoff
+        except PermanentDeliveryError as exc:
+            return await self._fail(notification_id, exc.answer, message_id)
+        await self._record(notification_id, status=SENT, sent_at=utcnow(), message_id=message_id, last_error=None)
+        return SENT
+
+    async def _record(self, notification_id: int, **values) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(update(Notification).where(Notification.id == notification_id).values(**values))
 
     async def _fail(self, notification_id: int, answer: str, message_id: str | None) -> str:
         """Record a permanent failure with the server's answer, then tell the inspectors."""

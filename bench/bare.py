@@ -1,6 +1,19 @@
-"""The baseline workflow: bare Temporal, nothing of ours (kept apart so the sandbox imports only this)."""
+"""The baselines: bare Temporal, nothing of ours (kept apart so the workflow sandbox imports only this).
 
-from temporalio import workflow
+`BareWorkflow` waits, with an Update that does nothing (Update latency). `BareFollowUp` replays the
+shape of one of our follow-up workflows (bench/shape.py reads it from a real history): the same
+timers, the same number of activities (which do nothing), the same child starts, signals and Updates,
+in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.exceptions import ApplicationError
 
 
 @workflow.defn(name="BareWorkflow")
@@ -26,3 +39,111 @@ class BareWorkflow:
     @workflow.signal
     def finish(self) -> None:
         self.done = True
+
+
+@dataclass
+class Step:
+    """One stretch of a workflow's history: what set it off, then the work it did."""
+
+    trigger: str  # "start", "timer" (fired), "signal" or "update"
+    name: str = ""  # the signal's or Update's name
+    timer_seconds: float = 0.0  # "timer": when it fires, in seconds after the trigger of step `timer_from_step`
+    timer_from_step: int = 0
+    activities: int = 0  # awaited one after the other
+    background_activities: int = 0  # started and left running (our email deliveries)
+    children: int = 0  # child workflows started
+    signals: int = 0  # signals sent: to the parent, or one per child
+
+
+@dataclass
+class BareInput:
+    steps: list[Step]
+    child_steps: list[Step] = field(default_factory=list)
+    child_id_prefix: str = ""
+    parent_id: str = ""
+    task_queue: str = ""
+
+
+@activity.defn(name="bare_nothing")
+async def bare_nothing() -> None:
+    """An activity that does nothing."""
+
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
+
+@workflow.defn(name="BareFollowUp")
+class BareFollowUp:
+    @workflow.init
+    def __init__(self, inp: BareInput) -> None:
+        self.inp = inp
+        self.position = 0
+        self.signals_received = 0
+        self.updates_done: set[int] = set()
+        self.background: list = []
+        self.children: list[str] = []
+        self.signalled_children = 0
+        self.update_accepted_at: dict = {}
+
+    @workflow.run
+    async def run(self, inp: BareInput) -> int:
+        signals_expected = 0
+        triggered_at = []
+        for index, step in enumerate(inp.steps):
+            self.position = index
+            if step.trigger == "timer":
+                fires_at = triggered_at[step.timer_from_step] + timedelta(seconds=step.timer_seconds)
+                if fires_at > workflow.now():
+                    await workflow.sleep(fires_at - workflow.now())
+            elif step.trigger == "signal":
+                signals_expected += 1
+                await workflow.wait_condition(lambda n=signals_expected: self.signals_received >= n)
+            elif step.trigger == "update":
+                await workflow.wait_condition(lambda i=index: i in self.updates_done)
+            triggered_at.append(self.update_accepted_at.get(index, workflow.now()))
+            if step.trigger != "update":  # an Update's handler does its step's work
+                await self._work(step)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await asyncio.gather(*self.background)
+        return len(inp.steps)
+
+    async def _work(self, step: Step) -> None:
+        for _ in range(step.activities):
+            await workflow.execute_activity(bare_nothing, start_to_close_timeout=ACTIVITY_TIMEOUT)
+        for _ in range(step.background_activities):
+            self.background.append(workflow.start_activity(bare_nothing, start_to_close_timeout=ACTIVITY_TIMEOUT))
+        for _ in range(step.children):
+            child_id = f"{self.inp.child_id_prefix}-{len(self.children) + 1}"
+            self.children.append(child_id)
+            await workflow.start_child_workflow(
+                BareFollowUp.run,
+                BareInput(steps=self.inp.child_steps, parent_id=workflow.info().workflow_id),
+                id=child_id,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            )
+        for _ in range(step.signals):
+            if self.inp.parent_id:
+                await workflow.get_external_workflow_handle(self.inp.parent_id).signal(BareFollowUp.event)
+            else:
+                target = self.children[self.signalled_children % len(self.children)]
+                self.signalled_children += 1
+                await workflow.get_external_workflow_handle(target).signal(BareFollowUp.event)
+
+    @workflow.signal
+    def event(self) -> None:
+        self.signals_received += 1
+
+    @workflow.update
+    async def act(self, name: str) -> int:
+        """Waits for the script to reach this Update's step (so the driver sends it once), then does its work."""
+        await workflow.wait_condition(
+            lambda: self.inp.steps[self.position].trigger == "update" and self.position not in self.updates_done
+        )
+        index = self.position
+        step = self.inp.steps[index]
+        if step.name != name:
+            raise ApplicationError(f"expected Update {step.name!r}, got {name!r}")
+        self.update_accepted_at[index] = workflow.now()
+        await self._work(step)
+        self.updates_done.add(index)
+        return index

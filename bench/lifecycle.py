@@ -1,0 +1,171 @@
+"""Lifecycle throughput (issue 6, item 1): N recommendations' complete lifecycles, publication to the
+end of the re-opening window, at a compressed time scale, with the loopback SMTP capture and the
+database on SQLite and on PostgreSQL; against bare workflows of identical shape on the same server.
+
+The baseline's shape is read from our own histories (bench/shape.py): one inspection workflow and one
+recommendation workflow of the run, cut into steps; `BareFollowUp` replays those steps with the same
+timers and as many activities that do nothing, child starts, signals and Updates.
+
+Every report is for a different force, published on a Monday, with recommendations due "within six
+months". Nobody sends an action plan or a PCC response (so their reminders and escalations all go
+out); when the revisit opens automatically at the six-month limit and asks for evidence, the driver
+submits it and records "achieved"; each workflow then waits out the re-opening window and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import select
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from bench.bare import BareFollowUp, BareInput, Step, bare_nothing
+from bench.common import ROOT, create_database, postgres_or_reason
+from bench.shape import shape_counts, steps_from_history, timeline
+from ncpi_workflow.forces import load_forces
+from ncpi_workflow.lifecycle import DecisionRequest, EvidenceRequestInput, inspection_workflow_id, recommendation_workflow_id
+from ncpi_workflow.models import Recommendation
+from ncpi_workflow.publishing import publish
+from tests.lifecycle_support import harness, write_report
+
+# Mondays: each run publishes on its own date, so its workflow IDs are its own on the shared server.
+PUBLISHED = {"sqlite": date(2025, 3, 3), "postgresql": date(2025, 3, 10)}
+RECS_PER_REPORT = 10
+# Publication to the end of the re-opening window is about 19 months of the policy calendar: at this
+# scale, about 24 seconds.
+TIME_SCALE = 2_000_000.0
+POLL_SECONDS = 0.2
+
+
+async def ended(client, workflow_id: str):
+    """The workflow's result, once it exists and has ended (children start a moment after their parent)."""
+    while True:
+        try:
+            return await client.get_workflow_handle(workflow_id).result()
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            await asyncio.sleep(POLL_SECONDS)
+
+
+async def _ours(env, workdir: Path, database_url: str, published: date, reports: int) -> dict:
+    codes = sorted(load_forces(ROOT / "config" / "forces.yaml"))[:reports]
+    files = [write_report(workdir, code, published, [(f"R{i}", "within_six_months") for i in range(1, RECS_PER_REPORT + 1)])
+             for code in codes]
+    inspections = [f"{code}-{published.isoformat()}" for code in codes]
+    recommendations = [f"{i}-R{n}" for i in inspections for n in range(1, RECS_PER_REPORT + 1)]
+    async with harness(env, workdir, database_url=database_url, time_scale=TIME_SCALE) as h:
+        started = time.perf_counter()
+        for file in files:
+            await publish(h.settings, h.client, file)
+        driven: set[str] = set()
+        drivers: list[asyncio.Task] = []
+
+        async def evidence_then_decision(rec_id: str) -> None:
+            handle = h.recommendation(rec_id)
+            await handle.execute_update("submit_evidence", EvidenceRequestInput(
+                filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10, storage_path="/dev/null",
+                content_type="application/pdf", by="bench"))
+            await handle.execute_update("record_decision", DecisionRequest("achieved", "implemented in full", "bench"))
+
+        async def drive() -> None:
+            # The force answers when the revisit asks for evidence, as its portal would show it.
+            while len(driven) < len(recommendations):
+                async with h.sessions() as session:
+                    asked = (await session.scalars(
+                        select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
+                for rec_id in set(asked) - driven:
+                    driven.add(rec_id)
+                    drivers.append(asyncio.create_task(evidence_then_decision(rec_id)))
+                await asyncio.sleep(POLL_SECONDS)
+            await asyncio.gather(*drivers)
+
+        ends = [ended(h.client, inspection_workflow_id(i)) for i in inspections]
+        ends += [ended(h.client, recommendation_workflow_id(r)) for r in recommendations]
+        outcomes, _ = await asyncio.gather(asyncio.gather(*ends), drive())
+        elapsed = time.perf_counter() - started
+        assert set(outcomes[len(inspections):]) == {"achieved"}, f"unexpected outcomes: {set(outcomes)}"
+        inspection_history = await h.inspection(inspections[0]).fetch_history()
+        recommendation_history = await h.recommendation(recommendations[0]).fetch_history()
+        emails = len(h.smtp.messages)
+    return {
+        "seconds": round(elapsed, 2),
+        "recommendations_per_second": round(len(recommendations) / elapsed, 2),
+        "emails_received": emails,
+        "inspection_steps": steps_from_history(inspection_history),
+        "recommendation_steps": steps_from_history(recommendation_history),
+        "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
+        "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
+    }
+
+
+async def _bare(env, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> dict:
+    queue = "bare-lifecycle"
+    updates = [s.name for s in recommendation_steps if s.trigger == "update"]
+    async with Worker(env.client, task_queue=queue, workflows=[BareFollowUp], activities=[bare_nothing]):
+        started = time.perf_counter()
+        parents = []
+        for k in range(reports):
+            parents.append(await env.client.start_workflow(
+                BareFollowUp.run,
+                BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"bare-lifecycle-{k}-rec"),
+                id=f"bare-lifecycle-{k}", task_queue=queue,
+            ))
+        children = [f"bare-lifecycle-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
+
+        async def answer(child_id: str) -> None:
+            # Each Update waits in the workflow for its step; the child exists a moment after its parent.
+            handle = env.client.get_workflow_handle(child_id)
+            for name in updates:
+                while True:
+                    try:
+                        await handle.execute_update(BareFollowUp.act, name)
+                        break
+                    except RPCError as exc:
+                        if exc.status is not RPCStatusCode.NOT_FOUND:
+                            raise
+                        await asyncio.sleep(POLL_SECONDS)
+
+        await asyncio.gather(*(answer(c) for c in children))
+        await asyncio.gather(*(p.result() for p in parents), *(ended(env.client, c) for c in children))
+        elapsed = time.perf_counter() - started
+        inspection_history = await parents[0].fetch_history()
+        recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
+    return {
+        "seconds": round(elapsed, 2),
+        "recommendations_per_second": round(len(children) / elapsed, 2),
+        "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
+        "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
+    }
+
+
+async def bench(env, workdir: Path, quick: bool) -> dict:
+    reports = 3 if quick else 20
+    results: dict = {"recommendations": reports * RECS_PER_REPORT, "inspections": reports, "time_scale": TIME_SCALE}
+    sqlite_dir = workdir / "lifecycle-sqlite"
+    sqlite_dir.mkdir()
+    ours = {"sqlite": await _ours(env, sqlite_dir, f"sqlite+aiosqlite:///{sqlite_dir / 'ncpi.db'}", PUBLISHED["sqlite"], reports)}
+    cluster, reason = await asyncio.to_thread(postgres_or_reason)
+    if cluster is None:
+        ours["postgresql"] = {"skipped": reason}
+    else:
+        try:
+            pg_dir = workdir / "lifecycle-postgresql"
+            pg_dir.mkdir()
+            ours["postgresql"] = await _ours(env, pg_dir, await create_database(cluster, "ncpi_bench_lifecycle"),
+                                       PUBLISHED["postgresql"], reports)
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    template = ours["sqlite"]
+    bare = await _bare(env, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
+    for figures in ours.values():
+        figures.pop("inspection_steps", None)
+        figures.pop("recommendation_steps", None)
+        if "recommendations_per_second" in figures:
+            figures["ratio"] = round(figures["recommendations_per_second"] / bare["recommendations_per_second"], 3)
+    results.update(ours=ours, baseline_bare=bare)
+    return results
