@@ -144,7 +144,7 @@ async def _bare(env, inspection_steps: list[Step], recommendation_steps: list[St
 
 
 async def bench(env, workdir: Path, quick: bool) -> dict:
-    reports = 3 if quick else 20
+    reports = 3 if quick else 10
     results: dict = {"recommendations": reports * RECS_PER_REPORT, "inspections": reports, "time_scale": TIME_SCALE}
     sqlite_dir = workdir / "lifecycle-sqlite"
     sqlite_dir.mkdir()

@@ -1,0 +1,93 @@
+"""The benchmark code that is not a measurement: reading a workflow's shape from its history, the
+README table and its embedding. (The figures themselves are never asserted: `make bench`.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from temporalio.client import WorkflowHistory
+
+from bench import run as bench_run
+from bench.shape import shape_counts, steps_from_history
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def _history(name: str) -> WorkflowHistory:
+    return WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
+
+
+def test_steps_account_for_every_timer_activity_signal_and_update_of_the_history():
+    for name in ("inspection-run1", "recommendation-R1-run1", "recommendation-R2-run1"):
+        history = _history(name)
+        steps = steps_from_history(history)
+        counts = shape_counts(history)
+        assert steps[0].trigger == "start"
+        assert sum(s.activities + s.background_activities for s in steps) == counts.get("activities", 0), name
+        assert sum(s.children for s in steps) == counts.get("child_starts", 0), name
+        assert sum(s.signals for s in steps) == counts.get("signals_sent", 0), name
+        assert sum(s.trigger == "signal" for s in steps) == counts.get("signals_received", 0), name
+        assert sum(s.trigger == "update" for s in steps) == counts.get("updates", 0), name
+        fired = [s for s in steps if s.trigger == "timer"]
+        assert len(fired) <= counts.get("timers", 0), name
+        for step in fired:
+            # A timer aims at an instant after the trigger of the step that started it.
+            assert 0 <= step.timer_from_step < steps.index(step) and step.timer_seconds >= 0, step
+
+
+def test_the_inspection_history_starts_its_recommendations_and_sends_email_in_the_background():
+    steps = steps_from_history(_history("inspection-run1"))
+    assert steps[0].children > 0
+    assert sum(s.background_activities for s in steps) > 0  # deliver_notification, started and not awaited
+
+
+SAMPLE = {
+    "machine": {"python": "3.11.7", "cpus": 2}, "quick": False, "date": "2026-11-25", "seconds": 480.0,
+    "lifecycle": {
+        "recommendations": 100, "inspections": 10, "time_scale": 2000000.0,
+        "ours": {"sqlite": {"seconds": 40.0, "recommendations_per_second": 2.5, "ratio": 0.9},
+                 "postgresql": {"skipped": "PostgreSQL binaries (initdb) not found"}},
+        "baseline_bare": {"seconds": 36.0, "recommendations_per_second": 2.78},
+    },
+    "publication": {"reports": 43, "recommendations": 430, "seconds": 44.8, "per_recommendation_ms": 104.2,
+                    "baseline_bare_starts_seconds": 15.67, "ratio": 0.35},
+    "memory": {"open_recommendation_workflows": 1000, "rss_mib_per_1000_open_recommendation_workflows": 325.4,
+               "baseline_bare_rss_mib_per_1000_open_workflows": 80.0},
+    "update_latency": {
+        "open_recommendation_workflows": 1000,
+        "submit_evidence": {"p50_ms": 144.3, "p95_ms": 160.0, "p99_ms": 199.8, "samples": 100},
+        "record_decision": {"p50_ms": 254.0, "p95_ms": 302.9, "p99_ms": 310.4, "samples": 100},
+        "baseline_bare_update": {"p50_ms": 16.9, "p95_ms": 58.2, "p99_ms": 70.1, "samples": 100},
+    },
+    "listing": {"sqlite": {"recommendations": 100000, "status_query_before_ms": 3413.0, "status_query_ms": 472.0,
+                           "baseline_ms": 178.0, "ratio": 2.7, "cli_status_json_ms": 3007.0, "cli_startup_ms": 310.0}},
+    "email": {"smtp_send": {"messages": 2000, "reused_connection_per_second": 403.5, "one_connection_per_message_per_second": 193.7,
+                            "ratio": 2.08},
+              "delivery_path": {"notifications": 500, "per_second": 64.5, "ratio": 0.16}},
+}
+
+
+def test_the_table_has_a_row_per_figure_with_its_baseline_and_ratio():
+    table = bench_run.table(SAMPLE)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 10, table
+    for row in rows:
+        assert row.count("|") == 5, row
+    assert "| lifecycle throughput, SQLite: 100 recommendations" in table and "| 0.9 |" in table
+    assert "lifecycle throughput, PostgreSQL | skipped: PostgreSQL binaries" in table
+    assert "144.3 / 160.0 / 199.8 ms" in table and "16.9 / 58.2 / 70.1 ms" in table
+    assert "before this change: 3,413.0 ms" in table
+    assert "{" not in table, "raw JSON in a cell"
+
+
+def test_the_readme_shows_the_table_between_its_markers(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{bench_run.README_START}\nold table\n{bench_run.README_END}\n\nafter\n")
+    monkeypatch.setattr(bench_run, "README", readme)
+    bench_run.embed_in_readme("| new | table |\n")
+    assert readme.read_text() == f"# x\n\n{bench_run.README_START}\n| new | table |\n{bench_run.README_END}\n\nafter\n"
+    # The real README has the markers, so `make bench` keeps it current.
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    assert text.count(bench_run.README_START) == 1 and text.count(bench_run.README_END) == 1
+    json.dumps(SAMPLE)  # the sample is what latest.json holds: plain JSON
