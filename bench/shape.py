@@ -11,6 +11,7 @@ from temporalio.client import WorkflowHistory
 from bench.bare import Step
 
 BACKGROUND_ACTIVITIES = {"deliver_notification"}
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 def steps_from_history(history: WorkflowHistory, background: set[str] = BACKGROUND_ACTIVITIES) -> list[Step]:
@@ -50,6 +51,8 @@ def steps_from_history(history: WorkflowHistory, background: set[str] = BACKGROU
                 steps[-1].background_activities += 1
             else:
                 steps[-1].activities += 1
+        elif kind == EventType.EVENT_TYPE_MARKER_RECORDED and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
+            steps[-1].local_activities += 1
         elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             steps[-1].children += 1
         elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
@@ -69,8 +72,12 @@ COUNTED = {
 
 
 def shape_counts(history: WorkflowHistory) -> dict[str, int]:
-    """Timers, activities, child starts, signals, Updates and workflow tasks in one history."""
+    """Timers, activities (local ones apart), child starts, signals, Updates and workflow tasks in one history."""
     counts = Counter(COUNTED[e.event_type] for e in history.events if e.event_type in COUNTED)
+    counts["local_activities"] = sum(
+        1 for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+    )
     counts["events"] = len(history.events)
     return dict(sorted(counts.items()))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -16,11 +17,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
-from temporalio.worker import Worker
+from temporalio.service import RPCError
 
 from bench import lifecycle
 from bench.bare import BareWorkflow
-from bench.common import ROOT
+from bench.common import ROOT, dev_server, ncpi_command, ncpi_env, rss_mib, worker_process
+from ncpi_workflow import db
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import (
     DecisionRequest,
@@ -31,18 +33,13 @@ from ncpi_workflow.lifecycle import (
 )
 from ncpi_workflow.models import Recommendation
 from ncpi_workflow.publishing import publish
-from ncpi_workflow.temporal import DATA_CONVERTER, FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
-from tests.lifecycle_support import harness, write_report
+from ncpi_workflow.settings import Settings
+from ncpi_workflow.smtp_capture import start_capture
+from tests.lifecycle_support import write_report
+from tests.postgres import free_port
 
 PER_REPORT = 10
 LATENCY_SAMPLE = 100  # recommendations whose evidence and decision are timed, one after the other
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -62,30 +59,38 @@ async def _bounded(coroutines, limit: int) -> list:
     return await asyncio.gather(*(one(c) for c in coroutines))
 
 
-async def _bare_starts_and_updates(env, timed_starts: int, open_workflows: int, samples: int) -> dict:
-    """Bare workflows on the same server: `timed_starts` started one after the other (the publication
-    baseline), the rest to `open_workflows` at once; then `samples` bare Updates timed one by one."""
-    rss_before = rss_mib()
-    async with Worker(env.client, task_queue="bare", workflows=[BareWorkflow]):
+def _address(env) -> str:
+    return env.client.service_client.config.target_host
+
+
+async def _bare_starts_and_updates(env, workdir: Path, timed_starts: int, open_workflows: int, samples: int) -> dict:
+    """Bare workflows on the same server, with a bare worker in its own process: `timed_starts`
+    started one after the other (the publication baseline), the rest to `open_workflows` at once;
+    the worker's RSS growth; then `samples` bare Updates timed one by one."""
+    queue, alive = "bare", workdir / "bare.alive"
+    args = [sys.executable, "-m", "bench.bare_worker", _address(env), queue, str(alive)]
+    async with worker_process(args, dict(os.environ), alive, workdir / "bare-worker.log") as worker:
+        rss_before = rss_mib(worker.pid)
         start = time.perf_counter()
-        handles = [await env.client.start_workflow(BareWorkflow.run, id=f"bare-{i}", task_queue="bare") for i in range(timed_starts)]
+        handles = [await env.client.start_workflow(BareWorkflow.run, id=f"bare-{i}", task_queue=queue) for i in range(timed_starts)]
         starts_seconds = time.perf_counter() - start
         handles += await _bounded(
-            [env.client.start_workflow(BareWorkflow.run, id=f"bare-{i}", task_queue="bare") for i in range(timed_starts, open_workflows)], 8)
-        # Every workflow in the worker's cache: one Update each (the sampled ones are timed below).
-        await _bounded([h.execute_update(BareWorkflow.poke, 0) for h in handles[:-samples]], 8)
+            [env.client.start_workflow(BareWorkflow.run, id=f"bare-{i}", task_queue=queue) for i in range(timed_starts, open_workflows)], 8)
+        # One Update each, so that every workflow has run and sits in the worker's cache like ours.
+        await _bounded([h.execute_update(BareWorkflow.poke, 0) for h in handles], 8)
+        rss_growth = rss_mib(worker.pid) - rss_before
         latencies = []
         for handle in handles[-samples:]:
             t0 = time.perf_counter()
             await handle.execute_update(BareWorkflow.poke, 1)
             latencies.append(time.perf_counter() - t0)
-        rss_growth = rss_mib() - rss_before
         await _bounded([h.signal(BareWorkflow.finish) for h in handles], 16)
     return {"starts_seconds": starts_seconds, "update": percentiles(latencies),
             "rss_mib_per_1000_open_workflows": round(rss_growth / open_workflows * 1000, 1)}
 
 
 async def _publication_latency_memory(env, workdir: Path, quick: bool) -> dict:
+    """Ours with `ncpi worker` in its own process, as in production, on SQLite and the loopback SMTP capture."""
     forces = sorted(load_forces(ROOT / "config" / "forces.yaml"))
     timed_reports = 10 if quick else len(forces)  # the issue's batch: one report per force
     total_reports = 10 if quick else 100  # 1,000 open recommendation workflows
@@ -99,98 +104,109 @@ async def _publication_latency_memory(env, workdir: Path, quick: bool) -> dict:
     inspection_ids = [f"{f.stem.split('-', 1)[0].upper()}-{f.stem.split('-', 1)[1]}" for f in files]
     open_recommendations = total_reports * PER_REPORT
     sample = min(LATENCY_SAMPLE, open_recommendations)
-    bare = await _bare_starts_and_updates(env, timed_reports * (PER_REPORT + 1), total_reports * (PER_REPORT + 1), sample)
+    bare = await _bare_starts_and_updates(env, workdir, timed_reports * (PER_REPORT + 1), total_reports * (PER_REPORT + 1), sample)
 
+    url = f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}"
+    await db.upgrade(url)
+    smtp_port = free_port()
+    values = dict(database_url=url, task_queue="ncpi-bench", data_dir=workdir / "data", smtp_host="127.0.0.1",
+                  smtp_port=smtp_port, temporal_address=_address(env), worker_alive_file=workdir / "ncpi.alive")
+    settings = Settings(**values)
+    controller, _ = start_capture(port=smtp_port)
     results: dict = {}
-    rss_before = rss_mib()
-    async with harness(env, workdir) as h:
+    try:
+        async with db.open_database(url) as sessions, worker_process(
+            [ncpi_command(), "worker"], ncpi_env(workdir, **values), settings.worker_alive_file, workdir / "ncpi-worker.log"
+        ) as worker:
+            rss_before = rss_mib(worker.pid)
 
-        async def projected(count: int) -> None:
-            # Every workflow started: each recommendation's projection has been written once.
+            async def projected(count: int) -> None:
+                # Every workflow started: each recommendation's projection has been written once.
+                while True:
+                    async with sessions() as session:
+                        done = await session.scalar(
+                            select(func.count()).select_from(Recommendation).where(Recommendation.projection_version > 0))
+                    if done >= count:
+                        return
+                    await asyncio.sleep(0.05)
+
+            start = time.perf_counter()
+            for file in files[:timed_reports]:
+                await publish(settings, env.client, file)
+            await projected(timed_reports * PER_REPORT)
+            elapsed = time.perf_counter() - start
+            results["publication"] = {
+                "reports": timed_reports, "recommendations": timed_reports * PER_REPORT, "seconds": round(elapsed, 2),
+                "per_recommendation_ms": round(elapsed / (timed_reports * PER_REPORT) * 1000, 1),
+                "baseline_bare_starts_seconds": round(bare["starts_seconds"], 2),
+                "ratio": round(bare["starts_seconds"] / elapsed, 3),
+                "ratio_means": "bare starts of as many workflows, one after the other / ours (higher is closer to bare)",
+            }
+            await _bounded([publish(settings, env.client, f) for f in files[timed_reports:]], 4)
+            await projected(open_recommendations)
+            grown = rss_mib(worker.pid) - rss_before
+            results["memory"] = {
+                "open_recommendation_workflows": open_recommendations,
+                "open_inspection_workflows": total_reports,
+                "worker_rss_growth_mib": round(grown, 1),
+                "rss_mib_per_1000_open_recommendation_workflows": round(grown / open_recommendations * 1000, 1),
+                "baseline_bare_rss_mib_per_1000_open_workflows": bare["rss_mib_per_1000_open_workflows"],
+                "note": "RSS growth of the `ncpi worker` process (and of the bare worker's process) from started to "
+                        "every workflow open; ours counts the inspection workflows too (one per 10 recommendations)",
+            }
+            # The revisit opens for the sampled recommendations' inspections and asks for evidence; then
+            # the force's evidence and the inspectorate's decision are timed, one Update at a time.
+            sampled_inspections = inspection_ids[-(sample // PER_REPORT):]
+            for inspection_id in sampled_inspections:
+                await env.client.get_workflow_handle(inspection_workflow_id(inspection_id)).execute_update(
+                    "trigger_revisit", TriggerRevisitRequest(by="bench"))
+            sampled = [f"{i}-R{n}" for i in sampled_inspections for n in range(1, PER_REPORT + 1)]
             while True:
-                async with h.sessions() as session:
-                    done = await session.scalar(
-                        select(func.count()).select_from(Recommendation).where(Recommendation.projection_version > 0))
-                if done >= count:
-                    return
-                await asyncio.sleep(0.05)
-
-        start = time.perf_counter()
-        for file in files[:timed_reports]:
-            await publish(h.settings, h.client, file)
-        await projected(timed_reports * PER_REPORT)
-        elapsed = time.perf_counter() - start
-        results["publication"] = {
-            "reports": timed_reports, "recommendations": timed_reports * PER_REPORT, "seconds": round(elapsed, 2),
-            "per_recommendation_ms": round(elapsed / (timed_reports * PER_REPORT) * 1000, 1),
-            "baseline_bare_starts_seconds": round(bare["starts_seconds"], 2),
-            "ratio": round(bare["starts_seconds"] / elapsed, 3),
-            "ratio_means": "bare starts of as many workflows, one after the other / ours (higher is closer to bare)",
-        }
-        await _bounded([publish(h.settings, h.client, f) for f in files[timed_reports:]], 4)
-        await projected(open_recommendations)
-        grown = rss_mib() - rss_before
-        results["memory"] = {
-            "open_recommendation_workflows": open_recommendations,
-            "open_inspection_workflows": total_reports,
-            "worker_rss_growth_mib": round(grown, 1),
-            "rss_mib_per_1000_open_recommendation_workflows": round(grown / open_recommendations * 1000, 1),
-            "baseline_bare_rss_mib_per_1000_open_workflows": bare["rss_mib_per_1000_open_workflows"],
-            "note": "growth of the benchmark process, which runs the worker, its database engine and the SMTP capture; "
-                    "the inspection workflows (one per 10 recommendations) are counted in ours, the baseline counts every bare workflow",
-        }
-        # The revisit opens for the sampled recommendations' inspections and asks for evidence; then
-        # the force's evidence and the inspectorate's decision are timed, one Update at a time.
-        sampled_inspections = inspection_ids[-(sample // PER_REPORT):]
-        for inspection_id in sampled_inspections:
-            await h.client.get_workflow_handle(inspection_workflow_id(inspection_id)).execute_update(
-                "trigger_revisit", TriggerRevisitRequest(by="bench"))
-        sampled = [f"{i}-R{n}" for i in sampled_inspections for n in range(1, PER_REPORT + 1)]
-        while True:
-            async with h.sessions() as session:
-                asked = await session.scalar(select(func.count()).select_from(Recommendation).where(
-                    Recommendation.id.in_(sampled), Recommendation.phase == "evidence_requested"))
-            if asked == len(sampled):
-                break
-            await asyncio.sleep(0.1)
-        evidence_samples, decision_samples = [], []
-        for rec_id in sampled:
-            handle = h.client.get_workflow_handle(recommendation_workflow_id(rec_id))
-            evidence = EvidenceRequestInput(filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10,
-                                            storage_path="/dev/null", content_type="application/pdf", by="bench")
-            t0 = time.perf_counter()
-            await handle.execute_update("submit_evidence", evidence)
-            evidence_samples.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            await handle.execute_update("record_decision", DecisionRequest("achieved", "bench", "bench"))
-            decision_samples.append(time.perf_counter() - t0)
-        results["update_latency"] = {
-            "open_recommendation_workflows": open_recommendations,
-            "submit_evidence": percentiles(evidence_samples),
-            "record_decision": percentiles(decision_samples),
-            "baseline_bare_update": bare["update"],
-        }
+                async with sessions() as session:
+                    asked = await session.scalar(select(func.count()).select_from(Recommendation).where(
+                        Recommendation.id.in_(sampled), Recommendation.phase == "evidence_requested"))
+                if asked == len(sampled):
+                    break
+                await asyncio.sleep(0.1)
+            evidence_samples, decision_samples = [], []
+            for rec_id in sampled:
+                handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
+                evidence = EvidenceRequestInput(filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10,
+                                                storage_path="/dev/null", content_type="application/pdf", by="bench")
+                t0 = time.perf_counter()
+                await handle.execute_update("submit_evidence", evidence)
+                evidence_samples.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await handle.execute_update("record_decision", DecisionRequest("achieved", "bench", "bench"))
+                decision_samples.append(time.perf_counter() - t0)
+            results["update_latency"] = {
+                "open_recommendation_workflows": open_recommendations,
+                "submit_evidence": percentiles(evidence_samples),
+                "record_decision": percentiles(decision_samples),
+                "baseline_bare_update": bare["update"],
+            }
+            workflow_ids = [inspection_workflow_id(i) for i in inspection_ids]
+            workflow_ids += [recommendation_workflow_id(f"{i}-R{n}") for i in inspection_ids for n in range(1, PER_REPORT + 1)]
+            await _bounded([_terminate(env.client, w) for w in workflow_ids], 16)
+    finally:
+        controller.stop()
     return results
 
 
-async def bench(quick: bool) -> dict:
-    from temporalio.testing import WorkflowEnvironment
+async def _terminate(client, workflow_id: str) -> None:
+    try:
+        await client.get_workflow_handle(workflow_id).terminate(reason="benchmark finished")
+    except RPCError:
+        pass  # already ended
 
-    temporal = str(Path(sys.executable).parent / "temporal")
+
+async def bench(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="ncpi-bench-temporal-") as tmp:
         workdir = Path(tmp)
-        # The dev server keeps its state in memory here: with its SQLite file it is the bottleneck of
-        # ours and the baseline alike, and hides the difference between them.
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal, data_converter=DATA_CONVERTER, ui=False,
-            search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE],
-        )
-        try:
+        async with dev_server() as env:
             results = {"lifecycle": await lifecycle.bench(env, workdir, quick)}
             (workdir / "publication").mkdir()
             results.update(await _publication_latency_memory(env, workdir / "publication", quick))
-        finally:
-            await env.shutdown()
     return results
 
 

@@ -11,20 +11,28 @@ from temporalio.client import WorkflowHistory
 from bench import run as bench_run
 from bench.shape import shape_counts, steps_from_history
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).parent / "histories"  # v1: records as activities; v2: as local activities
 
 
 def _history(name: str) -> WorkflowHistory:
     return WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
 
 
+def test_local_activities_are_counted_apart():
+    assert shape_counts(_history("v1/recommendation-R1-run1"))["local_activities"] == 0
+    v2 = shape_counts(_history("v2/recommendation-R1-run1"))
+    assert v2["local_activities"] > 0 and v2["activities"] > 0  # the records local; email delivery not
+
+
 def test_steps_account_for_every_timer_activity_signal_and_update_of_the_history():
-    for name in ("inspection-run1", "recommendation-R1-run1", "recommendation-R2-run1"):
+    for name in ("v1/inspection-run1", "v1/recommendation-R1-run1", "v2/inspection-run1", "v2/recommendation-R1-run1",
+                 "v2/recommendation-R2-run1"):
         history = _history(name)
         steps = steps_from_history(history)
         counts = shape_counts(history)
         assert steps[0].trigger == "start"
         assert sum(s.activities + s.background_activities for s in steps) == counts.get("activities", 0), name
+        assert sum(s.local_activities for s in steps) == counts["local_activities"], name
         assert sum(s.children for s in steps) == counts.get("child_starts", 0), name
         assert sum(s.signals for s in steps) == counts.get("signals_sent", 0), name
         assert sum(s.trigger == "signal" for s in steps) == counts.get("signals_received", 0), name
@@ -37,7 +45,7 @@ def test_steps_account_for_every_timer_activity_signal_and_update_of_the_history
 
 
 def test_the_inspection_history_starts_its_recommendations_and_sends_email_in_the_background():
-    steps = steps_from_history(_history("inspection-run1"))
+    steps = steps_from_history(_history("v2/inspection-run1"))
     assert steps[0].children > 0
     assert sum(s.background_activities for s in steps) > 0  # deliver_notification, started and not awaited
 

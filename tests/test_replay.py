@@ -12,16 +12,24 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from ncpi_workflow.temporal import DATA_CONVERTER
 from worker import WORKFLOW_RUNNER, WORKFLOWS
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+# One folder per shape of the workflows that ever ran: v1 (records as activities), v2 (records as
+# local activities, behind workflow.patched("records-as-local-activities")).
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("v*/*.json"))
+VERSIONS = sorted({p.parent.name for p in HISTORIES})
 
 
-def test_histories_cover_both_workflows_and_continue_as_new():
-    names = [p.stem for p in HISTORIES]
+@pytest.mark.parametrize("version", VERSIONS)
+def test_histories_cover_both_workflows_and_continue_as_new(version):
+    names = [p.stem for p in HISTORIES if p.parent.name == version]
     assert any(n.startswith("inspection-run2") for n in names), "the inspection's second cycle (continue-as-new)"
     assert any(n.startswith("recommendation-") and n.endswith("run2") for n in names)
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+def test_both_shapes_are_kept():
+    assert {"v1", "v2"} <= set(VERSIONS)
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_saved_history_replays(path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=WORKFLOW_RUNNER, data_converter=DATA_CONVERTER)
@@ -40,7 +48,7 @@ async def test_a_breaking_change_is_caught(monkeypatch):
         await original(self)
 
     monkeypatch.setattr(recommendation.RecommendationWorkflow, "_project", project_twice)
-    path = next(p for p in HISTORIES if p.stem == "recommendation-R1-run1")
+    path = next(p for p in HISTORIES if p.parent.name == "v2" and p.stem == "recommendation-R1-run1")
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     # Unsandboxed, so that the patched class is the one replayed (the sandbox re-imports workflows/).
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner(), data_converter=DATA_CONVERTER)

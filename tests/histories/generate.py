@@ -1,7 +1,8 @@
 """Record the event histories that tests/test_replay.py replays.
 
-Run it (`.venv/bin/python -m tests.histories.generate`) only when a workflow change is meant to be
-incompatible and is released behind workflow.patched(): then keep the old files and add the new.
+Run it (`.venv/bin/python -m tests.histories.generate vN`) only when a workflow change is meant to
+be incompatible and is released behind workflow.patched(): the old folders stay, a new one is added.
+v1: every record an activity; v2: records and projections as local activities.
 The scenario passes through every handler and both continue-as-new paths: progress, a delivery, a
 revised deadline, an inspector's revisit, evidence, a partial decision (a second cycle), the
 automatic revisit, an achieved decision, a withdrawal and a re-opening.
@@ -37,7 +38,7 @@ async def all_runs(client, workflow_id: str, first_run_id: str) -> list[Workflow
     return runs
 
 
-async def main() -> None:
+async def main(version: str) -> None:
     from temporalio.testing import WorkflowEnvironment
 
     from tests import test_lifecycle_timeskipping as t
@@ -81,13 +82,19 @@ async def main() -> None:
                         and e.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id == rec_handle.id
                     )
                     histories[f"recommendation-{ref}"] = await all_runs(h.client, rec_handle.id, first)
+        folder = HERE / version
+        folder.mkdir(exist_ok=True)
         for name, runs in histories.items():
             for index, history in enumerate(runs, start=1):
-                (HERE / f"{name}-run{index}.json").write_text(history.to_json())
-                print(f"wrote {name}-run{index}.json ({len(history.events)} events)")
+                (folder / f"{name}-run{index}.json").write_text(history.to_json())
+                print(f"wrote {version}/{name}-run{index}.json ({len(history.events)} events)")
     finally:
         await env.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tests.histories.generate vN   (a new folder under tests/histories/)")
+    asyncio.run(main(sys.argv[1]))
