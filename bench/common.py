@@ -7,6 +7,7 @@ import statistics
 import sys
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -113,3 +114,47 @@ async def worker_process(args: list[str], env: dict, alive_file: Path, log: Path
             await asyncio.to_thread(process.wait, 60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@dataclass
+class OurStack:
+    settings: object  # ncpi_workflow.settings.Settings, for publishing from the benchmark's process
+    sessions: object  # the benchmark's own view of the database
+    worker: object  # the `ncpi worker` process
+    smtp: object  # the loopback SMTP capture's handler: `.messages`
+
+
+@asynccontextmanager
+async def our_stack(env, workdir: Path, database_url: str, **settings):
+    """Ours as in production: `ncpi worker` in its own process on the dev server of `env`, the
+    database at `database_url` (migrated here), a loopback SMTP capture in this process."""
+    from ncpi_workflow import db
+    from ncpi_workflow.settings import Settings
+    from ncpi_workflow.smtp_capture import start_capture
+    from tests.postgres import free_port
+
+    await db.upgrade(database_url)
+    values = dict(database_url=database_url, task_queue="ncpi-bench", data_dir=workdir / "data", smtp_host="127.0.0.1",
+                  smtp_port=free_port(), temporal_address=temporal_address(env), worker_alive_file=workdir / "ncpi.alive",
+                  **settings)
+    controller, smtp = start_capture(port=values["smtp_port"])
+    try:
+        async with db.open_database(database_url) as sessions, worker_process(
+            [ncpi_command(), "worker"], ncpi_env(workdir, **values), values["worker_alive_file"], workdir / "ncpi-worker.log"
+        ) as worker:
+            yield OurStack(Settings(**values), sessions, worker, smtp)
+    finally:
+        controller.stop()
+
+
+@asynccontextmanager
+async def bare_worker(env, workdir: Path, task_queue: str):
+    """The bare baselines' worker in its own process (bench/bare_worker.py), like `ncpi worker`."""
+    alive = workdir / f"{task_queue}.alive"
+    args = [sys.executable, "-m", "bench.bare_worker", temporal_address(env), task_queue, str(alive)]
+    async with worker_process(args, dict(os.environ), alive, workdir / f"{task_queue}-worker.log") as process:
+        yield process
+
+
+def temporal_address(env) -> str:
+    return env.client.service_client.config.target_host

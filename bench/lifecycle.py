@@ -21,16 +21,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
 
-from bench.bare import BareFollowUp, BareInput, Step, bare_nothing
-from bench.common import ROOT, create_database, dev_server, postgres_or_reason
+from bench.bare import BareFollowUp, BareInput, Step
+from bench.common import ROOT, bare_worker, create_database, dev_server, our_stack, postgres_or_reason
 from bench.shape import shape_counts, steps_from_history, timeline
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import DecisionRequest, EvidenceRequestInput, inspection_workflow_id, recommendation_workflow_id
 from ncpi_workflow.models import Recommendation
 from ncpi_workflow.publishing import publish
-from tests.lifecycle_support import harness, write_report
+from tests.lifecycle_support import write_report
 
 # Mondays: each run publishes on its own date, so its workflow IDs are its own on the shared server.
 PUBLISHED = {"sqlite": date(2025, 3, 3), "postgresql": date(2025, 3, 10)}
@@ -58,15 +57,15 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
              for code in codes]
     inspections = [f"{code}-{published.isoformat()}" for code in codes]
     recommendations = [f"{i}-R{n}" for i in inspections for n in range(1, RECS_PER_REPORT + 1)]
-    async with harness(env, workdir, database_url=database_url, time_scale=TIME_SCALE) as h:
+    async with our_stack(env, workdir, database_url, time_scale=TIME_SCALE) as ours:
         started = time.perf_counter()
         for file in files:
-            await publish(h.settings, h.client, file)
+            await publish(ours.settings, env.client, file)
         driven: set[str] = set()
         drivers: list[asyncio.Task] = []
 
         async def evidence_then_decision(rec_id: str) -> None:
-            handle = h.recommendation(rec_id)
+            handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
             await handle.execute_update("submit_evidence", EvidenceRequestInput(
                 filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10, storage_path="/dev/null",
                 content_type="application/pdf", by="bench"))
@@ -75,7 +74,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
         async def drive() -> None:
             # The force answers when the revisit asks for evidence, as its portal would show it.
             while len(driven) < len(recommendations):
-                async with h.sessions() as session:
+                async with ours.sessions() as session:
                     asked = (await session.scalars(
                         select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
                 for rec_id in set(asked) - driven:
@@ -84,14 +83,14 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
                 await asyncio.sleep(POLL_SECONDS)
             await asyncio.gather(*drivers)
 
-        ends = [ended(h.client, inspection_workflow_id(i)) for i in inspections]
-        ends += [ended(h.client, recommendation_workflow_id(r)) for r in recommendations]
+        ends = [ended(env.client, inspection_workflow_id(i)) for i in inspections]
+        ends += [ended(env.client, recommendation_workflow_id(r)) for r in recommendations]
         outcomes, _ = await asyncio.gather(asyncio.gather(*ends), drive())
         elapsed = time.perf_counter() - started
         assert set(outcomes[len(inspections):]) == {"achieved"}, f"unexpected outcomes: {set(outcomes)}"
-        inspection_history = await h.inspection(inspections[0]).fetch_history()
-        recommendation_history = await h.recommendation(recommendations[0]).fetch_history()
-        emails = len(h.smtp.messages)
+        inspection_history = await env.client.get_workflow_handle(inspection_workflow_id(inspections[0])).fetch_history()
+        recommendation_history = await env.client.get_workflow_handle(recommendation_workflow_id(recommendations[0])).fetch_history()
+        emails = len(ours.smtp.messages)
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
@@ -103,10 +102,10 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
     }
 
 
-async def _bare(env, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> dict:
+async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> dict:
     queue = "bare-lifecycle"
     updates = [s.name for s in recommendation_steps if s.trigger == "update"]
-    async with Worker(env.client, task_queue=queue, workflows=[BareFollowUp], activities=[bare_nothing]):
+    async with bare_worker(env, workdir, queue):
         started = time.perf_counter()
         parents = []
         for k in range(reports):
@@ -161,7 +160,7 @@ async def bench(env, workdir: Path, quick: bool) -> dict:
         finally:
             await asyncio.to_thread(cluster.stop)
     template = ours["sqlite"]
-    bare = await _bare(env, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
+    bare = await _bare(env, workdir, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
     for figures in ours.values():
         figures.pop("inspection_steps", None)
         figures.pop("recommendation_steps", None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -21,8 +20,7 @@ from temporalio.service import RPCError
 
 from bench import lifecycle
 from bench.bare import BareWorkflow
-from bench.common import ROOT, dev_server, ncpi_command, ncpi_env, rss_mib, worker_process
-from ncpi_workflow import db
+from bench.common import ROOT, bare_worker, dev_server, our_stack, rss_mib
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import (
     DecisionRequest,
@@ -33,10 +31,7 @@ from ncpi_workflow.lifecycle import (
 )
 from ncpi_workflow.models import Recommendation
 from ncpi_workflow.publishing import publish
-from ncpi_workflow.settings import Settings
-from ncpi_workflow.smtp_capture import start_capture
 from tests.lifecycle_support import write_report
-from tests.postgres import free_port
 
 PER_REPORT = 10
 LATENCY_SAMPLE = 100  # recommendations whose evidence and decision are timed, one after the other
@@ -59,17 +54,12 @@ async def _bounded(coroutines, limit: int) -> list:
     return await asyncio.gather(*(one(c) for c in coroutines))
 
 
-def _address(env) -> str:
-    return env.client.service_client.config.target_host
-
-
 async def _bare_starts_and_updates(env, workdir: Path, timed_starts: int, open_workflows: int, samples: int) -> dict:
     """Bare workflows on the same server, with a bare worker in its own process: `timed_starts`
     started one after the other (the publication baseline), the rest to `open_workflows` at once;
     the worker's RSS growth; then `samples` bare Updates timed one by one."""
-    queue, alive = "bare", workdir / "bare.alive"
-    args = [sys.executable, "-m", "bench.bare_worker", _address(env), queue, str(alive)]
-    async with worker_process(args, dict(os.environ), alive, workdir / "bare-worker.log") as worker:
+    queue = "bare"
+    async with bare_worker(env, workdir, queue) as worker:
         rss_before = rss_mib(worker.pid)
         start = time.perf_counter()
         handles = [await env.client.start_workflow(BareWorkflow.run, id=f"bare-{i}", task_queue=queue) for i in range(timed_starts)]
@@ -106,90 +96,80 @@ async def _publication_latency_memory(env, workdir: Path, quick: bool) -> dict:
     sample = min(LATENCY_SAMPLE, open_recommendations)
     bare = await _bare_starts_and_updates(env, workdir, timed_reports * (PER_REPORT + 1), total_reports * (PER_REPORT + 1), sample)
 
-    url = f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}"
-    await db.upgrade(url)
-    smtp_port = free_port()
-    values = dict(database_url=url, task_queue="ncpi-bench", data_dir=workdir / "data", smtp_host="127.0.0.1",
-                  smtp_port=smtp_port, temporal_address=_address(env), worker_alive_file=workdir / "ncpi.alive")
-    settings = Settings(**values)
-    controller, _ = start_capture(port=smtp_port)
     results: dict = {}
-    try:
-        async with db.open_database(url) as sessions, worker_process(
-            [ncpi_command(), "worker"], ncpi_env(workdir, **values), settings.worker_alive_file, workdir / "ncpi-worker.log"
-        ) as worker:
-            rss_before = rss_mib(worker.pid)
+    async with our_stack(env, workdir, f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}") as ours:
+        settings, sessions, worker = ours.settings, ours.sessions, ours.worker
+        rss_before = rss_mib(worker.pid)
 
-            async def projected(count: int) -> None:
-                # Every workflow started: each recommendation's projection has been written once.
-                while True:
-                    async with sessions() as session:
-                        done = await session.scalar(
-                            select(func.count()).select_from(Recommendation).where(Recommendation.projection_version > 0))
-                    if done >= count:
-                        return
-                    await asyncio.sleep(0.05)
-
-            start = time.perf_counter()
-            for file in files[:timed_reports]:
-                await publish(settings, env.client, file)
-            await projected(timed_reports * PER_REPORT)
-            elapsed = time.perf_counter() - start
-            results["publication"] = {
-                "reports": timed_reports, "recommendations": timed_reports * PER_REPORT, "seconds": round(elapsed, 2),
-                "per_recommendation_ms": round(elapsed / (timed_reports * PER_REPORT) * 1000, 1),
-                "baseline_bare_starts_seconds": round(bare["starts_seconds"], 2),
-                "ratio": round(bare["starts_seconds"] / elapsed, 3),
-                "ratio_means": "bare starts of as many workflows, one after the other / ours (higher is closer to bare)",
-            }
-            await _bounded([publish(settings, env.client, f) for f in files[timed_reports:]], 4)
-            await projected(open_recommendations)
-            grown = rss_mib(worker.pid) - rss_before
-            results["memory"] = {
-                "open_recommendation_workflows": open_recommendations,
-                "open_inspection_workflows": total_reports,
-                "worker_rss_growth_mib": round(grown, 1),
-                "rss_mib_per_1000_open_recommendation_workflows": round(grown / open_recommendations * 1000, 1),
-                "baseline_bare_rss_mib_per_1000_open_workflows": bare["rss_mib_per_1000_open_workflows"],
-                "note": "RSS growth of the `ncpi worker` process (and of the bare worker's process) from started to "
-                        "every workflow open; ours counts the inspection workflows too (one per 10 recommendations)",
-            }
-            # The revisit opens for the sampled recommendations' inspections and asks for evidence; then
-            # the force's evidence and the inspectorate's decision are timed, one Update at a time.
-            sampled_inspections = inspection_ids[-(sample // PER_REPORT):]
-            for inspection_id in sampled_inspections:
-                await env.client.get_workflow_handle(inspection_workflow_id(inspection_id)).execute_update(
-                    "trigger_revisit", TriggerRevisitRequest(by="bench"))
-            sampled = [f"{i}-R{n}" for i in sampled_inspections for n in range(1, PER_REPORT + 1)]
+        async def projected(count: int) -> None:
+            # Every workflow started: each recommendation's projection has been written once.
             while True:
                 async with sessions() as session:
-                    asked = await session.scalar(select(func.count()).select_from(Recommendation).where(
-                        Recommendation.id.in_(sampled), Recommendation.phase == "evidence_requested"))
-                if asked == len(sampled):
-                    break
-                await asyncio.sleep(0.1)
-            evidence_samples, decision_samples = [], []
-            for rec_id in sampled:
-                handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
-                evidence = EvidenceRequestInput(filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10,
-                                                storage_path="/dev/null", content_type="application/pdf", by="bench")
-                t0 = time.perf_counter()
-                await handle.execute_update("submit_evidence", evidence)
-                evidence_samples.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                await handle.execute_update("record_decision", DecisionRequest("achieved", "bench", "bench"))
-                decision_samples.append(time.perf_counter() - t0)
-            results["update_latency"] = {
-                "open_recommendation_workflows": open_recommendations,
-                "submit_evidence": percentiles(evidence_samples),
-                "record_decision": percentiles(decision_samples),
-                "baseline_bare_update": bare["update"],
-            }
-            workflow_ids = [inspection_workflow_id(i) for i in inspection_ids]
-            workflow_ids += [recommendation_workflow_id(f"{i}-R{n}") for i in inspection_ids for n in range(1, PER_REPORT + 1)]
-            await _bounded([_terminate(env.client, w) for w in workflow_ids], 16)
-    finally:
-        controller.stop()
+                    done = await session.scalar(
+                        select(func.count()).select_from(Recommendation).where(Recommendation.projection_version > 0))
+                if done >= count:
+                    return
+                await asyncio.sleep(0.05)
+
+        start = time.perf_counter()
+        for file in files[:timed_reports]:
+            await publish(settings, env.client, file)
+        await projected(timed_reports * PER_REPORT)
+        elapsed = time.perf_counter() - start
+        results["publication"] = {
+            "reports": timed_reports, "recommendations": timed_reports * PER_REPORT, "seconds": round(elapsed, 2),
+            "per_recommendation_ms": round(elapsed / (timed_reports * PER_REPORT) * 1000, 1),
+            "baseline_bare_starts_seconds": round(bare["starts_seconds"], 2),
+            "ratio": round(bare["starts_seconds"] / elapsed, 3),
+            "ratio_means": "bare starts of as many workflows, one after the other / ours (higher is closer to bare)",
+        }
+        for file in files[timed_reports:]:  # one at a time, as `ncpi publish` does: SQLite has one writer
+            await publish(settings, env.client, file)
+        await projected(open_recommendations)
+        grown = rss_mib(worker.pid) - rss_before
+        results["memory"] = {
+            "open_recommendation_workflows": open_recommendations,
+            "open_inspection_workflows": total_reports,
+            "worker_rss_growth_mib": round(grown, 1),
+            "rss_mib_per_1000_open_recommendation_workflows": round(grown / open_recommendations * 1000, 1),
+            "baseline_bare_rss_mib_per_1000_open_workflows": bare["rss_mib_per_1000_open_workflows"],
+            "note": "RSS growth of the `ncpi worker` process (and of the bare worker's process) from started to "
+                    "every workflow open; ours counts the inspection workflows too (one per 10 recommendations)",
+        }
+        # The revisit opens for the sampled recommendations' inspections and asks for evidence; then
+        # the force's evidence and the inspectorate's decision are timed, one Update at a time.
+        sampled_inspections = inspection_ids[-(sample // PER_REPORT):]
+        for inspection_id in sampled_inspections:
+            await env.client.get_workflow_handle(inspection_workflow_id(inspection_id)).execute_update(
+                "trigger_revisit", TriggerRevisitRequest(by="bench"))
+        sampled = [f"{i}-R{n}" for i in sampled_inspections for n in range(1, PER_REPORT + 1)]
+        while True:
+            async with sessions() as session:
+                asked = await session.scalar(select(func.count()).select_from(Recommendation).where(
+                    Recommendation.id.in_(sampled), Recommendation.phase == "evidence_requested"))
+            if asked == len(sampled):
+                break
+            await asyncio.sleep(0.1)
+        evidence_samples, decision_samples = [], []
+        for rec_id in sampled:
+            handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
+            evidence = EvidenceRequestInput(filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10,
+                                            storage_path="/dev/null", content_type="application/pdf", by="bench")
+            t0 = time.perf_counter()
+            await handle.execute_update("submit_evidence", evidence)
+            evidence_samples.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await handle.execute_update("record_decision", DecisionRequest("achieved", "bench", "bench"))
+            decision_samples.append(time.perf_counter() - t0)
+        results["update_latency"] = {
+            "open_recommendation_workflows": open_recommendations,
+            "submit_evidence": percentiles(evidence_samples),
+            "record_decision": percentiles(decision_samples),
+            "baseline_bare_update": bare["update"],
+        }
+        workflow_ids = [inspection_workflow_id(i) for i in inspection_ids]
+        workflow_ids += [recommendation_workflow_id(f"{i}-R{n}") for i in inspection_ids for n in range(1, PER_REPORT + 1)]
+        await _bounded([_terminate(env.client, w) for w in workflow_ids], 16)
     return results
 
 
