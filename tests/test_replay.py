@@ -13,7 +13,8 @@ from ncpi_workflow.temporal import DATA_CONVERTER
 from worker import WORKFLOW_RUNNER, WORKFLOWS
 
 # One folder per shape of the workflows that ever ran: v1 (records as activities), v2 (records as
-# local activities, behind workflow.patched("records-as-local-activities")).
+# local activities, behind workflow.patched("records-as-local-activities")), v3 (an inspection's
+# recommendations started together, behind workflow.patched("recommendations-started-together")).
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("v*/*.json"))
 VERSIONS = sorted({p.parent.name for p in HISTORIES})
 
@@ -26,7 +27,7 @@ def test_histories_cover_both_workflows_and_continue_as_new(version):
 
 
 def test_both_shapes_are_kept():
-    assert {"v1", "v2"} <= set(VERSIONS)
+    assert {"v1", "v2", "v3"} <= set(VERSIONS)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -48,7 +49,7 @@ async def test_a_breaking_change_is_caught(monkeypatch):
         await original(self)
 
     monkeypatch.setattr(recommendation.RecommendationWorkflow, "_project", project_twice)
-    path = next(p for p in HISTORIES if p.parent.name == "v2" and p.stem == "recommendation-R1-run1")
+    path = next(p for p in HISTORIES if p.parent.name == VERSIONS[-1] and p.stem == "recommendation-R1-run1")
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     # Unsandboxed, so that the patched class is the one replayed (the sandbox re-imports workflows/).
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=UnsandboxedWorkflowRunner(), data_converter=DATA_CONVERTER)

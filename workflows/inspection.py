@@ -4,6 +4,7 @@ and further follow-up cycles."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, time
 
@@ -49,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import Outbox, calendar_now, history, run_activity, send_due_message, update_key, wait_until
 from workflows.recommendation import RecommendationWorkflow
 
+# Histories from before this change started the recommendations one after another.
+CHILDREN_TOGETHER_PATCH = "recommendations-started-together"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -150,19 +153,27 @@ class InspectionWorkflow:
                 context={"recommendations": lines, "deadlines": {d.key: d.due.isoformat() for d in self.state.deadlines}},
             )
         )
-        for rec in self.inp.recommendations:
-            await workflow.start_child_workflow(
-                RecommendationWorkflow.run,
-                RecommendationInput(
-                    inspection_id=self.inp.inspection_id, recommendation_id=rec.recommendation_id, ref=rec.ref,
-                    force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
-                    published=self.inp.published, policy=self.policy, calendar=self.calendar,
-                    time_scale=self.scale, parent_workflow_id=self.workflow_id,
-                ),
-                id=recommendation_workflow_id(rec.recommendation_id),
-                # Children outlive each run of this workflow: it continues-as-new between cycles.
-                parent_close_policy=ParentClosePolicy.ABANDON,
-            )
+        starts = [self._start_recommendation(rec) for rec in self.inp.recommendations]
+        if workflow.patched(CHILDREN_TOGETHER_PATCH):
+            # All in one workflow task: one round trip to the server instead of one per recommendation.
+            await asyncio.gather(*starts)
+        else:
+            for start in starts:
+                await start
+
+    async def _start_recommendation(self, rec) -> None:
+        await workflow.start_child_workflow(
+            RecommendationWorkflow.run,
+            RecommendationInput(
+                inspection_id=self.inp.inspection_id, recommendation_id=rec.recommendation_id, ref=rec.ref,
+                force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
+                published=self.inp.published, policy=self.policy, calendar=self.calendar,
+                time_scale=self.scale, parent_workflow_id=self.workflow_id,
+            ),
+            id=recommendation_workflow_id(rec.recommendation_id),
+            # Children outlive each run of this workflow: it continues-as-new between cycles.
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
 
     async def _send(self, due) -> None:
         await send_due_message(
