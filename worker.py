@@ -16,10 +16,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.calendar import CalendarActivities
 from activities.delivery import DeliveryActivities, DeliverySettings
 from activities.records import InspectorateAddresses, RecordActivities
 from ncpi_workflow.mailer import Mailer, SmtpConfig
 from ncpi_workflow import db
+from ncpi_workflow.policy import load_policy
 from ncpi_workflow.settings import Settings, get_settings
 from ncpi_workflow.temporal import connect, ensure_search_attributes
 from workflows.delivery import DeliveryWorkflow
@@ -58,7 +60,9 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
             workflow_runner=WORKFLOW_RUNNER,
-            activities=record_activities(sessions, settings).all() + delivery_activities(sessions, mailer, settings).all(),
+            activities=record_activities(sessions, settings).all()
+            + delivery_activities(sessions, mailer, settings).all()
+            + CalendarActivities(load_policy(settings.policy).calendar).all(),
             # On SIGTERM, activities in flight get this long to finish before they are cancelled (and
             # retried elsewhere by Temporal): every activity is idempotent, so nothing is lost either way.
             graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
@@ -97,10 +101,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with running_worker(client, settings), scheduled_jobs(client, settings):
         log.info("worker running on %s, task queue %s", settings.temporal_address, settings.task_queue)
-        alive = asyncio.create_task(keep_alive(settings.worker_alive_file))
-        await stop.wait()
-        alive.cancel()
-        settings.worker_alive_file.unlink(missing_ok=True)
+        async with worker_liveness(settings.worker_alive_file):
+            await stop.wait()
         log.info("shutting down")
 
 
@@ -135,6 +137,18 @@ async def keep_alive(path) -> None:
         except OSError as exc:
             log.warning("cannot touch %s: %s", path, exc)
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
+
+
+@asynccontextmanager
+async def worker_liveness(path) -> AsyncIterator[None]:
+    """Keep the liveness file fresh for `ncpi health --worker` until the block ends, then remove it.
+    `ncpi worker` and `ncpi dev` both use it, so the health check means the same in either."""
+    alive = asyncio.create_task(keep_alive(path))
+    try:
+        yield
+    finally:
+        alive.cancel()
+        path.unlink(missing_ok=True)
 
 
 def main() -> None:

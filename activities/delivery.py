@@ -52,9 +52,16 @@ class DeliveryActivities:
             notification = await session.get(Notification, notification_id)
             if notification is None:
                 raise LookupError(f"no notification {notification_id}")
-            if notification.status in (SENT, FAILED):
-                return notification.status  # a retry after success, or a failure already reported
-            context = await email_context(session, notification)
+            if notification.status == SENT:
+                return SENT  # a retry after success
+            failed = notification.status == FAILED
+            # A failure already reported was recorded with its alert, which may not have gone out yet.
+            alert_id = await self._pending_alert(session, notification) if failed else None
+            context = None if failed else await email_context(session, notification)
+        if failed:
+            if alert_id is not None:
+                await self._deliver_alert(alert_id)
+            return FAILED
         return await self._send(notification_id, context)
 
     async def _send(self, notification_id: int, context: EmailContext) -> str:
@@ -91,8 +98,11 @@ class DeliveryActivities:
             await session.execute(update(Notification).where(Notification.id == notification_id).values(**values))
 
     async def _fail(self, notification_id: int, answer: str, message_id: str | None) -> str:
-        """Record a permanent failure with the server's answer, then tell the inspectors."""
-        async with self.sessions() as session:
+        """Record a permanent failure with the server's answer, then tell the inspectors.
+
+        FAILED, its audit row and the inspectors' alert are one transaction: a retry that finds
+        FAILED can rely on the alert having been recorded, and delivers it if it is still pending."""
+        async with self.sessions.begin() as session:
             notification = await session.get(Notification, notification_id)
             notification.status = FAILED
             notification.last_error = answer
@@ -102,25 +112,35 @@ class DeliveryActivities:
                 entity_id=str(notification.id), detail={"answer": answer, "to": notification.recipients["to"]},
                 idempotency_key=f"{notification.idempotency_key}/failed",
             )
-            await session.commit()
-        await self._tell_inspectors(notification, answer)
+            alert_id = await self._record_alert(session, notification)
+        if alert_id is not None:
+            await self._deliver_alert(alert_id)
         return FAILED
 
-    async def _tell_inspectors(self, failed: Notification, answer: str) -> None:
-        """Record and send a delivery_failed notice to the inspectors' mailbox (once; never about itself)."""
+    def _alert_key(self, failed: Notification) -> str:
+        return f"{failed.idempotency_key}/delivery_failed"
+
+    async def _record_alert(self, session: AsyncSession, failed: Notification) -> int | None:
+        """Record a delivery_failed notice to the inspectors' mailbox (once; never about itself)."""
         if failed.kind == "delivery_failed":
-            return
-        key = f"{failed.idempotency_key}/delivery_failed"
-        async with self.sessions.begin() as session:
-            await insert_if_absent(
-                session, Notification, ["idempotency_key"],
-                idempotency_key=key, kind="delivery_failed", inspection_id=failed.inspection_id,
-                recommendation_id=failed.recommendation_id,
-                recipients={"to": [self.settings.inspectors_email], "roles": ["inspectors"]},
-                subject=f"Email not delivered: {failed.subject}",
-                context={"failed_id": failed.id}, status="pending", attempts=0, scheduled_for=utcnow(),
-            )
-            alert_id = await session.scalar(select(Notification.id).where(Notification.idempotency_key == key))
+            return None
+        key = self._alert_key(failed)
+        await insert_if_absent(
+            session, Notification, ["idempotency_key"],
+            idempotency_key=key, kind="delivery_failed", inspection_id=failed.inspection_id,
+            recommendation_id=failed.recommendation_id,
+            recipients={"to": [self.settings.inspectors_email], "roles": ["inspectors"]},
+            subject=f"Email not delivered: {failed.subject}",
+            context={"failed_id": failed.id}, status="pending", attempts=0, scheduled_for=utcnow(),
+        )
+        return await session.scalar(select(Notification.id).where(Notification.idempotency_key == key))
+
+    async def _pending_alert(self, session: AsyncSession, failed: Notification) -> int | None:
+        return await session.scalar(
+            select(Notification.id).where(Notification.idempotency_key == self._alert_key(failed), Notification.status == "pending")
+        )
+
+    async def _deliver_alert(self, alert_id: int) -> None:
         try:
             await self.deliver_notification(alert_id)
         except TransientDeliveryError:
@@ -177,12 +197,8 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
     recommendation = next((facts(r) for r in recs if r.id == n.recommendation_id), None)
     report_deadlines = {d.key: d.current_due for d in deadlines if d.recommendation_id is None and d.cycle == 1}
     decision = None
-    if n.recommendation_id and (n.kind in ("decision", "further_follow_up") or ctx.get("rung") == "not_achieved"):
-        row = await session.scalar(
-            select(Decision).where(Decision.recommendation_id == n.recommendation_id).order_by(Decision.cycle.desc()).limit(1)
-        )
-        if row is not None:
-            decision = DecisionFacts(row.outcome, row.rationale, row.decided_by, row.decided_at)
+    if n.kind in ("decision", "further_follow_up") or ctx.get("rung") == "not_achieved":
+        decision = await _decision_facts(session, n)
     failed = None
     if n.kind == "delivery_failed":
         original = await session.get(Notification, ctx.get("failed_id"))
@@ -199,6 +215,10 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
         elif deadline_key in {k.value for k in DeadlineKind}:
             label = DEADLINE_LABELS[DeadlineKind(deadline_key)]
     ref_of = {r.id: r.ref for r in recs}
+    reopened = {}
+    if n.kind == "reopened":
+        reopened = dict(reopen_reason=ctx.get("reason"), reopened_by=ctx.get("by"),
+                        reopened_at=_instant(ctx.get("at")) or n.scheduled_for or n.created_at)
     return EmailContext(
         kind=n.kind, subject=n.subject, force_code=force.code, force_name=force.name,
         inspection_id=inspection.id, inspection_title=inspection.title, published=inspection.published_on,
@@ -212,4 +232,28 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
         reference=n.idempotency_key, triggered_by=ctx.get("by"),
         evidence_what=f"Evidence that recommendation {recommendation.ref} has been implemented"
         if n.kind == "evidence_request" and recommendation else None,
+        **reopened,
     )
+
+
+def _instant(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+async def _decision_facts(session: AsyncSession, n: Notification) -> DecisionFacts | None:
+    """The decision a notification is about, from the facts recorded with it.
+
+    Rows recorded before their payload carried the facts fall back to the Decision row of the
+    notification's own cycle, never simply the newest: a later decision (or a concurrent one) is
+    another event."""
+    ctx = n.context or {}
+    if "rationale" in ctx:
+        return DecisionFacts(ctx.get("outcome"), ctx["rationale"], ctx.get("by"), _instant(ctx.get("at")) or n.scheduled_for or n.created_at)
+    if not n.recommendation_id or not ctx.get("cycle"):
+        return None
+    if n.kind == "further_follow_up" and str(ctx.get("why", "")).startswith("re-opened"):
+        return None  # a re-opening, not a decision: the old decision is not what this cycle is about
+    # A further follow-up's cycle is the new one; the decision that started it closed the one before.
+    cycle = ctx["cycle"] - 1 if n.kind == "further_follow_up" else ctx["cycle"]
+    row = await session.scalar(select(Decision).where(Decision.recommendation_id == n.recommendation_id, Decision.cycle == cycle))
+    return DecisionFacts(row.outcome, row.rationale, row.decided_by, row.decided_at) if row is not None else None

@@ -22,6 +22,7 @@ from ncpi_workflow.lifecycle import (
     NotificationRequest,
     ProgressRecord,
     RecommendationProjection,
+    RegisterRecord,
     ReopenRecord,
     RevisitRecord,
 )
@@ -34,6 +35,7 @@ from ncpi_workflow.models import (
     Notification,
     ProgressUpdate,
     Recommendation,
+    RegisterStatusEntry,
     Revisit,
 )
 from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
@@ -65,6 +67,7 @@ class RecordActivities:
             self.record_evidence,
             self.record_decision,
             self.record_reopen,
+            self.record_register_status,
             self.record_deadline_revision,
             self.open_deadline,
             self.mark_deadline_met,
@@ -127,6 +130,8 @@ class RecordActivities:
                     outcome=projection.outcome,
                     next_action=projection.next_action,
                     next_action_at=projection.next_action_at,
+                    # Projections from histories before the register trail carry none: keep the column.
+                    **({"register_status": projection.register_status} if projection.register_status else {}),
                 )
             )
 
@@ -279,6 +284,32 @@ class RecordActivities:
                 detail={"closed_cycle": record.cycle, "reason": record.reason},
                 idempotency_key=record.idempotency_key,
             )
+
+    @activity.defn
+    async def record_register_status(self, record: RegisterRecord) -> None:
+        """One step of the public register's trail, set by an inspector (or by their closing decision)."""
+        async with self.sessions.begin() as session:
+            if await insert_if_absent(
+                session,
+                RegisterStatusEntry,
+                ["idempotency_key"],
+                idempotency_key=record.idempotency_key,
+                recommendation_id=record.recommendation_id,
+                cycle=record.cycle,
+                status=record.status,
+                comment=record.comment,
+                set_by=record.by,
+                set_at=record.at,
+            ):
+                await append_audit(
+                    session,
+                    actor=record.by,
+                    action="register.status_set",
+                    entity_type="recommendation",
+                    entity_id=record.recommendation_id,
+                    detail={"cycle": record.cycle, "status": record.status, "comment": record.comment},
+                    idempotency_key=f"{record.idempotency_key}/audit",
+                )
 
     @activity.defn
     async def open_deadline(self, record: DeadlineOpenRecord) -> None:

@@ -105,7 +105,8 @@ def plan(
     file: Path = typer.Argument(..., help="A report file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Print the whole timeline of a report (deadlines, reminders, escalations) before publishing it."""
+    """Print the whole timeline of a report (deadlines, reminders, escalations) before publishing it:
+    every message the follow-up sends if nobody acts, up to the automatic revisit's evidence requests."""
     from ncpi_workflow.clocks import calendar_for_report, plan_report
     from ncpi_workflow.formatting import long_date, roles, short_datetime, timeframe
 
@@ -123,6 +124,11 @@ def plan(
             "timezone": calendar.timezone,
             "deadlines": [
                 {**asdict(d), "label": d.label, "moved": d.moved, "due_long": long_date(d.due)} for d in timeline.deadlines
+            ],
+            "revisit_opens_at": timeline.revisit_opens_at,
+            "evidence_deadlines": [
+                {**asdict(d), "label": d.label, "moved": d.moved, "due_long": long_date(d.due)}
+                for d in timeline.evidence_deadlines
             ],
             "messages": [
                 {**asdict(m), "local": calendar.local(m.at).isoformat(), "working_day": calendar.is_working_day(calendar.local(m.at).date())}
@@ -143,8 +149,14 @@ def plan(
         verb = "" if d.kind == "revisit_by" else " due"
         moved = f"  [moved from {long_date(d.nominal)}, not a working day]" if d.moved else ""
         typer.echo(f"  {what}{verb} {long_date(d.due)}{moved}")
+    if timeline.evidence_deadlines:
+        typer.echo("")
+        opens = long_date(calendar.local(timeline.revisit_opens_at).date())
+        typer.echo(f"Evidence (if nobody acts, the revisit opens by itself on {opens} and asks for it)")
+        for d in timeline.evidence_deadlines:
+            typer.echo(f"  {d.label} due {long_date(d.due)}")
     typer.echo("")
-    typer.echo(f"Messages ({calendar.timezone}, working days only)")
+    typer.echo(f"Messages if nobody acts ({calendar.timezone}, working days only)")
     for m in timeline.messages:
         detail = m.deadline_key
         if m.working_days > 0:
@@ -153,7 +165,7 @@ def plan(
             detail += f", {-m.working_days} working days overdue"
         if m.rung:
             detail += f", rung {m.rung}"
-        typer.echo(f"  {short_datetime(m.at, calendar.zone):<22} {m.kind.value:<15} {detail} -> {roles(m.recipients)}")
+        typer.echo(f"  {short_datetime(m.at, calendar.zone):<22} {m.kind.value:<16} {detail} -> {roles(m.recipients)}")
 
 
 @db_app.command("upgrade")
@@ -715,6 +727,67 @@ def health(
     with _database_errors(settings):
         run(check())
     typer.echo("ok: database and Temporal reachable" + (", worker alive" if check_worker else ""))
+
+
+calendar_app = typer.Typer(help="The working-day calendar of running follow-ups.", no_args_is_help=True)
+app.add_typer(calendar_app, name="calendar")
+
+FOLLOW_UP_TYPES = ("InspectionFollowUp", "RecommendationFollowUp")
+REFRESH_SIGNAL = "refresh_calendar"
+SIGNALS_AT_ONCE = 50
+
+
+@calendar_app.command("refresh")
+def calendar_refresh() -> None:
+    """Push the bank holidays known now (the `holidays` package and the policy's extra_bank_holidays)
+    to every running follow-up workflow on this task queue."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from ncpi_workflow.clocks import refresh_for
+
+    settings = _settings()
+    calendar_policy = _policy().calendar
+    refresh = refresh_for(calendar_policy, datetime.now(timezone.utc).astimezone(_zone(calendar_policy.timezone)).date())
+
+    async def signal_one(client, workflow_id: str, gate: asyncio.Semaphore) -> bool:
+        async with gate:
+            try:
+                await asyncio.wait_for(
+                    client.get_workflow_handle(workflow_id).signal(REFRESH_SIGNAL, refresh), CALL_TIMEOUT_SECONDS
+                )
+            except RPCError as exc:
+                if exc.status is RPCStatusCode.NOT_FOUND:  # finished since it was listed
+                    return False
+                raise
+            return True
+
+    async def go() -> dict[str, int]:
+        client = await _client(settings)
+        gate = asyncio.Semaphore(SIGNALS_AT_ONCE)
+        counts = {}
+        with _temporal_errors(settings, "the running follow-ups"):
+            for workflow_type in FOLLOW_UP_TYPES:
+                query = (
+                    f'ExecutionStatus="Running" AND WorkflowType="{workflow_type}" '
+                    f'AND TaskQueue="{settings.task_queue}"'
+                )
+                ids = [w.id async for w in client.list_workflows(query)]
+                sent = await asyncio.gather(*(signal_one(client, i, gate) for i in ids))
+                counts[workflow_type] = sum(sent)
+        return counts
+
+    counts = run(go())
+    typer.echo(
+        f"signalled {sum(counts.values())} workflows ("
+        + ", ".join(f"{n} {t}" for t, n in counts.items())
+        + f"): {len(refresh.bank_holidays)} bank holidays known through {refresh.covers_until.isoformat()}"
+    )
+
+
+def _zone(name: str):
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
 
 
 OUTBOX_STATUSES = ("pending", "sent", "failed")

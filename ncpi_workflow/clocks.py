@@ -12,7 +12,7 @@ Europe/London.
 """
 
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from enum import StrEnum
 from functools import cached_property
@@ -53,10 +53,16 @@ class MessageKind(StrEnum):
     ESCALATION = "escalation"
     REVISIT_NOTICE = "revisit_notice"
     REVISIT_OPENS = "revisit_opens"
+    """The revisit-by limit's own timer: at it the inspection workflow opens the revisit (it sends
+    REVISIT_OPENED, not this). `plan_report` shows the REVISIT_OPENED notice in its place."""
+    REVISIT_OPENED = "revisit_opened"
+    EVIDENCE_REQUEST = "evidence_request"
 
 
 PARTY_CONTACT = {Party.FORCE: "liaison_officer", Party.PCC: "pcc", Party.INSPECTORATE: "inspectors"}
 PUBLISHED_RECIPIENTS = ("liaison_officer", "chief_officer", "pcc")
+REVISIT_OPENED_RECIPIENTS = ("liaison_officer", "chief_officer", "inspectors")
+EVIDENCE_REQUEST_RECIPIENTS = ("liaison_officer",)
 
 DEADLINE_LABELS = {
     DeadlineKind.IMMEDIATE_UPDATE: "Update on recommendations to be acted on immediately",
@@ -77,10 +83,32 @@ class WorkingCalendar:
     working_day_start: time = time(9, 0)
     working_day_end: time = time(17, 0)
     send_at: time = time(9, 0)
+    covers_until: date | None = None
+    """The last day whose bank holidays this calendar knows. None in calendars recorded before the
+    field existed: `known_until` then derives it from the holidays listed."""
 
     @cached_property
     def _holidays(self) -> frozenset[date]:
         return frozenset(self.bank_holidays)
+
+    def known_until(self) -> date:
+        """The last day whose bank holidays are known: `covers_until`, else 31 December of the
+        latest year listed (date.min for a calendar that lists none and says nothing)."""
+        if self.covers_until is not None:
+            return self.covers_until
+        if not self.bank_holidays:
+            return date.min
+        return date(max(self.bank_holidays).year, 12, 31)
+
+    def needs_extension(self, day: date, margin_days: int = 400) -> bool:
+        """True when `day` plus the margin runs past the days whose bank holidays are known."""
+        return day + timedelta(days=margin_days) > self.known_until()
+
+    def refreshed(self, refresh: "CalendarRefresh") -> "WorkingCalendar":
+        """This calendar with an operator's refresh merged in: every holiday of either, known until
+        the later of the two. Pure: a workflow can call it in a signal handler."""
+        holidays = tuple(sorted(set(self.bank_holidays) | set(refresh.bank_holidays)))
+        return replace(self, bank_holidays=holidays, covers_until=max(self.known_until(), refresh.covers_until))
 
     @cached_property
     def zone(self) -> ZoneInfo:
@@ -131,18 +159,67 @@ class WorkingCalendar:
         return self.at(day, self.send_at)
 
 
-def england_and_wales_calendar(policy: CalendarPolicy, years: Iterable[int]) -> WorkingCalendar:
-    """The England and Wales bank-holiday calendar for the given years, from the `holidays` package."""
+def _england_and_wales_holidays(years: Sequence[int]) -> set[date]:
     import holidays  # only here: workflows receive the calendar as data
 
-    observed = holidays.country_holidays("GB", subdiv="ENG", years=list(years))
+    return set(holidays.country_holidays("GB", subdiv="ENG", years=list(years)))
+
+
+def england_and_wales_calendar(policy: CalendarPolicy, years: Iterable[int]) -> WorkingCalendar:
+    """The England and Wales bank-holiday calendar for the given years, from the `holidays` package,
+    with the policy's extra bank holidays; it knows the holidays up to 31 December of the last year."""
+    years = sorted(set(years))
+    observed = _england_and_wales_holidays(years) | set(policy.extra_bank_holidays)
     return WorkingCalendar(
         timezone=policy.timezone,
         bank_holidays=tuple(sorted(observed)),
         working_day_start=policy.working_day_start,
         working_day_end=policy.working_day_end,
         send_at=policy.send_at,
+        covers_until=date(years[-1], 12, 31) if years else None,
     )
+
+
+def extend_calendar(calendar: WorkingCalendar, policy: CalendarPolicy | None, through: date) -> WorkingCalendar:
+    """`calendar` extended to know the bank holidays up to 31 December of `through`'s year.
+
+    Not for workflow code (it reads the `holidays` package): workflows get it from the
+    `extend_calendar` activity, so the result is recorded in their history. The time zone and
+    working hours stay as they are; the holidays are those of the `holidays` package for every year
+    from the first the calendar already had, plus the policy's extra ones, plus any the calendar
+    listed that neither knows (one an operator added). A calendar never shrinks: `covers_until` is
+    the later of its old value and 31 December of `through`'s year.
+    """
+    first = min(calendar.bank_holidays).year if calendar.bank_holidays else through.year
+    covers_until = max(date(through.year, 12, 31), calendar.known_until())
+    observed = _england_and_wales_holidays(range(min(first, covers_until.year), covers_until.year + 1))
+    observed |= set(calendar.bank_holidays)
+    if policy is not None:
+        observed |= set(policy.extra_bank_holidays)
+    return replace(calendar, bank_holidays=tuple(sorted(observed)), covers_until=covers_until)
+
+
+@dataclass(frozen=True)
+class CalendarExtension:
+    """The `extend_calendar` activity's input: the calendar a workflow holds and the day it must reach."""
+
+    calendar: WorkingCalendar
+    through: date
+
+
+@dataclass(frozen=True)
+class CalendarRefresh:
+    """The `refresh_calendar` signal (`ncpi calendar refresh`): the bank holidays known now, covering
+    at least the years 2000 to five years ahead, to be merged into a running workflow's calendar."""
+
+    bank_holidays: tuple[date, ...]
+    covers_until: date
+
+
+def refresh_for(policy: CalendarPolicy, today: date, first_year: int = 2000, years_ahead: int = 5) -> CalendarRefresh:
+    """The bank holidays from `first_year` to `years_ahead` years after `today`'s year, as a refresh."""
+    fresh = england_and_wales_calendar(policy, range(first_year, today.year + years_ahead + 1))
+    return CalendarRefresh(fresh.bank_holidays, fresh.covers_until)
 
 
 def calendar_for_report(policy: Policy, published: date) -> WorkingCalendar:
@@ -191,10 +268,15 @@ class Timeline:
     published: date
     published_at: datetime
     deadlines: tuple[Deadline, ...]
+    """The clocks that start at publication (the ones written to the records when it is published)."""
     messages: tuple[Message, ...] = field(default=())
+    revisit_opens_at: datetime | None = None
+    """If nobody triggers it earlier: when the revisit opens by itself (send time on the revisit-by date)."""
+    evidence_deadlines: tuple[Deadline, ...] = ()
+    """The evidence each open recommendation is then asked for (key `evidence:<ref>`)."""
 
     def deadline(self, key: str) -> Deadline:
-        return next(d for d in self.deadlines if d.key == key)
+        return next(d for d in (*self.deadlines, *self.evidence_deadlines) if d.key == key)
 
 
 def timeframe_period(policy: Policy, timeframe: Timeframe) -> Period:
@@ -312,20 +394,59 @@ def deadline_messages(
     return tuple(m for m in messages if m.at >= not_before)
 
 
+def evidence_deadline(ref: str, requested_at: datetime, policy: Policy, calendar: WorkingCalendar) -> Deadline:
+    """The force's evidence deadline when the revisit asks at `requested_at`: that day plus the
+    policy's working days (always a working day, so it never moves)."""
+    due = calendar.add_working_days(calendar.local(requested_at).date(), policy.review.evidence_due_working_days)
+    return Deadline(
+        key=f"evidence:{ref}",
+        kind=DeadlineKind.EVIDENCE,
+        party=Party.FORCE,
+        nominal=due,
+        due=due,
+        due_at=calendar.at(due, calendar.working_day_end),
+        recommendation_ref=ref,
+    )
+
+
+# Messages of one instant in the order the workflows send them: the report notice first; the
+# revisit's opening before the evidence requests it causes.
+_SAME_INSTANT_ORDER = {MessageKind.PUBLISHED: 0, MessageKind.REVISIT_OPENED: 2, MessageKind.EVIDENCE_REQUEST: 3}
+
+
 def plan_report(
     published: date,
     timeframes: Sequence[tuple[str, Timeframe]],
     policy: Policy,
     calendar: WorkingCalendar,
 ) -> Timeline:
-    """The whole timeline of a report: deadlines and every message, in time order."""
+    """The whole timeline of a report if nobody acts: every message the workflows send, in time order.
+
+    Nobody acting, the revisit opens by itself at the revisit-by limit (REVISIT_OPENED). From that
+    instant the recommendations' own deadline messages stop: each recommendation is asked for
+    evidence instead (EVIDENCE_REQUEST), and the evidence deadline gets its reminders, due-today,
+    overdue and escalation messages like any force deadline. Its messages count from just after the
+    request (one at the very instant of the request would repeat it). Report-level deadlines keep
+    their messages whatever the revisit does.
+    """
     published_at = calendar.next_send_time(calendar.at(published, time(0, 0)))
     deadlines = report_deadlines(published, timeframes, policy, calendar)
+    revisit = next(d for d in deadlines if d.kind is DeadlineKind.REVISIT_BY)
+    opens_at = max(calendar.at(revisit.due, calendar.send_at), published_at)
     messages = [Message(published_at, MessageKind.PUBLISHED, "published", PUBLISHED_RECIPIENTS)]
     for deadline in deadlines:
-        messages.extend(deadline_messages(deadline, policy, calendar, not_before=published_at))
-    messages.sort(key=lambda m: (m.at, m.deadline_key, m.kind))
-    return Timeline(published, published_at, deadlines, tuple(messages))
+        for message in deadline_messages(deadline, policy, calendar, not_before=published_at):
+            if message.kind is MessageKind.REVISIT_OPENS:
+                message = replace(message, kind=MessageKind.REVISIT_OPENED, recipients=REVISIT_OPENED_RECIPIENTS)
+            elif deadline.kind is DeadlineKind.RECOMMENDATION and message.at >= opens_at:
+                continue  # the revisit has opened: evidence is asked for instead
+            messages.append(message)
+    evidence = tuple(evidence_deadline(ref, opens_at, policy, calendar) for ref, _ in timeframes)
+    for deadline in evidence:
+        messages.append(Message(opens_at, MessageKind.EVIDENCE_REQUEST, deadline.key, EVIDENCE_REQUEST_RECIPIENTS))
+        messages.extend(m for m in deadline_messages(deadline, policy, calendar, not_before=opens_at) if m.at > opens_at)
+    messages.sort(key=lambda m: (m.at, _SAME_INSTANT_ORDER.get(m.kind, 1), m.deadline_key, m.kind))
+    return Timeline(published, published_at, deadlines, tuple(messages), opens_at, evidence)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ async def run_dev(settings: Settings, echo=print) -> None:
     from ncpi_workflow.smtp_capture import start_capture
     from ncpi_workflow.store import load_reference_forces
     from ncpi_workflow.temporal import connect, dev_server_flags, ensure_search_attributes
-    from worker import running_worker, scheduled_jobs
+    from worker import running_worker, scheduled_jobs, worker_liveness
 
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -112,6 +112,7 @@ async def run_dev(settings: Settings, echo=print) -> None:
         await ensure_search_attributes(client, settings.temporal_namespace)
         await stack.enter_async_context(running_worker(client, settings))
         await stack.enter_async_context(scheduled_jobs(client, settings))
+        await stack.enter_async_context(worker_liveness(settings.worker_alive_file))
         lines.append(f"Worker          task queue {settings.task_queue}, with the digest and reconciliation jobs")
 
         if not await published_ids(settings):

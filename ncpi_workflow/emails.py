@@ -67,7 +67,7 @@ class EmailContext:
 
     kind: str
     """published, reminder, due_today, overdue, escalation, evidence_request, revisit_notice,
-    revisit_opened, decision, further_follow_up, revisit_outcome, delivery_failed, digest."""
+    revisit_opened, decision, further_follow_up, reopened, revisit_outcome, delivery_failed, digest."""
     subject: str
     force_code: str
     force_name: str
@@ -107,6 +107,10 @@ class EmailContext:
     """revisit_opened: who opened the revisit when revisit_trigger is 'inspector'."""
     evidence_what: str | None = None
     """evidence_request: what evidence the inspectorate asks for."""
+    reopen_reason: str | None = None
+    """reopened: why an inspector re-opened the closed recommendation."""
+    reopened_by: str | None = None
+    reopened_at: datetime | None = None
 
 
 @dataclass
@@ -129,6 +133,7 @@ KINDS = (
     "revisit_opened",
     "decision",
     "further_follow_up",
+    "reopened",
     "revisit_outcome",
     "delivery_failed",
     "digest",
@@ -600,6 +605,25 @@ def example_contexts() -> dict[str, EmailContext]:
                 "R2", phase="in_progress", outcome="partially_achieved", due=date(2017, 10, 20), original_due=date(2017, 10, 20)
             ),
             decision=_r2_decision(),
+        ),
+        "reopened": _cumbria(
+            "reopened",
+            f"Recommendation R1 re-opened: new deadline Monday 5 February 2018 ({_INSPECTION_ID})",
+            _at(2017, 11, 3, 11, 20),
+            "241",
+            recipients=["liaison_officer", "chief_officer"],
+            deadline_label="Recommendation R1",
+            deadline_key="recommendation:R1",
+            due=date(2018, 2, 5),
+            cycle=2,
+            recommendation=_recommendation("R1", phase="in_progress", due=date(2018, 2, 5), original_due=date(2018, 2, 5)),
+            reopen_reason=(
+                "A complaint received in October 2017 shows that the constabulary was not represented at two "
+                "initial strategy discussions in West Cumbria, so the arrangement judged in place at the revisit "
+                "is not yet reliable."
+            ),
+            reopened_by=_INSPECTOR,
+            reopened_at=_at(2017, 11, 3, 11, 15),
         ),
         "revisit_outcome": _cumbria(
             "revisit_outcome",

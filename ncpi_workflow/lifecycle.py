@@ -63,8 +63,21 @@ class Outcome(StrEnum):
 CLOSING_OUTCOMES = {Outcome.ACHIEVED, Outcome.SUPERSEDED, Outcome.WITHDRAWN}
 """Outcomes that close a recommendation; the others start a further follow-up cycle."""
 
+class RegisterStatus(StrEnum):
+    """The public register's four words (HMICFRS): always the inspectorate's judgement, never the force's claim."""
+
+    AWAITING_REVIEW = "awaiting review"
+    BEING_PROGRESSED = "being progressed"
+    WILL_BE_PROGRESSED = "will be progressed"
+    NO_FURTHER_ACTION = "no further action needed"
+
+
+SETTABLE_REGISTER_STATUSES = (RegisterStatus.AWAITING_REVIEW, RegisterStatus.BEING_PROGRESSED, RegisterStatus.WILL_BE_PROGRESSED)
+"""What an inspector may set by hand; "no further action needed" comes only with a closing decision."""
+
 REGISTER_STATUS = {
-    # The public register's vocabulary (HMICFRS) for each state.
+    # Before the register trail existed, the status was read off the phase. Kept for histories that
+    # carry no trail; new recommendations start their trail at "awaiting review".
     Phase.PUBLISHED: "awaiting review",
     Phase.FORCE_NOTIFIED: "awaiting review",
     Phase.IN_PROGRESS: "being progressed",
@@ -141,6 +154,8 @@ class TrackedDeadline:
     revisions: list[Revision] = field(default_factory=list)
     handled: list[str] = field(default_factory=list)
     """Message keys already sent or skipped."""
+    silent_from: datetime | None = None
+    """No message at or after this instant: a recommendation's own reminders stop when the revisit opens."""
 
     def as_deadline(self, calendar: WorkingCalendar) -> Deadline:
         return Deadline(
@@ -154,7 +169,10 @@ class TrackedDeadline:
         )
 
     def messages(self, policy: Policy, calendar: WorkingCalendar) -> tuple[Message, ...]:
-        return deadline_messages(self.as_deadline(calendar), policy, calendar, not_before=self.opened_at)
+        messages = deadline_messages(self.as_deadline(calendar), policy, calendar, not_before=self.opened_at)
+        if self.silent_from is not None:
+            messages = tuple(m for m in messages if m.at < self.silent_from)
+        return messages
 
     def message_key(self, message: Message) -> str:
         # The due date is part of the key: a revised deadline earns a fresh set of reminders.
@@ -272,6 +290,20 @@ class RecommendationState:
     projection_version: int = 0
     undelivered: list[int] = field(default_factory=list)
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
+    register: list["RegisterEntry"] = field(default_factory=list)
+    """The public register's dated trail, newest last (empty in histories from before the trail)."""
+
+    @property
+    def register_status(self) -> str:
+        return self.register[-1].status if self.register else REGISTER_STATUS[self.phase]
+
+
+@dataclass
+class RegisterEntry:
+    status: str
+    comment: str
+    by: str
+    at: datetime
 
 
 @dataclass
@@ -288,6 +320,8 @@ class RecommendationInput:
     time_scale: TimeScale
     parent_workflow_id: str
     carried: RecommendationState | None = None
+    revisit_by: date | None = None
+    """The inspection's revisit limit at publication: the recommendation's own reminders stop when the revisit opens."""
 
 
 @dataclass
@@ -301,6 +335,8 @@ class RecommendationView:
     next_action: str | None
     next_action_at: datetime | None
     calendar_now: datetime
+    """The calendar at the workflow's last task; readers use `time_scale` for the calendar now."""
+    time_scale: TimeScale | None = None
 
 
 # Requests (Updates) ------------------------------------------------------------
@@ -349,6 +385,14 @@ class ReviseDeadlineRequest:
 
 
 @dataclass
+class RegisterStatusRequest:
+    status: str
+    comment: str
+    """Public: it is published on the register with the status."""
+    by: str
+
+
+@dataclass
 class TriggerRevisitRequest:
     by: str
 
@@ -386,6 +430,15 @@ class Reopened:
     recommendation_id: str
     reason: str
     by: str
+    due: date | None = None
+    """The new deadline of the re-opened recommendation (None in histories from before it was sent)."""
+
+
+@dataclass
+class RevisitLimit:
+    """From the inspection to its recommendations: the revisit limit moved (earlier)."""
+
+    revisit_by: date
 
 
 def _required(value: str, what: str) -> None:
@@ -453,6 +506,18 @@ def check_withdraw(state: RecommendationState, request: ReasonRequest) -> None:
         raise ValueError(f"the recommendation is already closed ({state.outcome})")
 
 
+def check_register_status(state: RecommendationState, request: RegisterStatusRequest) -> None:
+    _required(request.by, "who sets the status (by)")
+    _required(request.comment, "the public comment")
+    allowed = [str(s) for s in SETTABLE_REGISTER_STATUSES]
+    if request.status == RegisterStatus.NO_FURTHER_ACTION:
+        raise ValueError('"no further action needed" is set by a closing decision (achieved, superseded or withdrawn)')
+    if request.status not in allowed:
+        raise ValueError(f"unknown register status {request.status!r}; use one of: {', '.join(allowed)}")
+    if state.phase is Phase.CLOSED:
+        raise ValueError("the recommendation is closed; re-open it before changing its register status")
+
+
 def check_revision(
     deadline: TrackedDeadline | None, request: ReviseDeadlineRequest, calendar_today: date, latest: date | None = None
 ) -> None:
@@ -491,6 +556,8 @@ class InspectionState:
     """Outcome by recommendation ID for this cycle's revisit."""
     further: list[str] = field(default_factory=list)
     """Recommendations a decision this cycle sent to a further follow-up."""
+    deferred: dict[str, date] = field(default_factory=dict)
+    """Re-opened recommendations waiting for a revisit no earlier than their new deadline, by ID."""
     revisit_opened_at: datetime | None = None
     revisit_trigger: str | None = None
     revisit_by: str | None = None
@@ -524,6 +591,7 @@ class InspectionView:
     next_action: str | None
     next_action_at: datetime | None
     calendar_now: datetime
+    time_scale: TimeScale | None = None
 
 
 @dataclass
@@ -552,6 +620,7 @@ class RecommendationProjection:
     outcome: str | None
     next_action: str | None
     next_action_at: datetime | None
+    register_status: str | None = None
 
 
 @dataclass
@@ -608,6 +677,17 @@ class DecisionRecord:
     cycle: int
     outcome: str
     rationale: str
+    by: str
+    at: datetime
+
+
+@dataclass
+class RegisterRecord:
+    idempotency_key: str
+    recommendation_id: str
+    cycle: int
+    status: str
+    comment: str
     by: str
     at: datetime
 

@@ -7,8 +7,9 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.message import EmailMessage
-from email.utils import formataddr
+from email.utils import format_datetime, formataddr
 
 import aiosmtplib
 
@@ -167,6 +168,7 @@ def build_message(
     if reply_to:
         message["Reply-To"] = reply_to
     message["Subject"] = subject
+    message["Date"] = format_datetime(datetime.now(timezone.utc))  # RFC 5322 requires it; the time of sending
     message["Message-ID"] = message_id
     message["X-NCPI-Reference"] = reference
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to automated mail

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ncpi_workflow.clocks import DeadlineKind, Timeframe
-from ncpi_workflow.lifecycle import ForceClaim, Outcome, Phase
+from ncpi_workflow.lifecycle import ForceClaim, Outcome, Phase, RegisterStatus
 from ncpi_workflow.report import FindingKind
 
 
@@ -138,6 +138,7 @@ class Recommendation(Base):
         _check("phase", Phase),
         _check("force_claim", ForceClaim, nullable=True),
         _check("outcome", Outcome, nullable=True),
+        _check("register_status", RegisterStatus),
     )
     id: Mapped[str] = mapped_column(String(48), primary_key=True)  # e.g. CUM-2017-01-26-R1
     inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
@@ -150,6 +151,9 @@ class Recommendation(Base):
     phase: Mapped[str] = mapped_column(String(32), default=Phase.PUBLISHED, index=True)
     force_claim: Mapped[str | None] = mapped_column(String(32))
     outcome: Mapped[str | None] = mapped_column(String(32))
+    register_status: Mapped[str] = mapped_column(
+        String(32), default=RegisterStatus.AWAITING_REVIEW, server_default=RegisterStatus.AWAITING_REVIEW.value
+    )
     cycle: Mapped[int] = mapped_column(Integer, default=1)
     next_action: Mapped[str | None] = mapped_column(String(200))
     next_action_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -274,6 +278,23 @@ class Decision(Base):
     reopened_at: Mapped[datetime | None]
     reopened_by: Mapped[str | None] = mapped_column(String(200))
     reopen_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RegisterStatusEntry(Base):
+    """One dated, attributed step of the public register's trail: the inspectorate's judgement."""
+
+    __tablename__ = "register_entries"
+    __table_args__ = (_check("status", RegisterStatus), CheckConstraint("length(comment) > 0", name="comment_given"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    cycle: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(Text)
+    set_by: Mapped[str] = mapped_column(String(200))
+    set_at: Mapped[datetime]
+    """When it was judged (the policy calendar); `recorded_at` is when it was written."""
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Notification(Base):

@@ -7,7 +7,7 @@
 
 import tomllib
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class CalendarPolicy:
     working_day_start: time = time(9, 0)
     working_day_end: time = time(17, 0)
     send_at: time = time(9, 0)
+    extra_bank_holidays: tuple[date, ...] = ()
+    """Bank holidays the `holidays` package does not (yet) know, e.g. one announced for a royal event."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,23 @@ def _time(where: str, raw: Any) -> time:
         raise ValueError(f"{where}: expected a time such as \"09:00\", got {raw!r}") from None
 
 
+def _dates(where: str, raw: Any) -> tuple[date, ...]:
+    """TOML dates (2022-09-19) or ISO strings ("2022-09-19"), sorted, each once."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: expected a list of dates such as 2022-09-19, got {raw!r}")
+    days = set()
+    for item in raw:
+        if isinstance(item, str):
+            try:
+                item = date.fromisoformat(item)
+            except ValueError:
+                raise ValueError(f"{where}: {item!r} is not a date such as 2022-09-19") from None
+        if not isinstance(item, date) or isinstance(item, datetime):
+            raise ValueError(f"{where}: {item!r} is not a date such as 2022-09-19")
+        days.add(item)
+    return tuple(sorted(days))
+
+
 def _positive_ints(where: str, raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(n, int) and n > 0 for n in raw):
         raise ValueError(f"{where}: expected a list of whole numbers > 0, got {raw!r}")
@@ -162,6 +181,7 @@ def policy_from_mapping(data: dict[str, Any]) -> Policy:
         working_day_start=_time("calendar.working_day_start", c.get("working_day_start", "09:00")),
         working_day_end=_time("calendar.working_day_end", c.get("working_day_end", "17:00")),
         send_at=_time("calendar.send_at", c.get("send_at", "09:00")),
+        extra_bank_holidays=_dates("calendar.extra_bank_holidays", c.get("extra_bank_holidays", [])),
     )
     if not calendar.working_day_start <= calendar.send_at < calendar.working_day_end:
         raise ValueError("calendar.send_at: must fall inside working hours")

@@ -63,8 +63,25 @@ def london_iso(instant: datetime | None) -> str | None:
 REGISTER_WORDS = {phase.value: wording for phase, wording in REGISTER_STATUS.items()}
 
 
+def calendar_now(view: InspectionView | RecommendationView, clock_now: datetime | None = None) -> datetime:
+    """The policy calendar's "now" at the moment of showing the view.
+
+    The Query's own `calendar_now` comes from workflow.now(), which stands still at the workflow's
+    last task; with the view's time scale the current wall clock is mapped onto the calendar
+    instead. Views from workflows that do not send their time scale fall back to `calendar_now`.
+    """
+    scale = getattr(view, "time_scale", None)
+    if scale is None:
+        return view.calendar_now
+    return scale.to_calendar(clock_now or datetime.now(timezone.utc))
+
+
 def dump(view: InspectionView | RecommendationView) -> dict[str, Any]:
-    return TypeAdapter(type(view)).dump_python(view, mode="json")
+    """The view as JSON, its `calendar_now` the calendar's now at the moment of showing it."""
+    document = TypeAdapter(type(view)).dump_python(view, mode="json")
+    if getattr(view, "time_scale", None) is not None:
+        document["calendar_now"] = calendar_now(view).isoformat()
+    return document
 
 
 # ---------------------------------------------------------------- workflow views (`ncpi show`)
@@ -130,7 +147,7 @@ def render_recommendation(view: RecommendationView) -> list[str]:
         lines.append("  -")
     lines.append("History:")
     lines += _history_lines(s.history)
-    lines.append(f"(calendar now {when(view.calendar_now)}, Europe/London)")
+    lines.append(f"(calendar now {when(calendar_now(view))}, Europe/London)")
     return lines
 
 
@@ -153,7 +170,7 @@ def render_inspection(view: InspectionView) -> list[str]:
         lines.append("Decided this cycle: " + ", ".join(f"{r} {words(o)}" for r, o in s.settled.items()))
     lines.append("History:")
     lines += _history_lines(s.history)
-    lines.append(f"(calendar now {when(view.calendar_now)}, Europe/London)")
+    lines.append(f"(calendar now {when(calendar_now(view))}, Europe/London)")
     return lines
 
 

@@ -42,6 +42,14 @@ def test_plan_shows_the_cumbria_timeline(cli_env):
     assert "Recommendation R4 (within six months) due Wednesday 26 July 2017" in out
     message_lines = [l for l in out.splitlines() if re.match(r"  (Mon|Tue|Wed|Thu|Fri|Sat|Sun) ", l)]
     assert message_lines and all(not l.lstrip().startswith(("Sat", "Sun")) for l in message_lines)
+    # Nobody acting, the revisit opens on 26 July: R4 is chased for evidence, not for the recommendation.
+    r4 = [l.split()[5:7] for l in message_lines if "recommendation:R4" in l]
+    assert r4 == [["reminder", "recommendation:R4,"], ["reminder", "recommendation:R4,"]]
+    assert "  Evidence for recommendation R4 due Wednesday 9 August 2017\n" in out
+    assert any(re.match(r"  Wed 26 Jul 2017 09:00 +revisit_opened +revisit_by -> liaison officer, chief officer, inspectors$", l)
+               for l in message_lines)
+    assert any(re.match(r"  Wed 26 Jul 2017 09:00 +evidence_request +evidence:R4 -> liaison officer$", l) for l in message_lines)
+    assert any(re.match(r"  Wed 9 Aug 2017 09:00 +due_today +evidence:R4 -> liaison officer$", l) for l in message_lines)
 
 
 def test_plan_json_has_every_reminder_on_a_working_day(cli_env):
@@ -56,6 +64,12 @@ def test_plan_json_has_every_reminder_on_a_working_day(cli_env):
     assert deadlines["revisit_by"]["nominal"] == "2017-05-29" and deadlines["revisit_by"]["due"] == "2017-05-26"
     six_month = [d for d in plan["deadlines"] if d["kind"] == "recommendation" and d["nominal"] == "2017-05-29"]
     assert six_month and all(d["due"] == "2017-05-30" and d["moved"] for d in six_month)
+    # The revisit opens (nobody acting) on 26 May, before the six-month deadline: no due-today for it.
+    assert plan["revisit_opens_at"] == "2017-05-26T08:00:00+00:00"
+    keys = {f"recommendation:{d['recommendation_ref']}" for d in six_month}
+    assert not [m for m in plan["messages"] if m["deadline_key"] in keys and m["kind"] in ("due_today", "overdue", "escalation")]
+    assert {d["key"] for d in plan["evidence_deadlines"]} >= {k.replace("recommendation", "evidence") for k in keys}
+    assert all(d["due"] == "2017-06-12" for d in plan["evidence_deadlines"])
 
 
 def test_plan_of_a_bad_file_is_one_line(cli_env):

@@ -105,6 +105,53 @@ def test_messages_never_before_publication_and_immediate_update_has_no_duplicate
     assert [m for m in timeline.messages if m.deadline_key == "recommendation:R1"]
 
 
+def test_cumbria_plan_stops_recommendation_messages_when_the_revisit_opens_and_chases_evidence():
+    timeline = cumbria()
+    cal = calendar_for_report(POLICY, date(2017, 1, 26))
+    opens = cal.at(date(2017, 7, 26), time(9, 0))
+    assert timeline.revisit_opens_at == opens
+    # The six-month recommendations are due the day the revisit opens: their reminders before it go
+    # out, their due-today and overdue messages never do (the revisit asks for evidence instead).
+    r3 = [(cal.local(m.at).date(), m.kind) for m in timeline.messages if m.deadline_key == "recommendation:R3"]
+    assert r3 == [(date(2017, 7, 12), MessageKind.REMINDER), (date(2017, 7, 21), MessageKind.REMINDER)]
+    assert not [m for m in timeline.messages if m.deadline_key.startswith("recommendation:") and m.at >= opens]
+    at_opening = [(m.kind, m.deadline_key, m.recipients) for m in timeline.messages if m.at == opens]
+    assert at_opening == [
+        (MessageKind.REVISIT_OPENED, "revisit_by", ("liaison_officer", "chief_officer", "inspectors")),
+        *[(MessageKind.EVIDENCE_REQUEST, f"evidence:R{i}", ("liaison_officer",)) for i in range(1, 4)],
+    ]
+    assert MessageKind.REVISIT_OPENS not in {m.kind for m in timeline.messages}
+    # Evidence is due ten working days after the opening; its 10-day reminder would be the request itself.
+    evidence = timeline.deadline("evidence:R1")
+    assert evidence.due == date(2017, 8, 9) and evidence.kind is DeadlineKind.EVIDENCE
+    assert [d.key for d in timeline.evidence_deadlines] == ["evidence:R1", "evidence:R2", "evidence:R3"]
+    ladder = [(cal.local(m.at).date(), m.kind, m.working_days) for m in timeline.messages if m.deadline_key == "evidence:R1"]
+    assert ladder == [
+        (date(2017, 7, 26), MessageKind.EVIDENCE_REQUEST, 0),
+        (date(2017, 8, 4), MessageKind.REMINDER, 3),
+        (date(2017, 8, 9), MessageKind.DUE_TODAY, 0),
+        (date(2017, 8, 16), MessageKind.ESCALATION, -5),
+        (date(2017, 8, 23), MessageKind.ESCALATION, -10),
+        (date(2017, 8, 31), MessageKind.OVERDUE, -15),  # 28 August is a bank holiday
+        (date(2017, 9, 7), MessageKind.ESCALATION, -20),
+    ]
+    # The evidence deadlines are not written to the records at publication: only the plan shows them.
+    assert not [d for d in timeline.deadlines if d.kind is DeadlineKind.EVIDENCE]
+
+
+def test_a_six_month_deadline_after_an_earlier_revisit_limit_loses_only_its_later_messages():
+    # 29 November 2016 + 6 months is the spring bank holiday: the revisit moves to Friday 26 May,
+    # the six-month deadline to Tuesday 30 May, after the revisit has opened.
+    published = date(2016, 11, 29)
+    cal = calendar_for_report(POLICY, published)
+    timeline = plan_report(published, [("R1", Timeframe.WITHIN_SIX_MONTHS)], POLICY, cal)
+    assert timeline.deadline("recommendation:R1").due == date(2017, 5, 30)
+    assert cal.local(timeline.revisit_opens_at).date() == date(2017, 5, 26)
+    r1 = [(cal.local(m.at).date(), m.kind) for m in timeline.messages if m.deadline_key == "recommendation:R1"]
+    assert r1 == [(date(2017, 5, 15), MessageKind.REMINDER), (date(2017, 5, 24), MessageKind.REMINDER)]
+    assert timeline.deadline("evidence:R1").due == date(2017, 6, 12)  # 29 May is a bank holiday
+
+
 publication_dates = st.dates(min_value=date(2010, 1, 1), max_value=date(2040, 12, 31))
 
 
@@ -141,6 +188,13 @@ def test_deadlines_are_ordered(published):
     assert due["revisit_by"] <= due["recommendation:R3"]
     assert [d.due for d in timeline.deadlines] == sorted(d.due for d in timeline.deadlines)
     assert [m.at for m in timeline.messages] == sorted(m.at for m in timeline.messages)
+    opens = timeline.revisit_opens_at
+    assert opens == CALENDAR.at(due["revisit_by"], CALENDAR.send_at)
+    assert not [m for m in timeline.messages if m.deadline_key.startswith("recommendation:") and m.at >= opens]
+    requests = [m for m in timeline.messages if m.kind is MessageKind.EVIDENCE_REQUEST]
+    assert [m.deadline_key for m in requests] == ["evidence:R1", "evidence:R2", "evidence:R3"]
+    assert all(m.at == opens for m in requests)
+    assert all(m.at > opens for m in timeline.messages if m.deadline_key.startswith("evidence:") and m not in requests)
     for d in timeline.deadlines:
         assert d.due >= d.nominal if d.party is not Party.INSPECTORATE else d.due <= d.nominal
 
@@ -171,3 +225,61 @@ def test_time_scale_compresses_and_round_trips(t, factor):
 def test_time_scale_must_be_positive(factor):
     with pytest.raises(ValueError, match="must be > 0"):
         TimeScale(factor)
+
+
+# ---------------------------------------------------------------- the calendar "now" that `ncpi show` prints
+
+
+def _views(calendar_now: datetime, time_scale: TimeScale | None):
+    from ncpi_workflow.clocks import recommendation_deadline
+    from ncpi_workflow.lifecycle import (
+        InspectionPhase,
+        InspectionState,
+        InspectionView,
+        Phase,
+        RecommendationState,
+        RecommendationView,
+        tracked,
+    )
+
+    published = date(2017, 1, 26)
+    deadline = tracked(recommendation_deadline("R2", Timeframe.WITHIN_THREE_MONTHS, published, POLICY, CALENDAR), calendar_now)
+    rec = RecommendationView(
+        recommendation_id="CUM-2017-01-26-R2", workflow_id="ncpi/CUM/2017-01-26/R2",
+        state=RecommendationState(phase=Phase.FORCE_NOTIFIED, cycle=1, deadline=deadline),
+        register_status="awaiting review", next_action=None, next_action_at=None, calendar_now=calendar_now,
+    )
+    insp = InspectionView(
+        inspection_id="CUM-2017-01-26", workflow_id="ncpi/CUM/2017-01-26",
+        state=InspectionState(phase=InspectionPhase.FOLLOWING_UP, cycle=1, deadlines=[deadline], open_recommendations=[]),
+        next_action=None, next_action_at=None, calendar_now=calendar_now,
+    )
+    # Set after construction: a view from a workflow that sends no time scale has none.
+    rec.time_scale = insp.time_scale = time_scale
+    return rec, insp
+
+
+def test_show_prints_the_calendar_now_of_the_time_scale_not_the_workflows_last_task():
+    from ncpi_workflow.views import dump, render_inspection, render_recommendation
+
+    frozen = datetime(2017, 1, 26, 9, 0, tzinfo=timezone.utc)  # the workflow's last task
+    # Publication (calendar) mapped onto a clock three days ago: the calendar now is 29 January 2017.
+    wall = datetime.now(timezone.utc)
+    scale = TimeScale(1.0, calendar_origin=frozen, clock_origin=wall - timedelta(days=3))
+    for view in _views(frozen, scale):
+        before = scale.to_calendar(datetime.now(timezone.utc))
+        lines = (render_recommendation if hasattr(view, "recommendation_id") else render_inspection)(view)
+        document = dump(view)
+        after = scale.to_calendar(datetime.now(timezone.utc))
+        shown = {f"(calendar now {instant.astimezone(CALENDAR.zone):%a %-d %b %Y %H:%M}, Europe/London)" for instant in (before, after)}
+        assert lines[-1] in shown, lines[-1]
+        assert "Thu 26 Jan 2017" not in lines[-1]
+        assert before <= datetime.fromisoformat(document["calendar_now"]) <= after
+
+
+def test_show_falls_back_to_the_query_calendar_now_without_a_time_scale():
+    from ncpi_workflow.views import render_inspection, render_recommendation
+
+    frozen = datetime(2017, 1, 26, 9, 0, tzinfo=timezone.utc)
+    rec, insp = _views(frozen, None)
+    assert render_recommendation(rec)[-1] == render_inspection(insp)[-1] == "(calendar now Thu 26 Jan 2017 09:00, Europe/London)"

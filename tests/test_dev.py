@@ -28,6 +28,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         NCPI_DEV_UI_PORT=str(free_port()),
         NCPI_DEV_TIME_SCALE="200000",  # the first reminder (14 days in) after about 6 seconds
         NCPI_SETTINGS_FILE=str(tmp_path / "none.toml"),
+        NCPI_WORKER_ALIVE_FILE=str(tmp_path / "worker.alive"),  # not the machine-wide default in /tmp
     )
     return env
 
@@ -93,6 +94,9 @@ def test_make_run_brings_everything_up_sends_mail_and_resumes(tmp_path):
         assert "Reminder" in mail[1]["Subject"]
         status = run_ncpi("status", "--json", env=env)
         assert status.returncode == 0 and "CUM-2017-01-26-R1" in status.stdout
+        health = run_ncpi("health", "--worker", env=env)  # the compose health check, during `make run`
+        assert health.returncode == 0, health.stderr
+        assert health.stdout.startswith("ok: database and Temporal reachable, worker alive")
         listing = subprocess.run(
             [str(Path(sys.executable).parent / "temporal"), "workflow", "list", "--address", env["NCPI_TEMPORAL_ADDRESS"],
              "--query", 'ForceCode="CUM"'], capture_output=True, text=True, timeout=30,
@@ -102,6 +106,7 @@ def test_make_run_brings_everything_up_sends_mail_and_resumes(tmp_path):
         code, rest = _stop(process)
     assert code == 0, rest
     assert "stopped" in rest
+    assert not Path(env["NCPI_WORKER_ALIVE_FILE"]).exists(), "a stopped worker is not alive"
     assert not _port_open(env["NCPI_TEMPORAL_ADDRESS"]), "the Temporal dev server it started must stop with it"
 
     process, lines = _start(env)

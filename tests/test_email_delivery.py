@@ -4,8 +4,11 @@ the server is down, failures recorded and reported, bursts over one connection."
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 
+import pytest
 from sqlalchemy import select
 
 from activities.delivery import DeliveryActivities, DeliverySettings
@@ -13,7 +16,7 @@ from ncpi_workflow import db
 from ncpi_workflow.clocks import calendar_for_report, plan_report
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.mailer import Mailer, SmtpConfig
-from ncpi_workflow.models import AuditEvent, Notification, utcnow
+from ncpi_workflow.models import AuditEvent, Decision, Notification, utcnow
 from ncpi_workflow.policy import Policy
 from ncpi_workflow.report import load_report
 from ncpi_workflow.smtp_capture import start_capture
@@ -208,3 +211,236 @@ async def test_a_failed_notification_is_re_sent_with_ncpi_outbox_resend(time_ski
 async def _status_is(h, notification_id, status):
     async with h.sessions() as session:
         return (await session.get(Notification, notification_id, populate_existing=True)).status == status
+
+
+# --- every email from its own facts, failure alerts never lost, headers --------------------------
+
+R2 = "CUM-2017-01-26-R2"
+LIAISON = {"to": ["liaison@cumbria.police.example"], "roles": ["liaison_officer"]}
+INSPECTOR_A, INSPECTOR_B = "A. Adams, HMICFRS", "B. Brown, HMICFRS"
+RATIONALE_A = "Cycle one: the problem profile exists but two districts have not adopted it."
+RATIONALE_B = "Cycle two: covered by the thematic inspection of 2018, so withdrawn."
+
+
+async def _cumbria_records(sessions) -> None:
+    loaded = load_report(CUMBRIA, known_forces=set(FORCES), max_bytes=1 << 20)
+    policy = Policy()
+    timeline = plan_report(loaded.report.published, [(r.ref, r.timeframe) for r in loaded.report.recommendations],
+                           policy, calendar_for_report(policy, loaded.report.published))
+    async with sessions.begin() as session:
+        await load_reference_forces(session, FORCES)
+        await insert_report(session, loaded, timeline, actor="test")
+
+
+async def _decisions(sessions, *rows: tuple[int, str, str, str, datetime]) -> None:
+    async with sessions.begin() as session:
+        for cycle, outcome, rationale, by, at in rows:
+            session.add(Decision(recommendation_id=R2, cycle=cycle, outcome=outcome, rationale=rationale, decided_by=by, decided_at=at))
+
+
+async def _notify(sessions, key: str, kind: str, context: dict, recipients: dict = LIAISON) -> int:
+    async with sessions.begin() as session:
+        await insert_if_absent(
+            session, Notification, ["idempotency_key"], idempotency_key=key, kind=kind, inspection_id="CUM-2017-01-26",
+            recommendation_id=R2, recipients=recipients, subject=f"{kind} on recommendation R2", context=context,
+            status="pending", attempts=0, scheduled_for=datetime(2018, 3, 1, 9, 0, tzinfo=timezone.utc),
+        )
+        return await session.scalar(select(Notification.id).where(Notification.idempotency_key == key))
+
+
+def _text_of(smtp, key: str) -> str:
+    [message] = [m.message for m in smtp.messages if m.message["X-NCPI-Reference"] == key]
+    return " ".join(message.get_body(("plain",)).get_content().split())
+
+
+@contextmanager
+def _capture():
+    port = free_port()
+    controller, smtp = start_capture(port=port)
+    try:
+        yield port, smtp
+    finally:
+        controller.stop()
+
+
+def _facts(outcome: str, rationale: str, by: str, at: datetime, cycle: int) -> dict:
+    return {"outcome": outcome, "rationale": rationale, "by": by, "at": at.isoformat(), "cycle": cycle}
+
+
+AT_A = datetime(2017, 7, 20, 13, 30, tzinfo=timezone.utc)  # 14:30 in London
+AT_B = datetime(2018, 2, 1, 10, 5, tzinfo=timezone.utc)
+
+
+async def test_each_decision_email_describes_its_own_decision_not_the_newest_row(sessions):
+    await _cumbria_records(sessions)
+    await _decisions(sessions, (1, "partially_achieved", RATIONALE_A, INSPECTOR_A, AT_A),
+                     (2, "withdrawn", RATIONALE_B, INSPECTOR_B, AT_B))
+    a = _facts("partially_achieved", RATIONALE_A, INSPECTOR_A, AT_A, 1)
+    ids = [
+        await _notify(sessions, "r2/c1/decision", "decision", a),
+        await _notify(sessions, "r2/c2/further_follow_up", "further_follow_up",
+                      {**a, "due": "2017-10-20", "cycle": 2, "why": "further follow-up after partially achieved"}),
+        await _notify(sessions, "r2/c2/withdrawn", "decision", _facts("withdrawn", RATIONALE_B, INSPECTOR_B, AT_B, 2)),
+    ]
+    with _capture() as (port, smtp):
+        mailer, activities = _delivery(sessions, port)
+        assert [await activities.deliver_notification(i) for i in ids] == ["sent"] * 3
+        await mailer.close()
+    for key in ("r2/c1/decision", "r2/c2/further_follow_up"):
+        text = _text_of(smtp, key)
+        assert RATIONALE_A in text and INSPECTOR_A in text and "Thu 20 Jul 2017 14:30" in text, key
+        assert RATIONALE_B not in text and INSPECTOR_B not in text and "withdrawn" not in text, key
+    assert "New deadline: Friday 20 October 2017" in _text_of(smtp, "r2/c2/further_follow_up")
+    withdrawn = _text_of(smtp, "r2/c2/withdrawn")
+    assert RATIONALE_B in withdrawn and INSPECTOR_B in withdrawn and "Outcome: withdrawn" in withdrawn
+    assert RATIONALE_A not in withdrawn and INSPECTOR_A not in withdrawn
+
+
+async def test_the_payload_wins_over_a_different_newest_decision_row(sessions):
+    # The race of issue 10: the records hold the other inspector's decision for the same cycle.
+    await _cumbria_records(sessions)
+    await _decisions(sessions, (1, "partially_achieved", RATIONALE_A, INSPECTOR_A, AT_A))
+    b = {"outcome": "withdrawn", "rationale": RATIONALE_B, "by": INSPECTOR_B, "cycle": 1}  # no "at": scheduled_for
+    ids = [
+        await _notify(sessions, "r2/c1/withdrawn", "decision", b),
+        await _notify(sessions, "r2/c1/not_achieved", "escalation",
+                      {**_facts("not_achieved", RATIONALE_B, INSPECTOR_B, AT_B, 1), "rung": "not_achieved"}),
+    ]
+    with _capture() as (port, smtp):
+        mailer, activities = _delivery(sessions, port)
+        assert [await activities.deliver_notification(i) for i in ids] == ["sent", "sent"]
+        await mailer.close()
+    withdrawn = _text_of(smtp, "r2/c1/withdrawn")
+    assert RATIONALE_B in withdrawn and "Decided by: " + INSPECTOR_B in withdrawn
+    assert "Decided on: Thu 1 Mar 2018 09:00" in withdrawn  # when the notification was recorded
+    assert RATIONALE_A not in withdrawn and "partially" not in withdrawn
+    escalation = _text_of(smtp, "r2/c1/not_achieved")
+    assert RATIONALE_B in escalation and "Decided on: Thu 1 Feb 2018 10:05" in escalation
+    assert RATIONALE_A not in escalation
+
+
+async def test_rows_recorded_before_payloads_carried_facts_use_the_decision_of_their_own_cycle(sessions):
+    await _cumbria_records(sessions)
+    await _decisions(sessions, (1, "partially_achieved", RATIONALE_A, INSPECTOR_A, AT_A),
+                     (2, "not_achieved", RATIONALE_B, INSPECTOR_B, AT_B))
+    ids = [
+        await _notify(sessions, "old/c2/further_follow_up", "further_follow_up",
+                      {"due": "2017-10-20", "cycle": 2, "why": "further follow-up after partially achieved"}),
+        await _notify(sessions, "old/c1/not_achieved", "escalation",
+                      {"outcome": "partially_achieved", "rung": "not_achieved", "cycle": 1}),
+        # A re-opening used to be sent as a further follow-up: it is about no decision at all.
+        await _notify(sessions, "old/c3/further_follow_up", "further_follow_up",
+                      {"due": "2018-05-01", "cycle": 3, "why": "re-opened: complaint received"}),
+    ]
+    with _capture() as (port, smtp):
+        mailer, activities = _delivery(sessions, port)
+        assert [await activities.deliver_notification(i) for i in ids] == ["sent"] * 3
+        await mailer.close()
+    for key in ("old/c2/further_follow_up", "old/c1/not_achieved"):
+        text = _text_of(smtp, key)
+        assert RATIONALE_A in text and RATIONALE_B not in text, key
+    reopened = _text_of(smtp, "old/c3/further_follow_up")
+    assert "A further follow-up of recommendation R2 has started (cycle 3)" in reopened
+    assert "judged" not in reopened and RATIONALE_B not in reopened and RATIONALE_A not in reopened
+
+
+async def test_a_reopening_email_gives_the_reason_who_and_new_deadline_not_the_old_decision(sessions):
+    await _cumbria_records(sessions)
+    await _decisions(sessions, (1, "achieved", RATIONALE_A, INSPECTOR_A, AT_A))
+    reason = "Complaint received: profile not used in West Cumbria"
+    [notification_id] = [await _notify(
+        sessions, "r2/c2/reopened", "reopened",
+        {"reason": reason, "by": INSPECTOR_B, "at": AT_B.isoformat(), "due": "2018-05-01", "cycle": 2,
+         "previous_outcome": "achieved"},
+        recipients={"to": ["liaison@cumbria.police.example", "chief.officer@cumbria.police.example"],
+                    "roles": ["liaison_officer", "chief_officer"]},
+    )]
+    with _capture() as (port, smtp):
+        mailer, activities = _delivery(sessions, port)
+        assert await activities.deliver_notification(notification_id) == "sent"
+        await mailer.close()
+    text = _text_of(smtp, "r2/c2/reopened")
+    assert reason in text and "Re-opened by: " + INSPECTOR_B in text and "Re-opened on: Thu 1 Feb 2018 10:05" in text
+    assert "New deadline: Tuesday 1 May 2018" in text and "cycle 2" in text
+    assert "reminder before the new deadline" in text
+    assert "achieved" not in text and RATIONALE_A not in text and INSPECTOR_A not in text
+
+
+async def test_a_crash_while_recording_the_failure_alert_does_not_lose_it(sessions, monkeypatch):
+    import activities.delivery as delivery
+
+    await _cumbria_records(sessions)
+    notification_id = await _notify(sessions, "r2/c1/reminder", "reminder",
+                                    {"deadline": "recommendation", "due": "2017-04-26", "working_days": 3, "cycle": 1})
+    real_insert = delivery.insert_if_absent
+    crashes = []
+
+    async def crashing_insert(session, model, conflict_on, **values):
+        if values.get("kind") == "delivery_failed" and not crashes:
+            crashes.append(values["idempotency_key"])
+            raise RuntimeError("the worker died here")
+        return await real_insert(session, model, conflict_on, **values)
+
+    monkeypatch.setattr(delivery, "insert_if_absent", crashing_insert)
+    with _capture() as (port, smtp):
+        smtp.refuse["liaison@cumbria.police.example"] = "550 5.1.1 mailbox unavailable"
+        mailer, activities = _delivery(sessions, port)
+        with pytest.raises(RuntimeError):
+            await activities.deliver_notification(notification_id)
+        assert crashes
+        assert await activities.deliver_notification(notification_id) == "failed"  # Temporal's retry
+        await mailer.close()
+    rows = await _notifications(sessions)
+    alert = next((r for r in rows if r.kind == "delivery_failed"), None)
+    assert alert is not None and alert.status == "sent" and alert.context == {"failed_id": notification_id}
+    assert [m.rcpt_tos for m in smtp.messages] == [["ncpi-inspectors@inspectorate.example"]]
+    async with sessions() as session:
+        audit = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "notification.failed"))).all()
+    assert len(audit) == 1
+
+
+async def test_a_retry_delivers_a_failure_alert_still_pending(sessions):
+    await _cumbria_records(sessions)
+    notification_id = await _notify(sessions, "r2/c1/reminder", "reminder",
+                                    {"deadline": "recommendation", "due": "2017-04-26", "working_days": 3, "cycle": 1})
+    with _capture() as (port, smtp):
+        smtp.refuse["liaison@cumbria.police.example"] = "550 5.1.1 mailbox unavailable"
+        mailer, activities = _delivery(sessions, port)
+        real_send = mailer.send
+
+        async def dies_sending_the_alert(message):
+            if message["To"] == "ncpi-inspectors@inspectorate.example" and not getattr(mailer, "died", False):
+                mailer.died = True
+                raise RuntimeError("the worker died here")
+            await real_send(message)
+
+        mailer.send = dies_sending_the_alert
+        with pytest.raises(RuntimeError):
+            await activities.deliver_notification(notification_id)
+        assert [r.status for r in await _notifications(sessions)] == ["failed", "pending"]
+        assert await activities.deliver_notification(notification_id) == "failed"  # Temporal's retry
+        assert await activities.deliver_notification(notification_id) == "failed"  # and another: nothing more
+        await mailer.close()
+    assert [r.status for r in await _notifications(sessions)] == ["failed", "sent"]
+    assert [m.rcpt_tos for m in smtp.messages] == [["ncpi-inspectors@inspectorate.example"]]
+
+
+async def _notifications(sessions) -> list[Notification]:
+    async with sessions() as session:
+        return list((await session.scalars(select(Notification).order_by(Notification.id))).all())
+
+
+async def test_every_message_is_dated_and_marked_auto_generated(sessions):
+    await _cumbria_records(sessions)
+    notification_id = await _notify(sessions, "r2/c1/reminder", "reminder",
+                                    {"deadline": "recommendation", "due": "2017-04-26", "working_days": 3, "cycle": 1})
+    with _capture() as (port, smtp):
+        mailer, activities = _delivery(sessions, port)
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        assert await activities.deliver_notification(notification_id) == "sent"
+        after = datetime.now(timezone.utc)
+        await mailer.close()
+    [captured] = smtp.messages
+    sent = parsedate_to_datetime(captured.message["Date"])  # RFC 5322: the time of sending, with its offset
+    assert sent.tzinfo is not None and before <= sent <= after
+    assert captured.message["Auto-Submitted"] == "auto-generated"  # RFC 3834

@@ -224,10 +224,39 @@ def test_decision_notice_gives_outcome_rationale_and_who(outcome, words, next_st
 
 
 def test_further_follow_up_gives_the_new_deadline():
-    text = flat(render_email(example_contexts()["further_follow_up"]).text)
+    ctx = example_contexts()["further_follow_up"]
+    email = render_email(ctx)
+    text = flat(email.text)
     assert "New deadline: Friday 20 October 2017" in text
     assert "cycle 2" in text
     assert "partially achieved" in text
+    assert f"Decided by: {ctx.decision.decided_by}, Thu 20 Jul 2017 14:30" in text
+    assert flat(ctx.decision.rationale) in text and ctx.decision.rationale in email.html
+
+
+def test_reopened_notice_gives_the_reason_who_when_and_the_new_deadline():
+    ctx = example_contexts()["reopened"]
+    email = render_email(ctx)
+    text = flat(email.text)
+    assert "The inspectorate has re-opened recommendation R1 of its report on Cumbria Constabulary" in text
+    assert "A new follow-up cycle of it has started (cycle 2)" in text
+    assert f"Re-opened by: {ctx.reopened_by}" in text
+    assert "Re-opened on: Fri 3 Nov 2017 11:15" in text
+    assert "New deadline: Monday 5 February 2018" in text
+    assert flat(ctx.reopen_reason) in text and ctx.reopen_reason in email.html
+    assert "You will receive a reminder before the new deadline." in text
+    assert "The inspectorate will ask for evidence when it reviews this recommendation again, at the revisit" in text
+    for part in (text, email.html):
+        assert "achieved" not in part and "Reasons for the decision" not in part
+        assert "Monday 5 February 2018" in part and ctx.reopened_by in part
+
+
+def test_html_escapes_the_reopening_reason_and_who():
+    ctx = example_contexts()["reopened"]
+    ctx.reopen_reason = ctx.reopened_by = PAYLOAD
+    email = render_email(ctx)
+    assert "<script>" not in email.html and email.html.count(ESCAPED) == 2
+    assert flat(email.text).count(PAYLOAD) == 2
 
 
 def test_evidence_request_asks_for_a_reply_quoting_the_reference():

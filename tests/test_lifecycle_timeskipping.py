@@ -390,8 +390,14 @@ async def test_a_closed_recommendation_is_reopened_into_a_new_cycle(time_skippin
         assert (view.state.phase, view.state.cycle, view.state.outcome, view.state.deadline.due) == ("in_progress", 2, None, date(2017, 10, 3))
         inspection = await eventually(lambda: _cycle(h, "LIN-2017-02-14", 2))
         assert inspection.state.phase == "following_up" and inspection.state.open_recommendations == ["LIN-2017-02-14-R1"]
+        # The re-opening has its own notice, with the reason, who and the new deadline.
         rows = summary(await h.notifications())
-        assert ("2017-07-03", "further_follow_up", "R1") in rows
+        assert ("2017-07-03", "reopened", "R1") in rows and ("2017-07-03", "further_follow_up", "R1") not in rows
+        notice = next(n for n in await h.notifications() if n.kind == "reopened")
+        assert (notice.context["reason"], notice.context["by"], notice.context["due"]) == (
+            "A serious case review found the practice lapsed.", "hmi.lead", "2017-10-03")
+        # The revisit of the new cycle is no earlier than the new deadline.
+        assert [d.due for d in inspection.state.deadlines if d.key == "revisit_by"] == [date(2017, 10, 3)]
         async with h.sessions() as session:
             decision = (await session.scalars(select(Decision))).one()
             assert (decision.outcome, decision.reopened_by, decision.reopen_reason) == (

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from ncpi_workflow.clocks import TimeScale
+    from ncpi_workflow.clocks import CalendarExtension, CalendarRefresh, TimeScale, WorkingCalendar
     from ncpi_workflow.lifecycle import Due, HistoryEntry, NotificationRequest, clock_timeout, message_subject
 
 # Records must land however long the database is away: retry for ever, backing off to a minute.
@@ -32,6 +33,46 @@ async def run_activity(name: str, argument, result_type=None):
     return await workflow.execute_activity(
         name, argument, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=result_type
     )
+
+
+def refuse_unless(check: Callable[[], None]) -> None:
+    """Judge an action again once it holds the workflow's lock: an action before it may have changed
+    the state its validator saw. A refusal fails this Update only, with the validator's reason."""
+    try:
+        check()
+    except ValueError as exc:
+        raise ApplicationError(str(exc), type="ActionRefused", non_retryable=True) from None
+
+
+# Histories from before the calendar was kept ahead never extended it.
+CALENDAR_PATCH = "calendar-kept-ahead"
+CALENDAR_MARGIN_DAYS = 400
+"""Extend the bank holidays once fewer than this many days of them are known ahead."""
+CALENDAR_AHEAD_DAYS = 3 * 366
+
+
+class CalendarKeeper:
+    """The working-day calendar a workflow computes with. Bank holidays are data carried in the
+    workflow's input; before they run out, an activity fetches more, and its result is recorded in
+    history, so a replay computes the same dates."""
+
+    def __init__(self, calendar: WorkingCalendar) -> None:
+        self.calendar = calendar
+
+    async def keep_ahead(self, horizon: date) -> bool:
+        """Extend the calendar if it ends too soon after `horizon` (today, or the latest deadline in
+        use, whichever is later). True when it did."""
+        if not (self.calendar.needs_extension(horizon, CALENDAR_MARGIN_DAYS) and workflow.patched(CALENDAR_PATCH)):
+            return False
+        self.calendar = await run_activity(
+            "extend_calendar", CalendarExtension(self.calendar, horizon + timedelta(days=CALENDAR_AHEAD_DAYS)),
+            result_type=WorkingCalendar,
+        )
+        return True
+
+    def refresh(self, fresh: CalendarRefresh) -> None:
+        """Merge newly announced bank holidays (a signal is in history, so replays see the same)."""
+        self.calendar = self.calendar.refreshed(fresh)
 
 
 def calendar_now(time_scale: TimeScale) -> datetime:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import datetime, time
+from datetime import date, datetime, time
 
 from temporalio import workflow
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ncpi_workflow.clocks import DeadlineKind, MessageKind, Party, Timeframe, make_deadline, report_deadlines
+    from ncpi_workflow.clocks import CalendarRefresh, DeadlineKind, MessageKind, Party, Timeframe, make_deadline, report_deadlines
     from ncpi_workflow.formatting import long_date
     from ncpi_workflow.lifecycle import (
         DeadlineMetRecord,
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RecommendationInput,
         Reopened,
         ReviseDeadlineRequest,
+        RevisitLimit,
         Revision,
         RevisitRecord,
         RevisitResult,
@@ -47,11 +48,25 @@ with workflow.unsafe.imports_passed_through():
     )
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
-from workflows.common import Outbox, calendar_now, history, run_activity, send_due_message, update_key, wait_until
+from workflows.common import (
+    CalendarKeeper,
+    Outbox,
+    calendar_now,
+    history,
+    refuse_unless,
+    run_activity,
+    send_due_message,
+    update_key,
+    wait_until,
+)
 from workflows.recommendation import RecommendationWorkflow
 
 # Histories from before this change started the recommendations one after another.
 CHILDREN_TOGETHER_PATCH = "recommendations-started-together"
+# Histories from before these changes: a re-opened recommendation joined whatever revisit was open, and
+# recommendations were not told their revisit limit.
+REOPEN_DEFERRED_PATCH = "reopened-waits-for-its-deadline"
+REVISIT_LIMIT_PATCH = "revisit-limit-told"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -62,7 +77,7 @@ class InspectionWorkflow:
     def __init__(self, inp: InspectionInput) -> None:
         self.inp = inp
         self.policy = inp.policy
-        self.calendar = inp.calendar
+        self.clock = CalendarKeeper(inp.calendar)
         self.scale = inp.time_scale
         self.workflow_id = inspection_workflow_id(inp.inspection_id)
         self.published_at = self.calendar.next_send_time(self.calendar.at(inp.published, time(0, 0)))
@@ -71,6 +86,12 @@ class InspectionWorkflow:
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
+        self.lock = asyncio.Lock()
+        """One action at a time: the main loop's steps, Updates and the signals that await."""
+
+    @property
+    def calendar(self):
+        return self.clock.calendar
 
     def _initial_state(self) -> InspectionState:
         deadlines = report_deadlines(
@@ -88,6 +109,13 @@ class InspectionWorkflow:
 
     def _now(self) -> datetime:
         return calendar_now(self.scale)
+
+    def _today(self, now: datetime) -> date:
+        return now.astimezone(self.calendar.zone).date()
+
+    def _accepting(self) -> None:
+        if self.restart:
+            raise ValueError("a new follow-up cycle is starting; try again in a minute")
 
     def _active_deadlines(self) -> list[TrackedDeadline]:
         active = [d for d in self.state.deadlines if d.met_at is None and d.kind is not DeadlineKind.REVISIT_BY]
@@ -108,37 +136,54 @@ class InspectionWorkflow:
             if self.restart:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.state.undelivered = await self.outbox.settle()
-                workflow.continue_as_new(replace(self.inp, carried=self.state))
+                workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             s = self.state
             if s.phase is InspectionPhase.CLOSED:
                 window_end = s.closed_at + self.policy.review.reopen_window.as_relativedelta()
                 reopened = await wait_until(self.scale, lambda: self.restart, window_end)
                 if not reopened:
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    await self.outbox.drain()
-                    return "closed"
+                    if not self.restart:  # no re-opening came in meanwhile
+                        await self.outbox.drain()
+                        return "closed"
                 continue
-            if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
-                await self._open_revisit("inspector", self.revisit_requested_by)
-                continue
-            if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
-                await self._finish_cycle()
-                continue
-            due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+            now = self._now()
+            async with self.lock:
+                if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
+                    continue
+                if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
+                    await self._open_revisit("inspector", self.revisit_requested_by)
+                    continue
+                if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
+                    await self._finish_cycle()
+                    continue
+            due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
             woken = await wait_until(
                 self.scale, lambda: self.wake or self.restart or bool(self.revisit_requested_by), due.message.at if due else None
             )
             self.wake = False
             if woken or due is None:
                 continue
-            if due.message.kind is MessageKind.REVISIT_OPENS:
-                due.deadline.handled.append(due.deadline.message_key(due.message))
-                await self._open_revisit("automatic", "system")
-            else:
-                await self._send(due)
-                await self._project()
+            async with self.lock:
+                if not self._still_due(due):
+                    continue  # an action changed this deadline while the timer ran
+                if due.message.kind is MessageKind.REVISIT_OPENS:
+                    due.deadline.handled.append(due.deadline.message_key(due.message))
+                    await self._open_revisit("automatic", "system")
+                else:
+                    await self._send(due)
+                    await self._project()
             if workflow.info().is_continue_as_new_suggested():
                 self.restart = True
+
+    def _still_due(self, due) -> bool:
+        """Whether a message chosen before waiting is still owed: an action may have come meanwhile."""
+        deadline = due.deadline
+        return (
+            any(d is deadline for d in self._active_deadlines())
+            and deadline.message_key(due.message) not in deadline.handled
+            and due.message in deadline.messages(self.policy, self.calendar)
+        )
 
     async def _publish(self) -> None:
         """The report notice to the force, then one child workflow per recommendation."""
@@ -169,6 +214,7 @@ class InspectionWorkflow:
                 force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
                 published=self.inp.published, policy=self.policy, calendar=self.calendar,
                 time_scale=self.scale, parent_workflow_id=self.workflow_id,
+                revisit_by=revisit_deadline(self.state).due if workflow.patched(REVISIT_LIMIT_PATCH) else None,
             ),
             id=recommendation_workflow_id(rec.recommendation_id),
             # Children outlive each run of this workflow: it continues-as-new between cycles.
@@ -234,29 +280,57 @@ class InspectionWorkflow:
             )
         )
         history(s.history, now, f"revisit cycle {s.cycle} decided", detail=", ".join(f"{r}: {o}" for r, o in outcomes.items()))
-        if further:
-            self._next_cycle(now, further)
+        if further or s.deferred:
+            await self._next_cycle(now, further + [r for r in s.deferred if r not in further])
         else:
             s.phase = InspectionPhase.CLOSED
             s.closed_at = now
             await self._project()
 
-    def _next_cycle(self, now: datetime, open_recommendations: list[str]) -> None:
+    async def _next_cycle(self, now: datetime, open_recommendations: list[str]) -> None:
         s = self.state
         s.cycle += 1
-        limit = make_deadline("revisit_by", DeadlineKind.REVISIT_BY, Party.INSPECTORATE,
-                              now.astimezone(self.calendar.zone).date(), self.policy.deadlines.further_follow_up, self.calendar)
-        s.deadlines = [d for d in s.deadlines if d.kind is not DeadlineKind.REVISIT_BY] + [tracked(limit, now, cycle=s.cycle)]
+        await self.clock.keep_ahead(self._today(now))
+        limit = tracked(make_deadline("revisit_by", DeadlineKind.REVISIT_BY, Party.INSPECTORATE, self._today(now),
+                                      self.policy.deadlines.further_follow_up, self.calendar), now, cycle=s.cycle)
+        # A re-opened recommendation is revisited no earlier than its new deadline.
+        latest_due = max((s.deferred[r] for r in open_recommendations if r in s.deferred), default=None)
+        if latest_due is not None and latest_due > limit.due:
+            limit.due = limit.original_due = latest_due
+        s.deadlines = [d for d in s.deadlines if d.kind is not DeadlineKind.REVISIT_BY] + [limit]
         s.open_recommendations = open_recommendations
         s.settled = {}
+        s.deferred = {}
         s.phase = InspectionPhase.FOLLOWING_UP
         s.revisit_opened_at = s.revisit_trigger = s.revisit_by = s.closed_at = None
         history(s.history, now, f"cycle {s.cycle} opened", detail=f"revisit no later than {long_date(limit.due)}")
+        await self._tell_revisit_limit(open_recommendations, limit.due)
         self.restart = True
+
+    async def _tell_revisit_limit(self, recommendation_ids: list[str], revisit_by: date) -> None:
+        """Each recommendation's own reminders stop when the revisit opens: tell them when it will at the latest."""
+        if not workflow.patched(REVISIT_LIMIT_PATCH):
+            return
+        await asyncio.gather(*(
+            workflow.get_external_workflow_handle(recommendation_workflow_id(r)).signal(
+                RecommendationWorkflow.revisit_limit, RevisitLimit(revisit_by)
+            )
+            for r in recommendation_ids
+        ))
 
     @workflow.signal
     async def recommendation_settled(self, settled: Settled) -> None:
+        # After any revisit opening in progress: a decision made as it opens counts for it.
+        async with self.lock:
+            self._settled(settled)
+
+    def _settled(self, settled: Settled) -> None:
         s = self.state
+        if not settled.open and s.deferred.pop(settled.recommendation_id, None) is not None:
+            # Withdrawn while waiting for the next revisit.
+            history(s.history, self._now(), f"{settled.recommendation_id}: {settled.outcome}")
+            self.wake = True
+            return
         if settled.recommendation_id not in s.open_recommendations:
             return
         if s.phase is InspectionPhase.REVISIT_OPEN:
@@ -269,12 +343,31 @@ class InspectionWorkflow:
 
     @workflow.signal
     async def recommendation_reopened(self, reopened: Reopened) -> None:
+        async with self.lock:
+            await self._reopened(reopened)
+
+    async def _reopened(self, reopened: Reopened) -> None:
         s = self.state
         now = self._now()
         history(s.history, now, f"{reopened.recommendation_id} re-opened", reopened.by, reopened.reason)
         rec = reopened.recommendation_id
+        if reopened.due is not None and workflow.patched(REOPEN_DEFERRED_PATCH):
+            # Reviewed at a revisit no earlier than its new deadline: the force is not asked for evidence
+            # of a re-opened recommendation before the deadline it has just been given.
+            s.settled.pop(rec, None)
+            if rec in s.open_recommendations:
+                s.open_recommendations.remove(rec)
+            if s.phase is InspectionPhase.FOLLOWING_UP and revisit_deadline(s).due >= reopened.due:
+                s.open_recommendations.append(rec)
+                await self._tell_revisit_limit([rec], revisit_deadline(s).due)
+            else:
+                s.deferred[rec] = reopened.due
+                if s.phase is InspectionPhase.CLOSED:
+                    await self._next_cycle(now, [rec])
+            self.wake = True
+            return
         if s.phase is InspectionPhase.CLOSED:
-            self._next_cycle(now, [rec])
+            await self._next_cycle(now, [rec])
         else:
             s.settled.pop(rec, None)  # its decision in this cycle no longer stands
             if rec not in s.open_recommendations:
@@ -297,8 +390,7 @@ class InspectionWorkflow:
     def _validate_trigger(self, request: TriggerRevisitRequest) -> None:
         if not request.by or not request.by.strip():
             raise ValueError("who triggers the revisit (by) must not be empty")
-        if self.restart:
-            raise ValueError("a new follow-up cycle is starting; try again in a minute")
+        self._accepting()
         if self.state.phase is InspectionPhase.REVISIT_OPEN:
             opened = self.calendar.local(self.state.revisit_opened_at)
             raise ValueError(f"the revisit of cycle {self.state.cycle} is already open (since {opened:%Y-%m-%d})")
@@ -311,22 +403,25 @@ class InspectionWorkflow:
 
     @workflow.update
     async def record_delivery(self, request: DeliveryRequest) -> InspectionView:
-        deadline = self._deadline(request.item)
-        now = self._now()
-        deadline.met_at = now
-        await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
-        await run_activity(
-            "audit",
-            AuditRecord(update_key(self.workflow_id), request.by, f"{request.item}.received", "inspection",
-                        self.inp.inspection_id, {"note": request.note}),
-        )
-        history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, request.note)
-        await self._project()
-        self.wake = True
-        return self.view()
+        async with self.lock:
+            refuse_unless(lambda: self._validate_delivery(request))
+            deadline = self._deadline(request.item)
+            now = self._now()
+            deadline.met_at = now
+            await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
+            await run_activity(
+                "audit",
+                AuditRecord(update_key(self.workflow_id), request.by, f"{request.item}.received", "inspection",
+                            self.inp.inspection_id, {"note": request.note}),
+            )
+            history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, request.note)
+            await self._project()
+            self.wake = True
+            return self.view()
 
     @record_delivery.validator
     def _validate_delivery(self, request: DeliveryRequest) -> None:
+        self._accepting()
         if not request.by or not request.by.strip():
             raise ValueError("who records it (by) must not be empty")
         if request.item not in DELIVERABLE:
@@ -340,24 +435,30 @@ class InspectionWorkflow:
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> InspectionView:
-        deadline = self._deadline(request.deadline)
-        now = self._now()
-        await run_activity(
-            "record_deadline_revision",
-            DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
-                                   None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
-                                   request.reason.strip(), request.by),
-        )
-        deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
-        history(self.state.history, now, "deadline revised", request.by,
-                f"{deadline.key}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
-        deadline.due = request.new_due
-        await self._project()
-        self.wake = True
-        return self.view()
+        async with self.lock:
+            await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
+            refuse_unless(lambda: self._validate_revision(request))
+            deadline = self._deadline(request.deadline)
+            now = self._now()
+            await run_activity(
+                "record_deadline_revision",
+                DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
+                                       None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
+                                       request.reason.strip(), request.by),
+            )
+            deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
+            history(self.state.history, now, "deadline revised", request.by,
+                    f"{deadline.key}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
+            deadline.due = request.new_due
+            if deadline.kind is DeadlineKind.REVISIT_BY:
+                await self._tell_revisit_limit([r for r in self.state.open_recommendations if r not in self.state.settled], deadline.due)
+            await self._project()
+            self.wake = True
+            return self.view()
 
     @revise_deadline.validator
     def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        self._accepting()
         deadline = self._deadline(request.deadline)
         latest = None
         if deadline is not None and deadline.kind is DeadlineKind.REVISIT_BY:
@@ -410,4 +511,10 @@ class InspectionWorkflow:
     @workflow.query(name="state")
     def view(self) -> InspectionView:
         action, at = self._next_action()
-        return InspectionView(self.inp.inspection_id, self.workflow_id, self.state, action, at, self._now())
+        return InspectionView(self.inp.inspection_id, self.workflow_id, self.state, action, at, self._now(), self.scale)
+
+    @workflow.signal
+    def refresh_calendar(self, fresh: CalendarRefresh) -> None:
+        """Newly announced bank holidays (`ncpi calendar refresh`): later dates are computed with them."""
+        self.clock.refresh(fresh)
+        self.wake = True

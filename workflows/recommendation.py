@@ -3,17 +3,17 @@ the inspectorate's decision, further follow-up cycles and re-opening."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime, time
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from ncpi_workflow.clocks import DeadlineKind, Party, Timeframe, make_deadline, recommendation_deadline
+    from ncpi_workflow.clocks import CalendarRefresh, DeadlineKind, Party, Timeframe, make_deadline, recommendation_deadline
     from ncpi_workflow.formatting import long_date
     from ncpi_workflow.lifecycle import (
         CLOSING_OUTCOMES,
-        REGISTER_STATUS,
         DecisionRecord,
         DecisionRequest,
         DeadlineOpenRecord,
@@ -31,6 +31,11 @@ with workflow.unsafe.imports_passed_through():
         ProgressRequest,
         ReasonRequest,
         RecommendationInput,
+        RegisterEntry,
+        RegisterRecord,
+        RegisterStatus,
+        RegisterStatusRequest,
+        RevisitLimit,
         RecommendationProjection,
         RecommendationState,
         RecommendationView,
@@ -43,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         check_decision,
         check_evidence,
         check_progress,
+        check_register_status,
         check_reopen,
         check_revision,
         check_withdraw,
@@ -53,7 +59,20 @@ with workflow.unsafe.imports_passed_through():
     )
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
-from workflows.common import Outbox, calendar_now, history, run_activity, send_due_message, update_key, wait_until
+from workflows.common import (
+    CalendarKeeper,
+    Outbox,
+    calendar_now,
+    history,
+    refuse_unless,
+    run_activity,
+    send_due_message,
+    update_key,
+    wait_until,
+)
+
+# Histories from before the register trail recorded no register steps with decisions and re-openings.
+REGISTER_TRAIL_PATCH = "register-trail"
 
 FORCE_CONTACTS = ("liaison_officer", "chief_officer")
 NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_inspector")
@@ -65,13 +84,20 @@ class RecommendationWorkflow:
     def __init__(self, inp: RecommendationInput) -> None:
         self.inp = inp
         self.policy = inp.policy
-        self.calendar = inp.calendar
+        self.clock = CalendarKeeper(inp.calendar)
         self.scale = inp.time_scale
         self.workflow_id = recommendation_workflow_id(inp.recommendation_id)
         self.state = inp.carried or self._initial_state()
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
+        # One action at a time: handlers await activities, and two of them interleaving would each
+        # act on a state the other is changing (both told "accepted", records and workflow disagreeing).
+        self.lock = asyncio.Lock()
+
+    @property
+    def calendar(self):
+        return self.clock.calendar
 
     # ------------------------------------------------------------------ set-up
 
@@ -80,14 +106,24 @@ class RecommendationWorkflow:
         deadline = recommendation_deadline(
             self.inp.ref, Timeframe(self.inp.timeframe), self.inp.published, self.policy, self.calendar
         )
+        own = replace(tracked(deadline, published_at), key="recommendation")
+        if self.inp.revisit_by is not None:
+            own.silent_from = self._revisit_opens(self.inp.revisit_by)
         state = RecommendationState(
-            phase=Phase.FORCE_NOTIFIED, cycle=1, deadline=replace(tracked(deadline, published_at), key="recommendation")
+            phase=Phase.FORCE_NOTIFIED, cycle=1, deadline=own,
+            register=[RegisterEntry(RegisterStatus.AWAITING_REVIEW.value, "", "system", published_at)],
         )
         history(state.history, published_at, "force notified", detail=f"due {long_date(deadline.due)}")
         return state
 
+    def _revisit_opens(self, revisit_by) -> datetime:
+        return self.calendar.at(revisit_by, self.calendar.send_at)
+
     def _now(self) -> datetime:
         return calendar_now(self.scale)
+
+    def _today(self, now: datetime):
+        return now.astimezone(self.calendar.zone).date()
 
     def _label(self, deadline: TrackedDeadline) -> str:
         if deadline.kind is DeadlineKind.EVIDENCE:
@@ -103,6 +139,15 @@ class RecommendationWorkflow:
             active.append(s.evidence_deadline)
         return active
 
+    def _still_due(self, due) -> bool:
+        """Whether a message chosen before waiting is still owed: an action may have come meanwhile."""
+        deadline = due.deadline
+        return (
+            any(d is deadline for d in self._active_deadlines())
+            and deadline.message_key(due.message) not in deadline.handled
+            and due.message in deadline.messages(self.policy, self.calendar)
+        )
+
     # ------------------------------------------------------------------ main loop
 
     @workflow.run
@@ -115,21 +160,27 @@ class RecommendationWorkflow:
                 # A new cycle starts with a fresh history: the state carries what must survive.
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.state.undelivered = await self.outbox.settle()
-                workflow.continue_as_new(replace(self.inp, carried=self.state))
+                workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             if self.state.phase is Phase.CLOSED:
                 window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
-                reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED, window_end)
+                reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED or self.restart, window_end)
                 if not reopened:
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    await self.outbox.drain()
-                    return str(self.state.outcome)
+                    if self.state.phase is Phase.CLOSED and not self.restart:  # no re-opening came in meanwhile
+                        await self.outbox.drain()
+                        return str(self.state.outcome)
                 continue
-            due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+            now = self._now()
+            if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
+                continue
+            due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
             woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
             self.wake = False
             if not woken and due is not None:
-                await self._send(due)
-                await self._project()
+                async with self.lock:
+                    if self._still_due(due):
+                        await self._send(due)
+                        await self._project()
             if workflow.info().is_continue_as_new_suggested() and not self.restart:
                 self.restart = True
 
@@ -155,14 +206,17 @@ class RecommendationWorkflow:
                 outcome=s.outcome.value if s.outcome else None,
                 next_action=action,
                 next_action_at=at,
+                register_status=s.register_status if s.register else None,
             ),
         )
+        # The next deadline the force has to meet: an evidence deadline once one is asked for.
+        next_deadline = min((d.due for d in self._active_deadlines()), default=s.deadline.due)
         workflow.upsert_search_attributes(
             [
                 FORCE_CODE.value_set(self.inp.force_code),
                 PROGRAMME.value_set("NCPI"),
                 PHASE.value_set(s.phase.value),
-                NEXT_DEADLINE.value_set(self.calendar.at(s.deadline.due, self.calendar.working_day_end))
+                NEXT_DEADLINE.value_set(self.calendar.at(next_deadline, self.calendar.working_day_end))
                 if s.phase is not Phase.CLOSED
                 else NEXT_DEADLINE.value_unset(),
             ]
@@ -190,61 +244,76 @@ class RecommendationWorkflow:
             recommendation_id=self.inp.recommendation_id,
             workflow_id=self.workflow_id,
             state=self.state,
-            register_status=REGISTER_STATUS[self.state.phase],
+            register_status=self.state.register_status,
             next_action=action,
             next_action_at=at,
             calendar_now=self._now(),
+            time_scale=self.scale,
         )
+
+    def _accepting(self) -> None:
+        if self.restart:
+            raise ValueError("a new follow-up cycle is starting; try again in a minute")
 
     # ------------------------------------------------------------------ force actions
 
     @workflow.update
     async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
-        s = self.state
-        now = self._now()
-        await run_activity(
-            "record_progress",
-            ProgressRecord(update_key(self.workflow_id), self.inp.recommendation_id, request.claim, request.text.strip(), request.by, now),
-        )
-        s.force_claim = ForceClaim(request.claim)
-        if s.phase is Phase.FORCE_NOTIFIED:
-            s.phase = Phase.IN_PROGRESS
-        history(s.history, now, "progress reported", request.by, f"{request.claim}: {request.text.strip()}")
-        await self._project()
-        self.wake = True
-        return self.view()
+        async with self.lock:
+            refuse_unless(lambda: self._validate_progress(request))
+            s = self.state
+            now = self._now()
+            await run_activity(
+                "record_progress",
+                ProgressRecord(update_key(self.workflow_id), self.inp.recommendation_id, request.claim, request.text.strip(), request.by, now),
+            )
+            s.force_claim = ForceClaim(request.claim)
+            if s.phase is Phase.FORCE_NOTIFIED:
+                s.phase = Phase.IN_PROGRESS
+            history(s.history, now, "progress reported", request.by, f"{request.claim}: {request.text.strip()}")
+            await self._project()
+            self.wake = True
+            return self.view()
 
     @submit_progress.validator
     def _validate_progress(self, request: ProgressRequest) -> None:
+        self._accepting()
         check_progress(self.state, request)
 
     @workflow.update
     async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
-        s = self.state
-        now = self._now()
-        evidence_id = await run_activity(
-            "record_evidence",
-            EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request),
-            result_type=int,
-        )
-        s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, now, s.cycle))
-        if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
-            s.evidence_deadline.met_at = now
-        if s.phase is not Phase.UNDER_REVIEW:
-            s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
-        history(s.history, now, "evidence submitted", request.by, f"{request.filename} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
-        await self._project()
-        self.wake = True
-        return self.view()
+        async with self.lock:
+            refuse_unless(lambda: self._validate_evidence(request))
+            s = self.state
+            now = self._now()
+            evidence_id = await run_activity(
+                "record_evidence",
+                EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request),
+                result_type=int,
+            )
+            s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, now, s.cycle))
+            if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
+                s.evidence_deadline.met_at = now
+            if s.phase is not Phase.UNDER_REVIEW:
+                s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
+            history(s.history, now, "evidence submitted", request.by, f"{request.filename} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
+            await self._project()
+            self.wake = True
+            return self.view()
 
     @submit_evidence.validator
     def _validate_evidence(self, request: EvidenceRequestInput) -> None:
+        self._accepting()
         check_evidence(self.state, request)
 
     # ------------------------------------------------------------------ the revisit
 
     @workflow.signal
     async def open_review(self, review: OpenReview) -> None:
+        async with self.lock:
+            await self._open_review()
+
+    async def _open_review(self) -> None:
         s = self.state
         if s.phase is Phase.CLOSED or s.review_open:
             return
@@ -254,7 +323,8 @@ class RecommendationWorkflow:
             s.phase = Phase.UNDER_REVIEW
             history(s.history, now, "under review", detail="evidence already submitted")
         else:
-            due = self.calendar.add_working_days(now.astimezone(self.calendar.zone).date(), self.policy.review.evidence_due_working_days)
+            await self.clock.keep_ahead(self._today(now))
+            due = self.calendar.add_working_days(self._today(now), self.policy.review.evidence_due_working_days)
             evidence = TrackedDeadline(
                 key="evidence", kind=DeadlineKind.EVIDENCE, party=Party.FORCE, original_due=due, due=due,
                 opened_at=now, cycle=s.cycle,
@@ -285,67 +355,102 @@ class RecommendationWorkflow:
         await self._project()
         self.wake = True
 
+    @workflow.signal
+    def revisit_limit(self, limit: RevisitLimit) -> None:
+        """The inspection's revisit for this cycle opens at this limit at the latest: own reminders stop there."""
+        s = self.state
+        if s.phase in (Phase.FORCE_NOTIFIED, Phase.IN_PROGRESS):
+            s.deadline.silent_from = self._revisit_opens(limit.revisit_by)
+            self.wake = True
+
+    @workflow.signal
+    def refresh_calendar(self, fresh: CalendarRefresh) -> None:
+        """Newly announced bank holidays (`ncpi calendar refresh`): later dates are computed with them."""
+        self.clock.refresh(fresh)
+        self.wake = True
+
     @workflow.update
     async def record_decision(self, request: DecisionRequest) -> RecommendationView:
-        s = self.state
-        now = self._now()
-        outcome = Outcome(request.outcome)
-        await run_activity(
-            "record_decision",
-            DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, outcome.value,
-                           request.rationale.strip(), request.by, now),
-        )
-        history(s.history, now, f"decision: {outcome.value}", request.by, request.rationale.strip())
-        await self.outbox.notify(
-            NotificationRequest(
-                idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
-                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                recipients=FORCE_CONTACTS,
-                subject=f"Decision on recommendation {self.inp.ref}: {outcome.value.replace('_', ' ')}",
-                scheduled_for=now, context={"outcome": outcome.value, "rationale": request.rationale.strip(), "by": request.by, "cycle": s.cycle},
+        async with self.lock:
+            refuse_unless(lambda: self._validate_decision(request))
+            s = self.state
+            now = self._now()
+            outcome = Outcome(request.outcome)
+            rationale, by = request.rationale.strip(), request.by.strip()
+            await run_activity(
+                "record_decision",
+                DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, outcome.value, rationale, by, now),
             )
-        )
-        if outcome is Outcome.NOT_ACHIEVED:
+            history(s.history, now, f"decision: {outcome.value}", by, rationale)
+            # Each email carries the facts of its own event: it renders from these, never from the newest row.
+            facts = {"outcome": outcome.value, "rationale": rationale, "by": by, "at": now.isoformat(), "cycle": s.cycle}
             await self.outbox.notify(
                 NotificationRequest(
-                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
+                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
                     inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                    recipients=NOT_ACHIEVED_ESCALATION,
-                    subject=f"Escalation: recommendation {self.inp.ref} not achieved ({self.inp.force_name})",
-                    scheduled_for=now, context={"outcome": outcome.value, "rung": "not_achieved", "cycle": s.cycle},
+                    recipients=FORCE_CONTACTS,
+                    subject=f"Decision on recommendation {self.inp.ref}: {outcome.value.replace('_', ' ')}",
+                    scheduled_for=now, context=facts,
                 )
             )
-        s.outcome = outcome
-        await self._settle(outcome, now)
-        return self.view()
+            if outcome is Outcome.NOT_ACHIEVED:
+                await self.outbox.notify(
+                    NotificationRequest(
+                        idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
+                        inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                        recipients=NOT_ACHIEVED_ESCALATION,
+                        subject=f"Escalation: recommendation {self.inp.ref} not achieved ({self.inp.force_name})",
+                        scheduled_for=now, context={**facts, "rung": "not_achieved"},
+                    )
+                )
+            s.outcome = outcome
+            await self._settle(outcome, now, rationale, by, facts)
+            return self.view()
 
     @record_decision.validator
     def _validate_decision(self, request: DecisionRequest) -> None:
+        self._accepting()
         check_decision(self.state, request, self.calendar, self._now())
 
-    async def _settle(self, outcome: Outcome, now: datetime) -> None:
+    async def _settle(self, outcome: Outcome, now: datetime, rationale: str, by: str, facts: dict) -> None:
         """Close, or start a further follow-up cycle; tell the inspection either way."""
         s = self.state
         decided_cycle = s.cycle
         further = outcome not in CLOSING_OUTCOMES
         if further:
-            await self._start_cycle(now, f"further follow-up after {outcome.value.replace('_', ' ')}")
+            await self._start_cycle(now, f"further follow-up after {outcome.value.replace('_', ' ')}", "further_follow_up", facts)
         else:
             s.phase = Phase.CLOSED
             s.closed_at = now
+            await self._set_register(RegisterStatus.NO_FURTHER_ACTION.value, rationale, by, now, decided_cycle)
         await self._project()
         await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
             "recommendation_settled", Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now)
         )
         self.wake = True
 
-    async def _start_cycle(self, now: datetime, why: str) -> None:
+    async def _set_register(self, status: str, comment: str, by: str, at: datetime, cycle: int, key: str | None = None) -> None:
+        """A step of the public register's trail: in the state, and (for new histories) in the records."""
+        s = self.state
+        s.register.append(RegisterEntry(status, comment, by, at))
+        if key is not None or workflow.patched(REGISTER_TRAIL_PATCH):
+            await run_activity(
+                "record_register_status",
+                RegisterRecord(key or f"{self.workflow_id}/c{cycle}/register/{len(s.register)}",
+                               self.inp.recommendation_id, cycle, status, comment, by, at),
+            )
+
+    async def _start_cycle(self, now: datetime, why: str, kind: str, facts: dict) -> None:
+        """The next follow-up cycle, with a new deadline; `kind` names its notice (further_follow_up or reopened)."""
         s = self.state
         s.cycle += 1
+        await self.clock.keep_ahead(self._today(now))
         deadline = make_deadline("recommendation", DeadlineKind.RECOMMENDATION, Party.FORCE,
-                                 now.astimezone(self.calendar.zone).date(), self.policy.deadlines.further_follow_up, self.calendar)
+                                 self._today(now), self.policy.deadlines.further_follow_up, self.calendar)
         s.deadline = tracked(deadline, now, cycle=s.cycle)
         s.phase = Phase.IN_PROGRESS
+        # The force's claim answered the last cycle's deadline; this cycle's reminders must not wait on it.
+        s.force_claim = None
         s.review_open = False
         s.evidence_deadline = None
         s.closed_at = None
@@ -354,13 +459,17 @@ class RecommendationWorkflow:
             DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id, f"recommendation:{self.inp.ref}",
                                DeadlineKind.RECOMMENDATION.value, s.cycle, deadline.due),
         )
+        subject = (
+            f"Recommendation {self.inp.ref} re-opened, new deadline {long_date(deadline.due)}"
+            if kind == "reopened"
+            else f"Further follow-up: recommendation {self.inp.ref}, new deadline {long_date(deadline.due)}"
+        )
         await self.outbox.notify(
             NotificationRequest(
-                idempotency_key=f"{self.workflow_id}/c{s.cycle}/further_follow_up", kind="further_follow_up",
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/{kind}", kind=kind,
                 inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                recipients=FORCE_CONTACTS,
-                subject=f"Further follow-up: recommendation {self.inp.ref}, new deadline {long_date(deadline.due)}",
-                scheduled_for=now, context={"due": deadline.due.isoformat(), "cycle": s.cycle, "why": why},
+                recipients=FORCE_CONTACTS, subject=subject, scheduled_for=now,
+                context={**facts, "due": deadline.due.isoformat(), "cycle": s.cycle, "why": why},
             )
         )
         history(s.history, now, f"cycle {s.cycle} opened", detail=f"{why}; due {long_date(deadline.due)}")
@@ -370,76 +479,114 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def withdraw(self, request: ReasonRequest) -> RecommendationView:
-        s = self.state
-        now = self._now()
-        await run_activity(
-            "record_decision",
-            DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, Outcome.WITHDRAWN.value,
-                           request.reason.strip(), request.by, now),
-        )
-        history(s.history, now, "withdrawn", request.by, request.reason.strip())
-        await self.outbox.notify(
-            NotificationRequest(
-                idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
-                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                recipients=FORCE_CONTACTS, subject=f"Recommendation {self.inp.ref} withdrawn",
-                scheduled_for=now, context={"outcome": "withdrawn", "rationale": request.reason.strip(), "by": request.by},
+        async with self.lock:
+            refuse_unless(lambda: self._validate_withdraw(request))
+            s = self.state
+            now = self._now()
+            reason, by = request.reason.strip(), request.by.strip()
+            await run_activity(
+                "record_decision",
+                DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, Outcome.WITHDRAWN.value,
+                               reason, by, now),
             )
-        )
-        s.outcome = Outcome.WITHDRAWN
-        await self._settle(Outcome.WITHDRAWN, now)
-        return self.view()
+            history(s.history, now, "withdrawn", by, reason)
+            facts = {"outcome": Outcome.WITHDRAWN.value, "rationale": reason, "by": by, "at": now.isoformat(), "cycle": s.cycle}
+            await self.outbox.notify(
+                NotificationRequest(
+                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
+                    inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                    recipients=FORCE_CONTACTS, subject=f"Recommendation {self.inp.ref} withdrawn",
+                    scheduled_for=now, context=facts,
+                )
+            )
+            s.outcome = Outcome.WITHDRAWN
+            await self._settle(Outcome.WITHDRAWN, now, reason, by, facts)
+            return self.view()
 
     @withdraw.validator
     def _validate_withdraw(self, request: ReasonRequest) -> None:
+        self._accepting()
         check_withdraw(self.state, request)
 
     @workflow.update
     async def reopen(self, request: ReasonRequest) -> RecommendationView:
-        s = self.state
-        now = self._now()
-        closed_cycle = s.cycle
-        await run_activity(
-            "record_reopen",
-            ReopenRecord(update_key(self.workflow_id), self.inp.recommendation_id, closed_cycle, request.reason.strip(), request.by, now),
-        )
-        history(s.history, now, "re-opened", request.by, request.reason.strip())
-        s.outcome = None
-        await self._start_cycle(now, f"re-opened: {request.reason.strip()}")
-        await self._project()
-        await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
-            "recommendation_reopened", Reopened(self.inp.recommendation_id, request.reason.strip(), request.by)
-        )
-        return self.view()
+        async with self.lock:
+            refuse_unless(lambda: self._validate_reopen(request))
+            s = self.state
+            now = self._now()
+            closed_cycle, previous = s.cycle, s.outcome
+            reason, by = request.reason.strip(), request.by.strip()
+            await run_activity(
+                "record_reopen",
+                ReopenRecord(update_key(self.workflow_id), self.inp.recommendation_id, closed_cycle, reason, by, now),
+            )
+            history(s.history, now, "re-opened", by, reason)
+            s.outcome = None
+            reopened = workflow.patched(REGISTER_TRAIL_PATCH)
+            facts = {"reason": reason, "by": by, "at": now.isoformat(), "previous_outcome": str(previous) if previous else None}
+            # Histories from before the re-opening notice sent a further-follow-up notice instead.
+            await self._start_cycle(now, f"re-opened: {reason}", "reopened" if reopened else "further_follow_up", facts)
+            if reopened:
+                await self._set_register(RegisterStatus.AWAITING_REVIEW.value, reason, by, now, s.cycle)
+            await self._project()
+            await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
+                "recommendation_reopened", Reopened(self.inp.recommendation_id, reason, by, s.deadline.due)
+            )
+            return self.view()
 
     @reopen.validator
     def _validate_reopen(self, request: ReasonRequest) -> None:
+        self._accepting()
         check_reopen(self.state, request)
+        window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
+        if self._now() >= window_end:
+            raise ValueError(f"the re-opening window closed on {long_date(self._today(window_end))}")
+
+    @workflow.update
+    async def set_register_status(self, request: RegisterStatusRequest) -> RecommendationView:
+        async with self.lock:
+            refuse_unless(lambda: self._validate_register(request))
+            s = self.state
+            now = self._now()
+            await self._set_register(request.status, request.comment.strip(), request.by.strip(), now, s.cycle,
+                                     key=update_key(self.workflow_id))
+            history(s.history, now, f"register: {request.status}", request.by.strip(), request.comment.strip())
+            await self._project()
+            return self.view()
+
+    @set_register_status.validator
+    def _validate_register(self, request: RegisterStatusRequest) -> None:
+        self._accepting()
+        check_register_status(self.state, request)
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:
-        deadline = self._deadline_named(request.deadline)
-        now = self._now()
-        db_key = f"{request.deadline}:{self.inp.ref}"
-        await run_activity(
-            "record_deadline_revision",
-            DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, db_key, deadline.cycle,
-                                   self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
-                                   request.new_due, request.reason.strip(), request.by),
-        )
-        deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
-        history(self.state.history, now, "deadline revised", request.by,
-                f"{request.deadline}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
-        deadline.due = request.new_due
-        await self._project()
-        self.wake = True
-        return self.view()
+        async with self.lock:
+            await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
+            refuse_unless(lambda: self._validate_revision(request))
+            deadline = self._deadline_named(request.deadline)
+            now = self._now()
+            db_key = f"{request.deadline}:{self.inp.ref}"
+            await run_activity(
+                "record_deadline_revision",
+                DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, db_key, deadline.cycle,
+                                       self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
+                                       request.new_due, request.reason.strip(), request.by),
+            )
+            deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
+            history(self.state.history, now, "deadline revised", request.by,
+                    f"{request.deadline}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
+            deadline.due = request.new_due
+            await self._project()
+            self.wake = True
+            return self.view()
 
     @revise_deadline.validator
     def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        self._accepting()
         if self.state.phase is Phase.CLOSED:
             raise ValueError("the recommendation is closed; re-open it before changing its deadline")
-        today = self._now().astimezone(self.calendar.zone).date()
+        today = self._today(self._now())
         check_revision(self._deadline_named(request.deadline), request, today)
         if not self.calendar.is_working_day(request.new_due):
             raise ValueError(f"{request.new_due.isoformat()} is not a working day")
