@@ -35,6 +35,28 @@ async def run_activity(name: str, argument, result_type=None):
     )
 
 
+# Histories from before one action at a time let handlers interleave at their awaits.
+ONE_AT_A_TIME_PATCH = "one-action-at-a-time"
+
+
+class one_at_a_time:
+    """The workflow's lock, held by every Update, signal and main-loop step that awaits, so that two
+    actions never interleave (temporalio/samples-python message_passing/safe_message_handlers).
+    Replaying a history from before it, it holds nothing, as that history did."""
+
+    def __init__(self) -> None:
+        self.guards = workflow.patched(ONE_AT_A_TIME_PATCH)
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> None:
+        if self.guards:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        if self.guards:
+            self._lock.release()
+
+
 def refuse_unless(check: Callable[[], None]) -> None:
     """Judge an action again once it holds the workflow's lock: an action before it may have changed
     the state its validator saw. A refusal fails this Update only, with the validator's reason."""

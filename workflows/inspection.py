@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import (
     CalendarKeeper,
     Outbox,
+    one_at_a_time,
     calendar_now,
     history,
     refuse_unless,
@@ -86,7 +87,7 @@ class InspectionWorkflow:
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
-        self.lock = asyncio.Lock()
+        self.turn = one_at_a_time()
         """One action at a time: the main loop's steps, Updates and the signals that await."""
 
     @property
@@ -148,7 +149,7 @@ class InspectionWorkflow:
                         return "closed"
                 continue
             now = self._now()
-            async with self.lock:
+            async with self.turn:
                 if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
                     continue
                 if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
@@ -164,8 +165,8 @@ class InspectionWorkflow:
             self.wake = False
             if woken or due is None:
                 continue
-            async with self.lock:
-                if not self._still_due(due):
+            async with self.turn:
+                if self.turn.guards and not self._still_due(due):
                     continue  # an action changed this deadline while the timer ran
                 if due.message.kind is MessageKind.REVISIT_OPENS:
                     due.deadline.handled.append(due.deadline.message_key(due.message))
@@ -321,7 +322,7 @@ class InspectionWorkflow:
     @workflow.signal
     async def recommendation_settled(self, settled: Settled) -> None:
         # After any revisit opening in progress: a decision made as it opens counts for it.
-        async with self.lock:
+        async with self.turn:
             self._settled(settled)
 
     def _settled(self, settled: Settled) -> None:
@@ -343,7 +344,7 @@ class InspectionWorkflow:
 
     @workflow.signal
     async def recommendation_reopened(self, reopened: Reopened) -> None:
-        async with self.lock:
+        async with self.turn:
             await self._reopened(reopened)
 
     async def _reopened(self, reopened: Reopened) -> None:
@@ -403,7 +404,7 @@ class InspectionWorkflow:
 
     @workflow.update
     async def record_delivery(self, request: DeliveryRequest) -> InspectionView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_delivery(request))
             deadline = self._deadline(request.item)
             now = self._now()
@@ -435,7 +436,7 @@ class InspectionWorkflow:
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> InspectionView:
-        async with self.lock:
+        async with self.turn:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
             refuse_unless(lambda: self._validate_revision(request))
             deadline = self._deadline(request.deadline)

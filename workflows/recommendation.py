@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import (
     CalendarKeeper,
     Outbox,
+    one_at_a_time,
     calendar_now,
     history,
     refuse_unless,
@@ -93,7 +94,7 @@ class RecommendationWorkflow:
         self.outbox = Outbox()
         # One action at a time: handlers await activities, and two of them interleaving would each
         # act on a state the other is changing (both told "accepted", records and workflow disagreeing).
-        self.lock = asyncio.Lock()
+        self.turn = one_at_a_time()
 
     @property
     def calendar(self):
@@ -177,8 +178,8 @@ class RecommendationWorkflow:
             woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
             self.wake = False
             if not woken and due is not None:
-                async with self.lock:
-                    if self._still_due(due):
+                async with self.turn:
+                    if self._still_due(due) or not self.turn.guards:
                         await self._send(due)
                         await self._project()
             if workflow.info().is_continue_as_new_suggested() and not self.restart:
@@ -259,7 +260,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_progress(request))
             s = self.state
             now = self._now()
@@ -282,7 +283,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_evidence(request))
             s = self.state
             now = self._now()
@@ -310,7 +311,7 @@ class RecommendationWorkflow:
 
     @workflow.signal
     async def open_review(self, review: OpenReview) -> None:
-        async with self.lock:
+        async with self.turn:
             await self._open_review()
 
     async def _open_review(self) -> None:
@@ -371,7 +372,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def record_decision(self, request: DecisionRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_decision(request))
             s = self.state
             now = self._now()
@@ -479,7 +480,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def withdraw(self, request: ReasonRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_withdraw(request))
             s = self.state
             now = self._now()
@@ -510,7 +511,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def reopen(self, request: ReasonRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_reopen(request))
             s = self.state
             now = self._now()
@@ -544,7 +545,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def set_register_status(self, request: RegisterStatusRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             refuse_unless(lambda: self._validate_register(request))
             s = self.state
             now = self._now()
@@ -561,7 +562,7 @@ class RecommendationWorkflow:
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:
-        async with self.lock:
+        async with self.turn:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
             refuse_unless(lambda: self._validate_revision(request))
             deadline = self._deadline_named(request.deadline)
