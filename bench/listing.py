@@ -28,7 +28,6 @@ from sqlalchemy.orm import selectinload
 from bench.common import ROOT, create_database, median_ms, ncpi_command, ncpi_env, postgres_or_reason
 from ncpi_workflow import db
 from ncpi_workflow.forces import load_forces
-from ncpi_workflow.lifecycle import REGISTER_STATUS, Phase
 from ncpi_workflow.models import Inspection, Recommendation
 from ncpi_workflow.store import load_reference_forces
 from ncpi_workflow.views import london_iso, status_records, status_rows
@@ -50,13 +49,6 @@ async def _status_query_before(sessions) -> list[Inspection]:
         return list(await session.scalars(query.order_by(Inspection.published_on, Inspection.id)))
 
 
-def _register_status_before(phase: str) -> str:
-    try:
-        return REGISTER_STATUS[Phase(phase)]
-    except ValueError:
-        return phase
-
-
 def _status_records_before(inspections: list[Inspection]) -> list[dict]:
     """views.status_records before status_rows: per ORM object, sorted in Python, an Enum per row."""
     records = []
@@ -75,7 +67,7 @@ def _status_records_before(inspections: list[Inspection]) -> list[dict]:
                     "ref": rec.ref,
                     "timeframe": rec.timeframe,
                     "phase": rec.phase,
-                    "register_status": _register_status_before(rec.phase),
+                    "register_status": rec.register_status,
                     "cycle": rec.cycle,
                     "force_claim": rec.force_claim,
                     "outcome": rec.outcome,

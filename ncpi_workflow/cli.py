@@ -633,6 +633,26 @@ def withdraw(
     typer.echo(f"{rec}: withdrawn; closed ({view.register_status})")
 
 
+register_app = typer.Typer(help="The public register: the inspectorate's dated status of each recommendation.", no_args_is_help=True)
+app.add_typer(register_app, name="register")
+
+
+@register_app.command("set")
+def register_set(
+    rec_id: str = typer.Argument(..., metavar="REC_ID", help="A recommendation ID, e.g. CUM-2017-01-26-R1."),
+    status: str = typer.Option(..., "--status", help="awaiting review, being progressed or will be progressed."),
+    comment: str = typer.Option(..., "--comment", help="The public comment published with the status."),
+    by: str = typer.Option(..., "--by", help="The inspector who judges it."),
+) -> None:
+    """Set a recommendation's public register status: a dated, attributed step of its trail. The force's own
+    claim never sets it; "no further action needed" comes with a closing decision."""
+    from ncpi_workflow.lifecycle import RegisterStatusRequest
+
+    rec = _recommendation(rec_id)
+    view = _update("recommendation", rec, "set_register_status", RegisterStatusRequest(status=status, comment=comment, by=by))
+    typer.echo(f"{rec}: register status {view.register_status!r} set by {view.state.register[-1].by}")
+
+
 @app.command("revise-deadline")
 def revise_deadline(
     id: str = typer.Argument(..., metavar="ID", help="An inspection ID (report deadlines) or a recommendation ID."),

@@ -170,6 +170,10 @@ class TrackedDeadline:
 
     def messages(self, policy: Policy, calendar: WorkingCalendar) -> tuple[Message, ...]:
         messages = deadline_messages(self.as_deadline(calendar), policy, calendar, not_before=self.opened_at)
+        if self.kind is DeadlineKind.EVIDENCE:
+            # The request itself is the first word: no reminder in the same instant (10 working days'
+            # notice and a 10-working-day reminder fall together).
+            messages = tuple(m for m in messages if m.at > self.opened_at)
         if self.silent_from is not None:
             messages = tuple(m for m in messages if m.at < self.silent_from)
         return messages

@@ -17,7 +17,6 @@ from pydantic import TypeAdapter
 
 from ncpi_workflow.formatting import LONDON, long_date, short_datetime
 from ncpi_workflow.lifecycle import (
-    REGISTER_STATUS,
     InspectionView,
     RecommendationView,
     TrackedDeadline,
@@ -59,8 +58,6 @@ def london_iso(instant: datetime | None) -> str | None:
     return utc(instant).astimezone(LONDON).isoformat() if instant is not None else None
 
 
-# The public register's wording of each phase, keyed by the stored string; an unknown phase is shown as it is.
-REGISTER_WORDS = {phase.value: wording for phase, wording in REGISTER_STATUS.items()}
 
 
 def calendar_now(view: InspectionView | RecommendationView, clock_now: datetime | None = None) -> datetime:
@@ -194,7 +191,8 @@ async def status_rows(session: AsyncSession, force_code: str | None = None) -> l
             Inspection.next_action, Inspection.next_action_at,
             Recommendation.id.label("recommendation_id"), Recommendation.ref, Recommendation.timeframe,
             Recommendation.phase.label("recommendation_phase"), Recommendation.cycle.label("recommendation_cycle"),
-            Recommendation.force_claim, Recommendation.outcome, Recommendation.next_action.label("recommendation_next_action"),
+            Recommendation.force_claim, Recommendation.outcome, Recommendation.register_status,
+            Recommendation.next_action.label("recommendation_next_action"),
             Recommendation.next_action_at.label("recommendation_next_action_at"),
         )
         .outerjoin(Recommendation, Recommendation.inspection_id == Inspection.id)
@@ -219,7 +217,7 @@ def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
     records = []
     shown = inspection = None
     for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
-         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, next_action, next_action_at) in rows:
+         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, register_status, next_action, next_action_at) in rows:
         if insp_id != shown:
             shown = insp_id
             inspection = {
@@ -240,7 +238,7 @@ def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
                 "ref": ref,
                 "timeframe": timeframe,
                 "phase": phase,
-                "register_status": REGISTER_WORDS.get(phase, phase),
+                "register_status": register_status,
                 "cycle": cycle,
                 "force_claim": force_claim,
                 "outcome": outcome,
@@ -273,7 +271,7 @@ def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]
     lines: list[str] = []
     shown = None
     for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
-         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, next_action, next_action_at) in rows:
+         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, register_status, next_action, next_action_at) in rows:
         if insp_id != shown:
             shown = insp_id
             if lines:
@@ -289,7 +287,7 @@ def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]
             continue
         line = (
             f"  {rec_id:<20} {wording(timeframe):<20} {wording(phase):<19} cycle {cycle}  "
-            f"{REGISTER_WORDS.get(phase, phase):<25}"
+            f"{register_status:<25}"
         )
         extras = []
         if force_claim:

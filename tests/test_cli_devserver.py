@@ -409,7 +409,8 @@ async def test_progress_evidence_deliveries_and_deadline_revisions(cli):
 
     # progress
     out = await cli.ok("progress", r1, "--claim", "in_progress", "--text", "Training under way.", "--by", "liaison officer")
-    assert out == f"{r1}: progress recorded (force claims in progress); in progress, being progressed\n"
+    # The force's claim never sets the public register status (the inspectorate's judgement does).
+    assert out == f"{r1}: progress recorded (force claims in progress); in progress, awaiting review\n"
     [update] = await rows(h, ProgressUpdate)
     assert (update.recommendation_id, update.claim, update.text, update.submitted_by) == (r1, "in_progress", "Training under way.", "liaison officer")
     row = await phase_is(h, r1, "in_progress")
@@ -552,7 +553,18 @@ async def test_revisit_decisions_withdraw_reopen_and_outbox(cli):
     await phase_is(h, r2, "evidence_requested")
     [request] = await rows(h, EvidenceRequest)
     assert request.recommendation_id == r2
+    # The register status is the inspectorate's judgement: opening the revisit changes nothing of it ...
+    assert (await cli.json("status"))[1]["register_status"] == "awaiting review"
+    # ... an inspector sets it, with a public comment, and the listing shows it.
+    out = await cli.ok("register", "set", r2, "--status", "being progressed", "--comment", "Plan agreed with partners.", "--by", "hmi.cunningham")
+    assert out == f"{r2}: register status 'being progressed' set by hmi.cunningham\n"
     assert (await cli.json("status"))[1]["register_status"] == "being progressed"
+    await refused(cli, [
+        (("register", "set", r2, "--status", "no further action needed", "--comment", "Done.", "--by", "hmi.cunningham"),
+         '"no further action needed" is set by a closing decision (achieved, superseded or withdrawn)'),
+        (("register", "set", r2, "--status", "sorted", "--comment", "Done.", "--by", "hmi.cunningham"),
+         "unknown register status 'sorted'; use one of: awaiting review, being progressed, will be progressed"),
+    ], watched)
 
     await refused(cli, [
         (("revisit", insp, "--by", "hmi.cunningham"), f"the revisit of cycle 1 is already open (since {utc_today()})"),
@@ -595,7 +607,7 @@ async def test_revisit_decisions_withdraw_reopen_and_outbox(cli):
     [decision] = await rows(h, Decision, Decision.recommendation_id == r1)
     assert (decision.reopened_by, decision.reopen_reason) == ("hmi.lead", "Referral backlog found on a later visit.")
     shown = await cli.json("show", r1)
-    assert (shown["state"]["phase"], shown["state"]["cycle"], shown["register_status"]) == ("in_progress", 2, "being progressed")
+    assert (shown["state"]["phase"], shown["state"]["cycle"], shown["register_status"]) == ("in_progress", 2, "awaiting review")
 
     async def inspection_reopened():
         state = (await view(h, insp)).state
@@ -606,7 +618,7 @@ async def test_revisit_decisions_withdraw_reopen_and_outbox(cli):
     # The outbox holds every notification the lifecycle produced.
     async def all_recorded():
         kinds = [r["kind"] for r in await cli.json("outbox")]
-        wanted = ["published", "decision", "revisit_opened", "evidence_request", "revisit_outcome", "further_follow_up"]
+        wanted = ["published", "decision", "revisit_opened", "evidence_request", "revisit_outcome", "reopened"]
         return kinds if all(k in kinds for k in wanted) else None
 
     kinds = await eventually(all_recorded, timeout=20, interval=0.5)

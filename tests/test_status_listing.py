@@ -30,10 +30,14 @@ def _inspection(iid, code, published, phase="following_up", cycle=1, next_action
 
 
 def _recommendation(iid, ref, timeframe, phase, cycle, force_claim, outcome, next_action, next_action_at):
+    from ncpi_workflow.lifecycle import REGISTER_STATUS, Phase
+
+    # The register status is its own projected column (the inspectorate's judgement, not the phase):
+    # the listing shows the column; these rows hold the wording the phase used to imply.
     return Recommendation(
         id=f"{iid}-{ref}", inspection_id=iid, ref=ref, text="The force should ...", timeframe=timeframe, phase=phase,
         cycle=cycle, force_claim=force_claim, outcome=outcome, next_action=next_action, next_action_at=next_action_at,
-        updated_at=datetime(2017, 1, 1, tzinfo=UTC),
+        register_status=REGISTER_STATUS[Phase(phase)], updated_at=datetime(2017, 1, 1, tzinfo=UTC),
     )
 
 

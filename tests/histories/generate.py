@@ -3,7 +3,8 @@
 Run it (`.venv/bin/python -m tests.histories.generate vN`) only when a workflow change is meant to
 be incompatible and is released behind workflow.patched(): the old folders stay, a new one is added.
 v1: every record an activity; v2: records and projections as local activities; v3: an inspection's
-recommendations started together.
+recommendations started together; v4: one action at a time, the register trail, the calendar kept
+ahead, the revisit limit told to recommendations, a re-opened recommendation waiting for its deadline.
 The scenario passes through every handler and both continue-as-new paths: progress, a delivery, a
 revised deadline, an inspector's revisit, evidence, a partial decision (a second cycle), the
 automatic revisit, an achieved decision, a withdrawal and a re-opening.
