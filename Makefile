@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The web app's front-end assets from npm (govuk-frontend; axe-core for the accessibility tests),
+# installed into node_modules/ from package-lock.json, never committed.
+NODE_STAMP := node_modules/.installed-stamp
 
 .PHONY: run test bench clean
 
@@ -15,14 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm > /dev/null || { echo "the web app's assets need npm (Node.js 18 or later): install nodejs and npm"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ncpi dev
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
+
+# The model-based lifecycle test (tests/test_lifecycle_model.py) at ten times the examples `make test`
+# runs (its default NCPI_MODEL_EXAMPLES is 20): about half an hour on two cores.
+.PHONY: test-long
+test-long: $(STAMP)
+	NCPI_MODEL_EXAMPLES=200 $(BIN)/python -m pytest tests/test_lifecycle_model.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .hypothesis
+	rm -rf $(VENV) .data .pytest_cache .hypothesis node_modules

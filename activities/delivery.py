@@ -4,25 +4,72 @@
 sent. Transient failures raise, and Temporal retries them with backoff for as long as it takes;
 a permanent refusal is recorded as failed with the server's answer and the inspectors are told.
 
-The one window no design closes: the server accepts the message and the worker dies before the row
-is marked sent. The retried activity then sends again, with the same Message-ID (derived from the
-notification's idempotency key), so the repeat is recognisable as the same message.
+- **Rendered once.** The first delivery attempt renders the message and stores its exact bytes
+  (RFC 5322, CRLF, 7-bit) with the outbox row, in the transaction that counts the attempt, before
+  anything is sent. Every retry and every `ncpi outbox resend` sends those bytes under the same
+  Message-ID (a resend to corrected addresses changes the To header only). Rendering at the first
+  attempt rather than at record time keeps the workflows and the recording activity as they are
+  (histories replay unchanged), and rows recorded before this change render on their first attempt.
+- **One deliverer at a time.** A row is leased (`lease_owner`, `lease_until`) for the attempt that
+  sends it: the workflow's delivery and the reconciler's, or two retries on two workers, never
+  send it at once.
+- **Marked sent at once.** As soon as the server accepts, the outcome goes into the activity's
+  heartbeat details (kept by Temporal) and the row is marked sent in its own short transaction,
+  on a connection of its own (no pool to queue in). If the database cannot take it, the attempt
+  keeps trying for `mark_sent_patience` and then fails; its retry finds the outcome in the
+  heartbeat details and records it, sending nothing again.
+- **Relay faults hold.** A relay-wide failure (`RelayFault`: login refused, TLS, unreachable) is
+  never a failure of the message: the row stays pending with the reason as its last error, the
+  activity fails retryably (one line, no traceback), and the relay's state is recorded in
+  `relay_status` for `ncpi health`.
+
+The one window no design closes: the server accepts the message and the worker dies before the
+outcome reaches Temporal (the heartbeat is sent at once, so that is the time of one round trip).
+The retried activity then sends again, byte for byte the same, with the same Message-ID (derived
+from the notification's idempotency key), so the repeat is recognisable as the same message.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from ncpi_workflow.emails import DecisionFacts, EmailContext, EmailTemplateError, RecommendationFacts, render_email
-from ncpi_workflow.mailer import Mailer, PermanentDeliveryError, TransientDeliveryError, build_message, message_id_for
-from ncpi_workflow.models import Deadline, Decision, Inspection, Notification, Recommendation, utcnow
+from ncpi_workflow.mailer import (
+    Mailer,
+    PermanentDeliveryError,
+    RelayFault,
+    TransientDeliveryError,
+    build_message,
+    flatten,
+    message_id_for,
+    message_recipients,
+    one_line,
+    with_recipients,
+)
+from ncpi_workflow.models import Deadline, Decision, Inspection, Notification, Recommendation, RelayStatus, utcnow
 from ncpi_workflow.store import append_audit, insert_if_absent
+
+log = logging.getLogger("ncpi.delivery")
+
+
+def default_reporter() -> str:
+    """hostname:pid: this worker process, in `relay_status`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -31,16 +78,63 @@ class DeliverySettings:
     reply_to: str | None
     inspectors_email: str
     templates_dir: Path | None
+    mark_sent_patience: float = 20.0
+    """Seconds one attempt keeps trying to record "sent" when the database does not answer."""
+    lease_seconds: float = 300.0
+    """How long one attempt may hold a row it is sending (it gives up sending past most of it)."""
+    relay_retry_seconds: float = 60.0
+    """While the relay fails as a whole, a held delivery is tried again this often (not on the growing
+    backoff of other failures), so that it goes out within about a minute of the fix."""
+    reporter: str = field(default_factory=default_reporter)
 
 
-SENT, FAILED = "sent", "failed"
+SENT, FAILED, PENDING = "sent", "failed", "pending"
+
+HELD = "DeliveryHeld"
+"""The ApplicationError type of a delivery that did not go now and is retried: a relay fault, a
+transient refusal, another deliverer holding the row, the database away."""
+
+
+def _held(message: str, *, retry_in: float | None = None) -> ApplicationError:
+    # BENIGN: the SDK logs it at DEBUG, not a traceback per message per retry; we log one line.
+    return ApplicationError(
+        message, type=HELD, category=ApplicationErrorCategory.BENIGN,
+        next_retry_delay=timedelta(seconds=retry_in) if retry_in else None,
+    )
+
+
+def _sent_before(notification_id: int) -> dict[str, Any] | None:
+    """The outcome an earlier attempt of this activity kept in its heartbeat: sent, not yet recorded."""
+    if not activity.in_activity():
+        return None
+    for details in activity.info().heartbeat_details or ():
+        if isinstance(details, dict) and details.get("notification_id") == notification_id and details.get("message_id"):
+            return details
+    return None
+
+
+def _mark_engine_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """A session factory on the same database without a pool: marking a message sent opens its own
+    connection, so it never waits for one behind the worker's other activities."""
+    from ncpi_workflow import db
+
+    bind = sessions.kw.get("bind")
+    if bind is None:
+        return sessions
+    engine = db.create_engine(bind.url.render_as_string(hide_password=False), poolclass=NullPool)
+    return db.session_factory(engine)
 
 
 class DeliveryActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], mailer: Mailer, settings: DeliverySettings):
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], mailer: Mailer, settings: DeliverySettings,
+        mark_sessions: async_sessionmaker[AsyncSession] | None = None,
+    ):
         self.sessions = sessions
         self.mailer = mailer
         self.settings = settings
+        self.mark_sessions = mark_sessions or _mark_engine_sessions(sessions)
+        """Where "sent" and the relay's state are written: a connection of their own."""
 
     def all(self) -> list:
         return [self.deliver_notification]
@@ -48,6 +142,18 @@ class DeliveryActivities:
     @activity.defn
     async def deliver_notification(self, notification_id: int) -> str:
         """Send one outbox notification by email unless already sent. Returns its final status."""
+        try:
+            return await self._deliver(notification_id)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("delivery of notification %s waits for the database: %s", notification_id, one_line(exc, 200))
+            raise _held(f"the database is not available: {one_line(exc, 200)}") from None
+
+    async def _deliver(self, notification_id: int) -> str:
+        outcome = _sent_before(notification_id)
+        if outcome is not None:
+            # The server accepted it in an earlier attempt, which could not record it: record it now.
+            await self._mark_sent(notification_id, outcome)
+            return SENT
         async with self.sessions() as session:
             notification = await session.get(Notification, notification_id)
             if notification is None:
@@ -57,45 +163,140 @@ class DeliveryActivities:
             failed = notification.status == FAILED
             # A failure already reported was recorded with its alert, which may not have gone out yet.
             alert_id = await self._pending_alert(session, notification) if failed else None
-            context = None if failed else await email_context(session, notification)
+            context = None if failed or notification.rendered is not None else await email_context(session, notification)
         if failed:
             if alert_id is not None:
                 await self._deliver_alert(alert_id)
             return FAILED
         return await self._send(notification_id, context)
 
-    async def _send(self, notification_id: int, context: EmailContext) -> str:
-        context.reply_to = self.settings.reply_to
-        try:
-            rendered = render_email(context, self.settings.templates_dir)
-        except EmailTemplateError as exc:
-            # A broken template or missing data: retrying cannot help, so it is a permanent failure.
-            return await self._fail(notification_id, f"template error: {exc}", message_id=None)
-        # Count the attempt first, then send holding no database connection: a burst of deliveries
-        # waiting their turn on the shared SMTP connection would otherwise hold the whole connection
-        # pool, and every other activity of the worker would wait for it.
+    def _lease_owner(self) -> str:
+        if activity.in_activity():
+            info = activity.info()
+            return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"[:300]
+        return f"{self.settings.reporter}/{id(self)}"
+
+    async def _send(self, notification_id: int, context: EmailContext | None) -> str:
+        if context is not None:
+            context.reply_to = self.settings.reply_to
+            try:
+                rendered = render_email(context, self.settings.templates_dir)
+            except EmailTemplateError as exc:
+                # A broken template or missing data: retrying cannot help, so it is a permanent failure.
+                return await self._fail(notification_id, f"template error: {exc}", message_id=None)
+        owner = self._lease_owner()
+        now = utcnow()
+        # Lease the row and count the attempt, store the rendering (first attempt only), then send
+        # holding no database connection: a burst of deliveries waiting their turn on the shared
+        # SMTP connection would otherwise hold the whole connection pool.
         async with self.sessions.begin() as session:
-            notification = await session.get(Notification, notification_id)
-            notification.attempts += 1
-            message_id = message_id_for(notification.idempotency_key, self.settings.mail_from)
-            message = build_message(
-                mail_from=self.settings.mail_from, reply_to=self.settings.reply_to, to=list(notification.recipients["to"]),
-                subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
-                reference=notification.idempotency_key,
+            leased = await session.execute(
+                update(Notification)
+                .where(Notification.id == notification_id, Notification.status == PENDING,
+                       or_(Notification.lease_until.is_(None), Notification.lease_until < now, Notification.lease_owner == owner))
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                        attempts=Notification.attempts + 1, last_attempt_at=now)
             )
+            notification = await session.get(Notification, notification_id, populate_existing=True)
+            if leased.rowcount != 1:
+                status, holder, until = notification.status, notification.lease_owner, notification.lease_until
+            else:
+                status = None
+                message_id = notification.message_id or message_id_for(notification.idempotency_key, self.settings.mail_from)
+                data = notification.rendered
+                if data is None:
+                    data = flatten(build_message(
+                        mail_from=self.settings.mail_from, reply_to=self.settings.reply_to,
+                        to=list(notification.recipients["to"]), subject=rendered.subject, text=rendered.text,
+                        html=rendered.html, message_id=message_id, reference=notification.idempotency_key,
+                    ))
+                to = list(notification.recipients["to"])
+                if message_recipients(data) != to:
+                    data = with_recipients(data, to)  # a resend to the contacts' corrected addresses
+                if data != notification.rendered:
+                    notification.rendered = data
+                    notification.message_id = message_id
+        if status is not None:
+            if status in (SENT, FAILED):
+                return status  # delivered (or refused) by the other deliverer meanwhile
+            raise _held(f"notification {notification_id} is being delivered by {holder} (lease until {until}); retried later")
+        not_after = time.monotonic() + max(1.0, self.settings.lease_seconds - 60.0)
         try:
-            await self.mailer.send(message)
-        except TransientDeliveryError as exc:
-            await self._record(notification_id, last_error=str(exc))
-            raise  # Temporal retries with backoff
+            await self.mailer.send_bytes(data, self.settings.mail_from, to, not_after=not_after)
+        except RelayFault as fault:
+            await self._record(notification_id, owner, last_error=f"held: {fault.reason}")
+            await self._record_relay()
+            raise _held(f"held: {fault.reason}", retry_in=self.settings.relay_retry_seconds) from None
         except PermanentDeliveryError as exc:
             return await self._fail(notification_id, exc.answer, message_id)
-        await self._record(notification_id, status=SENT, sent_at=utcnow(), message_id=message_id, last_error=None)
+        except TransientDeliveryError as exc:
+            log.warning("notification %s not delivered this time, retried: %s", notification_id, one_line(exc, 200))
+            await self._record(notification_id, owner, last_error=one_line(exc, 1000))
+            await self._record_relay()
+            raise _held(one_line(exc, 1000)) from None
+        outcome = {"notification_id": notification_id, "message_id": message_id, "sent_at": utcnow().isoformat()}
+        if activity.in_activity():
+            activity.heartbeat(outcome)  # kept by Temporal at once: a retry will not send it again
+        await self._mark_sent(notification_id, outcome)
+        await self._record_relay()
         return SENT
 
-    async def _record(self, notification_id: int, **values) -> None:
+    async def _mark_sent(self, notification_id: int, outcome: dict[str, Any]) -> None:
+        """Record "sent" in a short transaction of its own, retrying for `mark_sent_patience`."""
+        deadline = time.monotonic() + self.settings.mark_sent_patience
+        delay = 0.1
+        while True:
+            try:
+                async with self.mark_sessions.begin() as session:
+                    await session.execute(
+                        update(Notification)
+                        .where(Notification.id == notification_id, Notification.status != SENT)
+                        .values(status=SENT, sent_at=datetime.fromisoformat(outcome["sent_at"]),
+                                message_id=outcome["message_id"], last_error=None, lease_owner=None, lease_until=None)
+                    )
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("notification %s was accepted by the server but cannot be marked sent yet (%s); "
+                                "the retry records it and sends nothing again", notification_id, one_line(exc, 200))
+                    raise _held(f"sent, not yet recorded: {one_line(exc, 200)}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _record(self, notification_id: int, owner: str, **values) -> None:
+        """After an attempt that did not send: its error, and the lease given back."""
         async with self.sessions.begin() as session:
             await session.execute(update(Notification).where(Notification.id == notification_id).values(**values))
+            await session.execute(
+                update(Notification).where(Notification.id == notification_id, Notification.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    async def _record_relay(self) -> None:
+        """Write the relay's state as this process found it, when it changed (or is due again)."""
+        report = self.mailer.relay_report()
+        if report is None:
+            return
+        now = utcnow()
+        values = dict(relay=report.relay, state=report.state, category=report.category, reason=report.reason,
+                      since=report.since, checked_at=now)
+        try:
+            async with self.mark_sessions.begin() as session:
+                if not await insert_if_absent(session, RelayStatus, ["reporter"], reporter=self.settings.reporter, **values):
+                    await session.execute(update(RelayStatus).where(RelayStatus.reporter == self.settings.reporter).values(**values))
+                if report.state == "ok":
+                    # The relay takes our messages: another process's fault with it is over, or that
+                    # process, still failing, says so again within a minute.
+                    await session.execute(
+                        update(RelayStatus)
+                        .where(RelayStatus.relay == report.relay, RelayStatus.state == "failing",
+                               RelayStatus.reporter != self.settings.reporter)
+                        .values(state="ok", category=None, reason=None, since=now, checked_at=now)
+                    )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("cannot record the SMTP relay's state (%s): %s", report.state, one_line(exc, 200))
+            return
+        self.mailer.recorded(report)
 
     async def _fail(self, notification_id: int, answer: str, message_id: str | None) -> str:
         """Record a permanent failure with the server's answer, then tell the inspectors.
@@ -107,6 +308,7 @@ class DeliveryActivities:
             notification.status = FAILED
             notification.last_error = answer
             notification.message_id = message_id
+            notification.lease_owner = notification.lease_until = None
             await append_audit(
                 session, actor="system", action="notification.failed", entity_type="notification",
                 entity_id=str(notification.id), detail={"answer": answer, "to": notification.recipients["to"]},
@@ -142,9 +344,11 @@ class DeliveryActivities:
 
     async def _deliver_alert(self, alert_id: int) -> None:
         try:
-            await self.deliver_notification(alert_id)
-        except TransientDeliveryError:
-            pass  # stays pending: `ncpi outbox` shows it, and the reconciliation job re-sends pending mail
+            await self._deliver(alert_id)
+        except ApplicationError as exc:
+            if exc.type != HELD:
+                raise
+            # Stays pending: `ncpi outbox` shows it, and the reconciler delivers pending mail.
 
 
 async def email_context(session: AsyncSession, n: Notification) -> EmailContext:

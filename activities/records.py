@@ -3,14 +3,20 @@ the row its first attempt wrote (by an idempotency key or a natural unique key) 
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ncpi_workflow.lifecycle import (
+    NEXT_ACTION_MAX,
+    RECORD_REJECTED,
     AuditRecord,
     DeadlineMetRecord,
     DeadlineOpenRecord,
@@ -41,6 +47,29 @@ from ncpi_workflow.models import (
 from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
 
 
+def record_rejected(what: str, exc: Exception) -> ApplicationError:
+    """A one-line, non-retryable failure for a value the database will never take (too long, out of
+    range, against a constraint): the activity fails at once instead of being retried for ever, and the
+    workflow (an Update fails with this reason; the workflow carries on) and the worker log say why."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return ApplicationError(f"{what}: the database refused the record: {reason}", type=RECORD_REJECTED, non_retryable=True)
+
+
+def _unfixable(exc: DBAPIError) -> bool:
+    """Whether the database refused the row for what it holds, so that the same row will be refused again:
+    a data exception (SQLSTATE class 22: too long, out of range, invalid text) or an integrity constraint
+    (class 23). asyncpg's errors come through SQLAlchemy as DBAPIError with their SQLSTATE."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(getattr(exc.orig, "driver_exception", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class InspectorateAddresses:
     inspectors: str
@@ -56,8 +85,22 @@ class RecordActivities:
         self.sessions = sessions
         self.addresses = addresses
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; a value the database refuses fails the activity for good (see `record_rejected`)."""
+        try:
+            async with self.sessions.begin() as session:
+                yield session
+        except DBAPIError as exc:
+            if not _unfixable(exc):
+                raise  # the database away, a deadlock, a serialisation failure: retried
+            failure = record_rejected(activity.info().activity_type, exc)
+            activity.logger.error("%s (not retried)", failure.message)
+            raise failure from None
+
     def all(self) -> list:
         return [
+            self.read_clock,
             self.record_notification,
             self.project_recommendation,
             self.project_inspection,
@@ -75,9 +118,15 @@ class RecordActivities:
         ]
 
     @activity.defn
+    async def read_clock(self, now: datetime) -> datetime:
+        """A workflow's clock, handed back: as a local activity its result is kept in history, so every
+        replay of the step that asked reads the same instant (workflows.common.step_now)."""
+        return now
+
+    @activity.defn
     async def record_notification(self, request: NotificationRequest) -> int:
         """Put a notification in the outbox once; delivery is the email worker's job."""
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             try:
                 recipients = await resolve_recipients(session, request.inspection_id, request.recipients, self.addresses.by_role)
             except LookupError as exc:
@@ -113,10 +162,11 @@ class RecordActivities:
             )
 
     @activity.defn
-    async def project_recommendation(self, projection: RecommendationProjection) -> None:
-        """Refresh the status projection; an older projection never overwrites a newer one."""
-        async with self.sessions.begin() as session:
-            await session.execute(
+    async def project_recommendation(self, projection: RecommendationProjection) -> bool:
+        """Refresh the status projection; an older projection never overwrites a newer one. True when
+        this one was written (False: a newer one is there already)."""
+        async with self._writing() as session:
+            result = await session.execute(
                 update(Recommendation)
                 .where(
                     Recommendation.id == projection.recommendation_id,
@@ -128,31 +178,34 @@ class RecordActivities:
                     cycle=projection.cycle,
                     force_claim=projection.force_claim,
                     outcome=projection.outcome,
-                    next_action=projection.next_action,
+                    next_action=_clip(projection.next_action, NEXT_ACTION_MAX),
                     next_action_at=projection.next_action_at,
                     # Projections from histories before the register trail carry none: keep the column.
                     **({"register_status": projection.register_status} if projection.register_status else {}),
                 )
             )
+            return result.rowcount == 1
 
     @activity.defn
-    async def project_inspection(self, projection: InspectionProjection) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(
+    async def project_inspection(self, projection: InspectionProjection) -> bool:
+        """As `project_recommendation`, for the inspection's phase and next action."""
+        async with self._writing() as session:
+            result = await session.execute(
                 update(Inspection)
                 .where(Inspection.id == projection.inspection_id, Inspection.projection_version < projection.version)
                 .values(
                     projection_version=projection.version,
                     phase=projection.phase,
                     cycle=projection.cycle,
-                    next_action=projection.next_action,
+                    next_action=_clip(projection.next_action, NEXT_ACTION_MAX),
                     next_action_at=projection.next_action_at,
                 )
             )
+            return result.rowcount == 1
 
     @activity.defn
     async def audit(self, record: AuditRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await append_audit(
                 session,
                 actor=record.actor,
@@ -165,7 +218,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_progress(self, record: ProgressRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             if await insert_if_absent(
                 session,
                 ProgressUpdate,
@@ -189,7 +242,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_evidence_request(self, record: EvidenceRequestRecord) -> int:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await insert_if_absent(
                 session,
                 EvidenceRequest,
@@ -207,7 +260,7 @@ class RecordActivities:
     @activity.defn
     async def record_evidence(self, record: EvidenceRecord) -> int:
         item = record.item
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             request_id = await session.scalar(
                 select(EvidenceRequest.id)
                 .where(EvidenceRequest.recommendation_id == record.recommendation_id, EvidenceRequest.cycle == record.cycle)
@@ -245,7 +298,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_decision(self, record: DecisionRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             if await insert_if_absent(
                 session,
                 Decision,
@@ -269,7 +322,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_reopen(self, record: ReopenRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await session.execute(
                 update(Decision)
                 .where(Decision.recommendation_id == record.recommendation_id, Decision.cycle == record.cycle)
@@ -288,7 +341,7 @@ class RecordActivities:
     @activity.defn
     async def record_register_status(self, record: RegisterRecord) -> None:
         """One step of the public register's trail, set by an inspector (or by their closing decision)."""
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             if await insert_if_absent(
                 session,
                 RegisterStatusEntry,
@@ -313,7 +366,7 @@ class RecordActivities:
 
     @activity.defn
     async def open_deadline(self, record: DeadlineOpenRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await insert_if_absent(
                 session,
                 Deadline,
@@ -329,7 +382,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_deadline_revision(self, record: DeadlineRevisionRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await insert_if_absent(
                 session,
                 Deadline,
@@ -353,7 +406,7 @@ class RecordActivities:
 
     @activity.defn
     async def mark_deadline_met(self, record: DeadlineMetRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             await session.execute(
                 update(Deadline)
                 .where(
@@ -367,7 +420,7 @@ class RecordActivities:
 
     @activity.defn
     async def record_revisit(self, record: RevisitRecord) -> None:
-        async with self.sessions.begin() as session:
+        async with self._writing() as session:
             if await insert_if_absent(
                 session,
                 Revisit,

@@ -7,6 +7,7 @@ from sqlalchemy.engine import Connection
 
 from ncpi_workflow.db import create_engine
 from ncpi_workflow.models import Base
+import ncpi_workflow.users  # noqa: F401,E402 - the web app's accounts live on the same Base (table `users`)
 
 target_metadata = Base.metadata
 

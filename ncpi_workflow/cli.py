@@ -29,8 +29,16 @@ EXIT_INVALID = 1
 EXIT_INTERNAL = 70
 
 
+def _line(text: object) -> str:
+    """One line, whatever it quotes: control characters (a newline in a file name or a force code) and
+    invalid UTF-8 escaped (ncpi_workflow.lifecycle.printable)."""
+    from ncpi_workflow.lifecycle import printable
+
+    return printable(str(text))
+
+
 def fail(message: str, code: int = EXIT_INVALID) -> None:
-    typer.echo(f"ncpi: {message}", err=True)
+    typer.echo(f"ncpi: {_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -74,14 +82,14 @@ def validate(files: List[Path] = typer.Argument(..., help="Report files (YAML) t
         except ReportInvalid as exc:
             bad += 1
             for problem in exc.problems:
-                typer.echo(f"ncpi: {problem}", err=True)
+                typer.echo(f"ncpi: {_line(problem)}", err=True)
             continue
         except UserError as exc:
             bad += 1
-            typer.echo(f"ncpi: {exc}", err=True)
+            typer.echo(f"ncpi: {_line(exc)}", err=True)
             continue
         report = loaded.report
-        typer.echo(f"{file}: valid: {report.inspection_id}, {len(report.recommendations)} recommendations")
+        typer.echo(f"{_line(file)}: valid: {report.inspection_id}, {len(report.recommendations)} recommendations")
     if bad:
         raise typer.Exit(EXIT_INVALID)
 
@@ -363,6 +371,52 @@ def _recommendation(text: str) -> str:
         raise UserError(str(exc)) from None
 
 
+# Values given on the command line are checked here with the rules (and limits) the workflows' Update
+# validators apply, before anything is asked of Temporal or written: one line naming the option.
+
+
+def _valid(check, value, option: str, **kwargs) -> None:
+    try:
+        check(value, option, **kwargs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _name_arg(value: str, option: str = "--by") -> str:
+    """Who acts: one line, visible (not only white space or zero-width characters), NAME_MAX at most."""
+    from ncpi_workflow.lifecycle import check_name
+
+    _valid(check_name, value, option)
+    return value
+
+
+def _text_arg(value: str | None, option: str, required: bool = True) -> str | None:
+    """Free text: TEXT_MAX at most, no control characters but line breaks, valid UTF-8."""
+    from ncpi_workflow.lifecycle import check_text
+
+    _valid(check_text, value, option, required=required)
+    return value
+
+
+def _word_arg(value: str, option: str) -> str:
+    """A keyword (claim, outcome, status, item, deadline): valid UTF-8 and one line; its meaning is the
+    validator's to judge."""
+    from ncpi_workflow.lifecycle import NAME_MAX, check_text
+
+    if "\n" in value or "\r" in value:
+        raise UserError(f"{option} must be one line")
+    _valid(check_text, value, option, required=False, limit=NAME_MAX)
+    return value
+
+
+def _in_row_range(number: int) -> bool:
+    """Row IDs (the outbox's first column) are 32-bit on PostgreSQL: a larger number names no row on
+    either database, and would overflow the query (ncpi_workflow.lifecycle.ROW_ID_MAX)."""
+    from ncpi_workflow.lifecycle import ROW_ID_MAX
+
+    return 0 < number <= ROW_ID_MAX
+
+
 def _inspection(text: str) -> str:
     from ncpi_workflow.lifecycle import parse_inspection_id
 
@@ -457,8 +511,14 @@ def status(
     force: Optional[str] = typer.Option(None, "--force", metavar="CODE", help="Only this force's inspections, e.g. CUM."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a list of objects, one per recommendation."),
 ) -> None:
-    """Where every recommendation stands, from the database's projection of the workflows (no Temporal needed)."""
+    """Where every recommendation stands, from the database's projection of the workflows (no Temporal needed).
+
+    A follow-up whose workflow task keeps failing (as the reconciler last found it) is marked
+    "STUCK: <error>"; in --json its record has a "stuck" (or "inspection_stuck") key, present only then."""
+    from sqlalchemy import select
+
     from ncpi_workflow import db
+    from ncpi_workflow.models import StuckWorkflow
     from ncpi_workflow.views import render_status, status_json, status_records, status_rows
 
     settings = _settings()
@@ -472,17 +532,18 @@ def status(
     async def fetch():
         async with db.open_database(settings.database_url) as sessions:
             async with sessions() as session:
-                return await status_rows(session, code)
+                stuck = dict((await session.execute(select(StuckWorkflow.workflow_id, StuckWorkflow.error))).all())
+                return await status_rows(session, code), stuck
 
     with _database_errors(settings):
-        rows = run(fetch())
+        rows, stuck = run(fetch())
     if as_json:
-        typer.echo(status_json(status_records(rows)))
+        typer.echo(status_json(status_records(rows, stuck)))
         return
     if not rows:
         typer.echo("no published inspections" + (f" for {code}" if code else ""))
         return
-    _echo_lines(render_status(rows, {c: f.name for c, f in known.items()}))
+    _echo_lines(render_status(rows, {c: f.name for c, f in known.items()}, stuck))
 
 
 @app.command()
@@ -523,6 +584,9 @@ def progress(
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
+    _word_arg(claim, "--claim")
+    _text_arg(text, "--text")
+    _name_arg(by)
     view = _update("recommendation", rec, "submit_progress", ProgressRequest(claim=claim, text=text, by=by))
     s = view.state
     typer.echo(f"{rec}: progress recorded (force claims {words(s.force_claim)}); {words(s.phase)}, {view.register_status}")
@@ -537,12 +601,15 @@ def evidence(
 ) -> None:
     """Submit a file of evidence for a recommendation: kept by its SHA-256, then recorded by the workflow."""
     from ncpi_workflow.evidence_files import content_type, hash_file, keep_file, stored_path
-    from ncpi_workflow.lifecycle import EvidenceRequestInput, RecommendationView, check_evidence
+    from ncpi_workflow.lifecycle import EvidenceRequestInput, RecommendationView, check_evidence, check_filename, printable
 
     rec = _recommendation(rec_id)
+    _name_arg(by)
+    _text_arg(description, "--description", required=False)
+    _valid(check_filename, file.name, "--file: the file name")
     settings = _settings()
     limit = settings.evidence_max_bytes
-    sha256, size = hash_file(file, limit)
+    sha256, size = hash_file(file, limit)  # a regular file only: never a link, a FIFO or a device
 
     def request_for(sha: str, size_bytes: int, path: Path) -> EvidenceRequestInput:
         return EvidenceRequestInput(
@@ -564,7 +631,7 @@ def evidence(
 
     view, stored = run(go())
     typer.echo(
-        f"{rec}: evidence {stored.filename} recorded ({stored.size_bytes:,} bytes, sha256 {stored.sha256[:12]}); "
+        f"{rec}: evidence {printable(stored.filename)} recorded ({stored.size_bytes:,} bytes, sha256 {stored.sha256[:12]}); "
         f"{view.state.phase.value.replace('_', ' ')}, {view.register_status}"
     )
 
@@ -579,6 +646,7 @@ def revisit(
     from ncpi_workflow.views import when
 
     insp = _inspection(inspection_id)
+    _name_arg(by)
     result = _update("inspection", insp, "trigger_revisit", TriggerRevisitRequest(by=by), RevisitResult)
     typer.echo(f"revisit of {insp} opened {when(result.opened_at)} (cycle {result.cycle}, {result.trigger}, by {result.by})")
 
@@ -595,6 +663,9 @@ def decide(
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
+    _word_arg(outcome, "--outcome")
+    _text_arg(rationale, "--rationale")
+    _name_arg(by)
     view = _update("recommendation", rec, "record_decision", DecisionRequest(outcome=outcome, rationale=rationale, by=by))
     s = view.state
     if s.phase.value == "closed":
@@ -614,6 +685,8 @@ def reopen(
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
+    _text_arg(reason, "--reason")
+    _name_arg(by)
     view = _update("recommendation", rec, "reopen", ReasonRequest(reason=reason, by=by))
     s = view.state
     typer.echo(f"{rec}: re-opened; cycle {s.cycle}, {words(s.phase)}, due {s.deadline.due.isoformat()}")
@@ -629,6 +702,8 @@ def withdraw(
     from ncpi_workflow.lifecycle import ReasonRequest
 
     rec = _recommendation(rec_id)
+    _text_arg(reason, "--reason")
+    _name_arg(by)
     view = _update("recommendation", rec, "withdraw", ReasonRequest(reason=reason, by=by))
     typer.echo(f"{rec}: withdrawn; closed ({view.register_status})")
 
@@ -649,6 +724,9 @@ def register_set(
     from ncpi_workflow.lifecycle import RegisterStatusRequest
 
     rec = _recommendation(rec_id)
+    _word_arg(status, "--status")
+    _text_arg(comment, "--comment")
+    _name_arg(by)
     view = _update("recommendation", rec, "set_register_status", RegisterStatusRequest(status=status, comment=comment, by=by))
     typer.echo(f"{rec}: register status {view.register_status!r} set by {view.state.register[-1].by}")
 
@@ -668,6 +746,9 @@ def revise_deadline(
     from ncpi_workflow.lifecycle import ReviseDeadlineRequest
 
     kind, business_id = _target(id)
+    _word_arg(deadline, "--deadline")
+    _text_arg(reason, "--reason")
+    _name_arg(by)
     try:
         new_due = date.fromisoformat(to.strip())
     except ValueError:
@@ -696,6 +777,9 @@ def deliver(
     from ncpi_workflow.views import when, words
 
     insp = _inspection(inspection_id)
+    _word_arg(item, "ITEM")
+    _name_arg(by)
+    _text_arg(note, "--note", required=False)
     view = _update("inspection", insp, "record_delivery", DeliveryRequest(item=item, by=by, note=note))
     met = next(d for d in view.state.deadlines if d.key == item)
     typer.echo(f"{insp}: {words(item)} received {when(met.met_at)} (was due {met.due.isoformat()})")
@@ -721,12 +805,21 @@ def worker() -> None:
 def health(
     check_worker: bool = typer.Option(False, "--worker", help="Also require this container's worker to be running."),
 ) -> None:
-    """Readiness: the database and Temporal answer (and, with --worker, the local worker is alive). Exit 0 when so."""
+    """Readiness, then what is wrong: the database and Temporal answer (and, with --worker, the local
+    worker is alive); the SMTP relay as the workers last found it; notifications pending past
+    NCPI_OUTBOX_PENDING_MINUTES; workflows whose task keeps failing.
+
+    Exit 1 when the database or Temporal (or, with --worker, this container's worker) is not there;
+    2 when they are but something above is wrong; 0 otherwise. With --worker (the container's
+    health check) the problems are printed but do not fail it: they are the deployment's, which
+    restarting this container would not fix, and it reads stuck workflows from the reconciler's
+    last pass instead of scanning Temporal."""
     import time
 
     from sqlalchemy import text
 
     from ncpi_workflow import db
+    from ncpi_workflow.jobs import deployment_problems
 
     settings = _settings()
     if check_worker:
@@ -737,16 +830,62 @@ def health(
         if age > 30:
             fail(f"the worker has not reported for {age:.0f} s ({alive})")
 
-    async def check() -> None:
+    async def check():
         async with db.open_database(settings.database_url) as sessions:
             async with sessions() as session:
                 await session.execute(text("SELECT 1"))
-        client = await _client(settings)
-        await asyncio.wait_for(client.service_client.check_health(), CALL_TIMEOUT_SECONDS)
+            client = await _client(settings)
+            await asyncio.wait_for(client.service_client.check_health(), CALL_TIMEOUT_SECONDS)
+            with _temporal_errors(settings, "the running workflows"):
+                return await asyncio.wait_for(
+                    deployment_problems(sessions, None if check_worker else client, settings), CALL_TIMEOUT_SECONDS
+                )
 
     with _database_errors(settings):
-        run(check())
-    typer.echo("ok: database and Temporal reachable" + (", worker alive" if check_worker else ""))
+        problems = run(check())
+    reachable = "database and Temporal reachable" + (", worker alive" if check_worker else "")
+    if problems.count:
+        typer.echo(f"degraded: {reachable}; {problems.count} problem{'s' if problems.count != 1 else ''}")
+    else:
+        typer.echo(f"ok: {reachable}")
+    _echo_lines(_health_lines(problems))
+    if problems.count and not check_worker:
+        raise typer.Exit(2)
+
+
+def _health_lines(p) -> List[str]:
+    from ncpi_workflow.views import when
+
+    minutes = f"{p.age.total_seconds() / 60:g} min"
+    lines = []
+    if p.relay:
+        for r in p.relay:
+            lines.append(
+                f"relay: FAILING ({r.category}) since {when(r.since)}, found by worker {_one_line(r.reporter, 80)} "
+                f"at {when(r.checked_at)}: {_one_line(r.reason or '', 400)}; deliveries are held and retried, none is marked failed"
+            )
+    elif p.relay_ok:
+        latest = max(p.relay_ok, key=lambda r: r.checked_at)
+        lines.append(f"relay: ok ({_one_line(latest.relay, 80)}, last confirmed {when(latest.checked_at)})")
+    else:
+        lines.append("relay: no recent word from a worker (nothing sent lately)")
+    if p.pending_past_age:
+        detail = [f"oldest recorded {when(p.oldest_pending)}"]
+        if p.held_by_relay:
+            detail.append(f"{p.held_by_relay} held by a relay fault")
+        if p.never_attempted:
+            detail.append(f"{p.never_attempted} never attempted (the reconciler delivers them)")
+        lines.append(f"outbox: {p.pending_past_age} notification{'s' if p.pending_past_age != 1 else ''} pending for more "
+                     f"than {minutes} ({'; '.join(detail)}); `ncpi outbox --status pending` lists them")
+    else:
+        lines.append(f"outbox: nothing pending for more than {minutes}")
+    source = "" if p.stuck_source == "temporal" else " (as of the reconciler's last pass)"
+    for s in p.stuck:
+        lines.append(f"stuck: {_one_line(s.workflow_id, 200)} ({s.workflow_type}): workflow task tried {s.attempts} times; "
+                     f"last failure: {_one_line(s.error, 400)}{source}")
+    if not p.stuck:
+        lines.append(f"workflows: none stuck{source}")
+    return lines
 
 
 calendar_app = typer.Typer(help="The working-day calendar of running follow-ups.", no_args_is_help=True)
@@ -855,12 +994,42 @@ def outbox(
     _echo_lines(render_outbox(records))
 
 
+MAX_ID = 2**63 - 1
+
+
+def _notification_id(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or not value.isascii():
+        raise UserError(f"{_one_line(text, 40)!r} is not a notification id (the first column of `ncpi outbox`)")
+    number = int(value)
+    if not _in_row_range(number):
+        raise UserError(f"no notification {_one_line(value, 40)} in the outbox")
+    return number
+
+
+def _since(text: str) -> datetime:
+    """--since DATE: midnight of that day in Europe/London, as a UTC instant."""
+    from ncpi_workflow.formatting import LONDON
+
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(f"--since: {_one_line(text, 40)!r} is not a date such as 2026-12-01") from None
+    return datetime.combine(day, datetime.min.time(), LONDON).astimezone(timezone.utc)
+
+
 @outbox_app.command("resend")
 def outbox_resend(
-    notification_id: int = typer.Argument(..., help="The notification's id (first column of `ncpi outbox`)."),
+    notification_id: Optional[str] = typer.Argument(None, metavar="[ID]", help="The notification's id (first column of `ncpi outbox`)."),
+    failed: bool = typer.Option(False, "--failed", help="Every failed notification (narrowed by --since and --kind), instead of one ID."),
+    since: Optional[str] = typer.Option(None, "--since", metavar="DATE", help="With --failed: only those last tried on or after this day (Europe/London)."),
+    kind: Optional[str] = typer.Option(None, "--kind", metavar="K", help="With --failed: only this kind, e.g. reminder or published."),
     by: str = typer.Option("operator", "--by", help="Who asks for it, for the audit trail."),
 ) -> None:
-    """Send a failed (or stuck pending) notification again, to the contacts' current addresses."""
+    """Send a failed (or stuck pending) notification again, or with --failed every failed one, to the
+    contacts' current addresses. The message goes out as it was first rendered: the same bytes and
+    Message-ID (only the To header follows a corrected address)."""
+    from sqlalchemy import func, select
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -869,44 +1038,79 @@ def outbox_resend(
     from ncpi_workflow.store import append_audit, resolve_recipients
     from workflows.delivery import resend_workflow_id
 
+    if failed == (notification_id is not None):
+        fail("give either one notification ID or --failed")
+    if not failed and (since is not None or kind is not None):
+        fail("--since and --kind go with --failed")
+    wanted = _notification_id(notification_id) if notification_id is not None else None
+    after = _since(since) if since is not None else None
+    if kind is not None and not kind.strip():
+        fail("--kind: give a kind such as reminder (the third column of `ncpi outbox`)")
     settings = _settings()
     inspectorate = {"inspectors": settings.inspectors_email, "lead_hm_inspector": settings.lead_hm_inspector_email}
 
-    async def go() -> list[str]:
+    async def resend_one(client, sessions, row_id: int, bulk: bool) -> list[str] | None:
+        async with sessions() as session:
+            await session.begin()
+            row = await session.get(Notification, row_id, with_for_update=True)
+            if row is None:
+                raise UserError(f"no notification {row_id} in the outbox")
+            if row.status == "sent":
+                if bulk:
+                    return None  # sent since it was listed
+                raise UserError(f"notification {row_id} was already sent ({row.sent_at:%Y-%m-%d %H:%M} UTC)")
+            try:
+                # A digest or alert belongs to no inspection: only the inspectorate's addresses apply.
+                owner = row.inspection_id or "ALL"
+                row.recipients = await resolve_recipients(session, owner, row.recipients.get("roles", []), inspectorate)
+            except LookupError as exc:
+                raise UserError(str(exc)) from None
+            previous = row.last_error
+            row.status = "pending"
+            await append_audit(session, actor=by, action="notification.resend", entity_type="notification",
+                               entity_id=str(row.id), detail={"previous_error": previous, "to": row.recipients["to"]})
+            with _temporal_errors(settings, f"notification {row_id}"):
+                try:
+                    await client.start_workflow(
+                        "NotificationDelivery", row_id, id=resend_workflow_id(row_id),
+                        task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    )
+                except WorkflowAlreadyStartedError:
+                    if bulk:
+                        await session.rollback()
+                        return None
+                    raise UserError(f"a re-send of notification {row_id} is already under way") from None
+            await session.commit()
+            return row.recipients["to"]
+
+    async def go() -> list[tuple[int, list[str]]]:
         client = await _client(settings)
         async with db.open_database(settings.database_url) as sessions:
+            if wanted is not None:
+                return [(wanted, await resend_one(client, sessions, wanted, bulk=False))]
+            query = select(Notification.id).where(Notification.status == "failed")
+            if after is not None:
+                query = query.where(func.coalesce(Notification.last_attempt_at, Notification.created_at) >= after)
+            if kind is not None:
+                query = query.where(Notification.kind == kind.strip())
             async with sessions() as session:
-                await session.begin()
-                row = await session.get(Notification, notification_id)
-                if row is None:
-                    raise UserError(f"no notification {notification_id} in the outbox")
-                if row.status == "sent":
-                    raise UserError(f"notification {notification_id} was already sent ({row.sent_at:%Y-%m-%d %H:%M} UTC)")
-                try:
-                    # A digest or alert belongs to no inspection: only the inspectorate's addresses apply.
-                    owner = row.inspection_id or "ALL"
-                    row.recipients = await resolve_recipients(session, owner, row.recipients.get("roles", []), inspectorate)
-                except LookupError as exc:
-                    raise UserError(str(exc)) from None
-                previous = row.last_error
-                row.status = "pending"
-                await append_audit(session, actor=by, action="notification.resend", entity_type="notification",
-                                   entity_id=str(row.id), detail={"previous_error": previous, "to": row.recipients["to"]})
-                with _temporal_errors(settings, f"notification {notification_id}"):
-                    try:
-                        await client.start_workflow(
-                            "NotificationDelivery", notification_id, id=resend_workflow_id(notification_id),
-                            task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                        )
-                    except WorkflowAlreadyStartedError:
-                        raise UserError(f"a re-send of notification {notification_id} is already under way") from None
-                await session.commit()
-                return row.recipients["to"]
+                ids = list((await session.scalars(query.order_by(Notification.id))).all())
+            done = []
+            for row_id in ids:
+                to = await resend_one(client, sessions, row_id, bulk=True)
+                if to is not None:
+                    done.append((row_id, to))
+            return done
 
     with _database_errors(settings):
-        to = run(go())
-    typer.echo(f"re-sending notification {notification_id} to {', '.join(to)}")
+        sent = run(go())
+    for row_id, to in sent:
+        typer.echo(f"re-sending notification {row_id} to {', '.join(to)}")
+    if failed:
+        narrowed = (f" of kind {_one_line(kind, 40)}" if kind else "") + (f" since {since.strip()}" if since else "")
+        typer.echo(f"re-sending {len(sent)} failed notification{'s' if len(sent) != 1 else ''}{narrowed}"
+                   if sent else f"no failed notifications{narrowed}")
 
 
 def main() -> None:
@@ -918,7 +1122,7 @@ def main() -> None:
     except typer.Exit as exc:
         code = exc.exit_code
     except UserError as exc:
-        typer.echo(f"ncpi: {exc}", err=True)
+        typer.echo(f"ncpi: {_line(exc)}", err=True)
         code = EXIT_INVALID
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("ncpi: interrupted", err=True)
@@ -930,7 +1134,7 @@ def main() -> None:
         else:
             if os.environ.get("NCPI_DEBUG"):
                 raise
-            typer.echo(f"ncpi: internal error: {type(exc).__name__}: {exc} (set NCPI_DEBUG=1 for details)", err=True)
+            typer.echo(f"ncpi: internal error: {type(exc).__name__}: {_line(_one_line(exc, 400))} (set NCPI_DEBUG=1 for details)", err=True)
             code = EXIT_INTERNAL
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,13 +10,18 @@ of replicas each job still runs once per due time.
 - `reconcile`: every few minutes (NCPI_RECONCILE_MINUTES, default 5), every open recommendation and
   inspection in the records must have a running workflow: one terminated, failed, timed out or
   missing behind our back is restarted under its business ID with its state rebuilt from the
-  records; a status projection row that disagrees with its running workflow is repaired; the
-  digest and delivery-failure alerts left pending with no delivery running are delivered again.
+  records; a status projection row that disagrees with its running workflow is repaired; every
+  notification left pending longer than NCPI_OUTBOX_PENDING_MINUTES (15) with no delivery in
+  progress is delivered again; a running workflow whose workflow task keeps failing is recorded as
+  stuck (`stuck_workflows`, for `ncpi status`) and logged at ERROR with its error, once.
   Every repair is logged and written to the audit trail (actor "reconciler").
+- `deployment_problems`: what `ncpi health` reports besides reachability: the SMTP relay's state
+  as each worker last found it, notifications pending past the policy age, stuck workflows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -27,11 +32,16 @@ from typing import Any, Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+from temporalio.api.enums.v1 import WorkflowTaskFailedCause
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkflowExecutionRequest,
+    DescribeWorkflowExecutionResponse,
+    GetWorkflowExecutionHistoryReverseRequest,
+)
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -80,7 +90,9 @@ from ncpi_workflow.models import (
     JobRun,
     Notification,
     Recommendation,
+    RelayStatus,
     Revisit,
+    StuckWorkflow,
     utcnow,
 )
 from ncpi_workflow.policy import Policy, load_policy
@@ -96,12 +108,16 @@ __all__ = [
     "claim",
     "default_owner",
     "delivery_workflow_id",
+    "deployment_problems",
+    "describe_workflow",
     "digest_sections",
     "due_time",
     "reconcile",
     "reconcile_minutes",
     "run_once",
     "send_digest",
+    "stuck_workflows",
+    "task_failure",
 ]
 
 log = logging.getLogger("ncpi.jobs")
@@ -121,8 +137,10 @@ DIGEST_GRACE = timedelta(hours=4)
 REVISIT_HORIZON_DAYS = 30
 QUERY_TIMEOUT = timedelta(seconds=5)
 RPC_TIMEOUT = timedelta(seconds=10)
-ORPHAN_AFTER = timedelta(minutes=10)
-"""A digest or delivery-failure alert pending this long with no delivery running is delivered again."""
+RELAY_REPORT_FRESH = timedelta(minutes=15)
+"""A worker's word on the relay older than this is not believed (the worker may be gone): a failing
+relay is recorded again every minute while deliveries are held."""
+STUCK_SCAN_AT_ONCE = 20
 _CRON_LOOKBACK = timedelta(days=8)
 _INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 """Interval jobs fire on a grid counted from here, so every replica's schedule has the same due times."""
@@ -139,7 +157,14 @@ RESTARTABLE = {
 
 ORPHAN_KINDS = ("digest", "delivery_failed")
 """Notifications no follow-up workflow delivers (a digest's own delivery workflow, or an alert sent
-from inside another delivery), so only the reconciler can pick them up again."""
+from inside another delivery): a restarted follow-up never resumes them. The reconciler delivers
+them, as it delivers any other notification left pending past the policy age."""
+
+
+def pending_age(settings: Settings) -> timedelta:
+    """NCPI_OUTBOX_PENDING_MINUTES: a notification pending longer than this, with no delivery in
+    progress, is delivered by the reconciler; `ncpi health` counts those pending past it."""
+    return timedelta(minutes=settings.outbox_pending_minutes)
 
 
 # ---------------------------------------------------------------- claiming a due time
@@ -393,13 +418,13 @@ async def send_digest(sessions: Sessions, client: Client, settings: Settings, no
 # ---------------------------------------------------------------- reconciliation: workflow status
 
 
-async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
-    """The status of the workflow's latest run; None when the server has no such workflow.
+async def describe_workflow(client: Client, workflow_id: str) -> DescribeWorkflowExecutionResponse | None:
+    """The raw description of the workflow's latest run; None when the server has no such workflow.
 
     Raw DescribeWorkflowExecution: the SDK's describe() decodes search attributes, and the
     time-skipping test server's Datetime values do not decode."""
     try:
-        response = await client.workflow_service.describe_workflow_execution(
+        return await client.workflow_service.describe_workflow_execution(
             DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)),
             retry=True, timeout=RPC_TIMEOUT,
         )
@@ -407,7 +432,136 @@ async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecution
         if exc.status is RPCStatusCode.NOT_FOUND:
             return None
         raise
-    return response.workflow_execution_info.status
+
+
+async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The status of the workflow's latest run; None when the server has no such workflow."""
+    response = await describe_workflow(client, workflow_id)
+    return response.workflow_execution_info.status if response is not None else None
+
+
+def task_attempts(response: DescribeWorkflowExecutionResponse | None) -> int:
+    """How many times the running workflow's pending workflow task has been tried (0: none pending)."""
+    if response is None or response.workflow_execution_info.status != RUNNING or not response.HasField("pending_workflow_task"):
+        return 0
+    return response.pending_workflow_task.attempt
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+async def task_failure(client: Client, workflow_id: str, run_id: str = "") -> str:
+    """Why the workflow's task keeps failing: its history's last WorkflowTaskFailed (cause and
+    message) or WorkflowTaskTimedOut, newest first, in one line."""
+    execution = WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
+    token = b""
+    for _ in range(20):  # newest first: the failure is near the end
+        try:
+            page = await client.workflow_service.get_workflow_execution_history_reverse(
+                GetWorkflowExecutionHistoryReverseRequest(namespace=client.namespace, execution=execution,
+                                                          maximum_page_size=100, next_page_token=token),
+                retry=True, timeout=RPC_TIMEOUT,
+            )
+        except RPCError as exc:
+            return f"workflow task failing (its history could not be read: {_one_line(exc.message, 200)})"
+        for event in page.history.events:
+            if event.HasField("workflow_task_failed_event_attributes"):
+                failed = event.workflow_task_failed_event_attributes
+                cause = WorkflowTaskFailedCause.Name(failed.cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_")
+                return _one_line(f"{cause}: {failed.failure.message or 'no message'}")
+            if event.HasField("workflow_task_timed_out_event_attributes"):
+                return "workflow task timed out (no worker completed it in time)"
+        token = page.next_page_token
+        if not token:
+            break
+    return "workflow task failing (no failure in its history yet)"
+
+
+@dataclass
+class Stuck:
+    workflow_id: str
+    workflow_type: str
+    attempts: int
+    error: str
+    since: datetime | None = None
+
+
+async def _stuck_from(client: Client, response: DescribeWorkflowExecutionResponse, min_attempts: int) -> Stuck | None:
+    attempts = task_attempts(response)
+    if attempts < min_attempts:
+        return None
+    info = response.workflow_execution_info
+    error = await task_failure(client, info.execution.workflow_id, info.execution.run_id)
+    return Stuck(info.execution.workflow_id, info.type.name, attempts, error)
+
+
+async def stuck_workflows(client: Client, settings: Settings) -> list[Stuck]:
+    """Every running workflow on the task queue whose workflow task has been tried at least
+    NCPI_STUCK_TASK_ATTEMPTS times, from Temporal now (visibility, then one describe each)."""
+    query = f'TaskQueue="{settings.task_queue}" AND ExecutionStatus="Running"'
+    ids = [w.id async for w in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)]
+    gate = asyncio.Semaphore(STUCK_SCAN_AT_ONCE)
+
+    async def check(workflow_id: str) -> Stuck | None:
+        async with gate:
+            response = await describe_workflow(client, workflow_id)
+            return await _stuck_from(client, response, settings.stuck_task_attempts) if response is not None else None
+
+    found = await asyncio.gather(*(check(i) for i in ids))
+    return sorted((s for s in found if s is not None), key=lambda s: s.workflow_id)
+
+
+@dataclass
+class Problems:
+    """What `ncpi health` reports besides reachability."""
+
+    relay: list[RelayStatus]
+    """Worker processes that found the relay failing, recently."""
+    relay_ok: list[RelayStatus]
+    pending_past_age: int
+    oldest_pending: datetime | None
+    never_attempted: int
+    held_by_relay: int
+    age: timedelta
+    stuck: list[Stuck]
+    stuck_source: str
+    """"temporal" (scanned now) or "reconciler" (its last pass)."""
+
+    @property
+    def count(self) -> int:
+        return bool(self.relay) + bool(self.pending_past_age) + len(self.stuck)
+
+
+async def deployment_problems(sessions: Sessions, client: Client | None, settings: Settings) -> Problems:
+    """The relay's state from `relay_status`, the outbox's overdue pending rows, and the stuck
+    workflows: scanned in Temporal when `client` is given, else the reconciler's last findings."""
+    now = utcnow()
+    age = pending_age(settings)
+    async with sessions() as session:
+        rows = (await session.scalars(select(RelayStatus).order_by(RelayStatus.reporter))).all()
+        fresh = [r for r in rows if as_utc_if_naive(r.checked_at) >= now - RELAY_REPORT_FRESH]
+        overdue = (Notification.status == "pending", Notification.created_at < now - age)
+        count, oldest = (await session.execute(
+            select(func.count(), func.min(Notification.created_at)).where(*overdue)
+        )).one()
+        never = await session.scalar(select(func.count()).where(*overdue, Notification.attempts == 0))
+        held = await session.scalar(select(func.count()).where(*overdue, Notification.last_error.like("held: %")))
+        recorded = (await session.scalars(select(StuckWorkflow).order_by(StuckWorkflow.workflow_id))).all()
+    if client is not None:
+        stuck, source = await stuck_workflows(client, settings), "temporal"
+        since = {r.workflow_id: r.since for r in recorded}
+        for s in stuck:
+            s.since = since.get(s.workflow_id)
+    else:
+        stuck = [Stuck(r.workflow_id, r.workflow_type or "", r.attempts, r.error, r.since) for r in recorded]
+        source = "reconciler"
+    return Problems(
+        relay=[r for r in fresh if r.state == "failing"], relay_ok=[r for r in fresh if r.state == "ok"],
+        pending_past_age=count or 0, oldest_pending=as_utc_if_naive(oldest) if oldest else None,
+        never_attempted=never or 0, held_by_relay=held or 0, age=age, stuck=stuck, stuck_source=source,
+    )
 
 
 async def _first_input(client: Client, workflow_id: str, input_type: type) -> Any | None:
@@ -674,6 +828,17 @@ class _Pass:
         self.repairs: list[str] = []
         self.fresh_parents: set[str] = set()
         self.restarted_parents: set[str] = set()
+        self.stuck: dict[str, Stuck] = {}
+
+    async def _status(self, workflow_id: str) -> tuple[WorkflowExecutionStatus | None, bool]:
+        """The workflow's status, and whether it is stuck (running, its task failing again and again)."""
+        response = await describe_workflow(self.client, workflow_id)
+        if response is None:
+            return None, False
+        stuck = await _stuck_from(self.client, response, self.settings.stuck_task_attempts)
+        if stuck is not None:
+            self.stuck[workflow_id] = stuck
+        return response.workflow_execution_info.status, stuck is not None
 
     async def _record(self, line: str, *, action: str, entity_type: str, entity_id: str, detail: dict[str, Any]) -> None:
         log.warning("reconciler: %s", line)
@@ -706,7 +871,9 @@ class _Pass:
 
     async def _inspection(self, inspection_id: str) -> None:
         workflow_id = inspection_workflow_id(inspection_id)
-        status = await workflow_status(self.client, workflow_id)
+        status, stuck = await self._status(workflow_id)
+        if stuck:
+            return  # reported; a query would only wait for a task that keeps failing
         async with self.sessions() as session:
             inspection = await session.get(Inspection, inspection_id)
         if status == RUNNING or status == COMPLETED:
@@ -797,7 +964,9 @@ class _Pass:
 
     async def _recommendation(self, rec_id: str) -> None:
         workflow_id = recommendation_workflow_id(rec_id)
-        status = await workflow_status(self.client, workflow_id)
+        status, stuck = await self._status(workflow_id)
+        if stuck:
+            return
         async with self.sessions() as session:
             rec = await session.get(Recommendation, rec_id)
             inspection = await session.get(Inspection, rec.inspection_id)
@@ -894,21 +1063,27 @@ class _Pass:
         changes = "; ".join(f"{k} {have[k]!r} -> {want[k]!r}" for k in have if have[k] != want[k])
         return f"repaired the projection of {entity_id}: {changes}"
 
-    # -- notifications no workflow delivers
+    # -- notifications nobody is delivering
 
     async def orphans(self) -> None:
-        cutoff = datetime.now(timezone.utc) - ORPHAN_AFTER
+        """Deliver every notification pending past the policy age that no delivery is working on:
+        never attempted (its workflow judged it superseded on a retried task, or died between
+        recording and delivering), or not attempted for that long, its lease run out, and no
+        delivery workflow of its own running. Delivery leases the row, so even a delivery still
+        alive somewhere cannot send it at the same time."""
+        now = datetime.now(timezone.utc)
+        cutoff = now - pending_age(self.settings)
         async with self.sessions() as session:
             rows = (await session.execute(
-                select(Notification.id, Notification.kind, Notification.created_at)
-                .where(Notification.status == "pending", Notification.kind.in_(ORPHAN_KINDS))
+                select(Notification.id, Notification.kind, Notification.attempts)
+                .where(Notification.status == "pending", Notification.created_at < cutoff,
+                       or_(Notification.last_attempt_at.is_(None), Notification.last_attempt_at < cutoff),
+                       or_(Notification.lease_until.is_(None), Notification.lease_until < now))
                 .order_by(Notification.id)
             )).all()
         from workflows.delivery import resend_workflow_id
 
-        for notification_id, kind, created_at in rows:
-            if as_utc_if_naive(created_at) > cutoff:
-                continue
+        for notification_id, kind, attempts in rows:
             try:
                 statuses = [await workflow_status(self.client, w)
                             for w in (delivery_workflow_id(notification_id), resend_workflow_id(notification_id))]
@@ -916,12 +1091,43 @@ class _Pass:
                     continue
                 if not await _start_delivery(self.client, self.settings, notification_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE):
                     continue
+                never = " never attempted" if not attempts else f" last attempted over {self.settings.outbox_pending_minutes:g} min ago"
                 await self._record(f"re-delivering pending notification {notification_id} ({kind})",
                                    action="notification.redelivered", entity_type="notification",
-                                   entity_id=str(notification_id), detail={"kind": kind})
+                                   entity_id=str(notification_id), detail={"kind": kind, "attempts": attempts, "why": never.strip()})
             except Exception as exc:
                 _abort_if_unreachable(exc)
                 log.exception("reconciler: notification %s not re-delivered", notification_id)
+        async with self.sessions() as session:
+            overdue = (Notification.status == "pending", Notification.created_at < cutoff)
+            count = await session.scalar(select(func.count()).where(*overdue))
+            held = await session.scalar(select(func.count()).where(*overdue, Notification.last_error.like("held: %")))
+        if count:
+            log.warning("reconciler: %d notification%s pending for more than %g min (%d held by a relay fault); "
+                        "`ncpi health` reports them", count, "s" if count != 1 else "", self.settings.outbox_pending_minutes, held)
+
+    # -- stuck workflows
+
+    async def save_stuck(self) -> None:
+        """Record this pass's stuck workflows (for `ncpi status`) and forget those that recovered;
+        a workflow newly stuck is logged at ERROR once, not on every pass."""
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            known = {r.workflow_id: r for r in (await session.scalars(select(StuckWorkflow))).all()}
+            for workflow_id, stuck in self.stuck.items():
+                row = known.get(workflow_id)
+                if row is None:
+                    log.error("reconciler: workflow %s (%s) is stuck: its workflow task has failed %d times: %s",
+                              workflow_id, stuck.workflow_type, stuck.attempts, stuck.error)
+                    session.add(StuckWorkflow(workflow_id=workflow_id, workflow_type=stuck.workflow_type,
+                                              attempts=stuck.attempts, error=stuck.error, since=now, checked_at=now))
+                else:
+                    row.attempts, row.error, row.checked_at = stuck.attempts, stuck.error, now
+            recovered = [w for w in known if w not in self.stuck]
+            if recovered:
+                await session.execute(delete(StuckWorkflow).where(StuckWorkflow.workflow_id.in_(recovered)))
+                for workflow_id in recovered:
+                    log.warning("reconciler: workflow %s is no longer stuck", workflow_id)
 
 
 async def reconcile(sessions: Sessions, client: Client, settings: Settings) -> list[str]:
@@ -933,11 +1139,15 @@ async def reconcile(sessions: Sessions, client: Client, settings: Settings) -> l
     its state from the records, so it carries on where it stopped: no notice or reminder sent again
     (the outbox's keys are marked handled; the outbox refuses a second row anyway), no child started
     twice, pending deliveries resumed. A running workflow whose status projection differs (phase,
-    cycle, next action) has the projection row repaired from its "state" query."""
+    cycle, next action) has the projection row repaired from its "state" query. A running workflow
+    whose workflow task has been tried NCPI_STUCK_TASK_ATTEMPTS times is left alone and recorded
+    as stuck, with the last failure from its history (`stuck_workflows`). Every notification
+    pending past NCPI_OUTBOX_PENDING_MINUTES that nobody is delivering is delivered again."""
     run = _Pass(sessions, client, settings)
     await run.inspections()
     await run.recommendations()
     await run.orphans()
+    await run.save_stuck()
     return run.repairs
 
 

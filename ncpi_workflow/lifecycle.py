@@ -6,6 +6,7 @@ Updates; `check_*` functions are the validators' rules, so the caller hears the 
 whether it asks the CLI or the workflow.
 """
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +25,104 @@ from ncpi_workflow.clocks import (
 from ncpi_workflow.policy import Policy
 
 TASK_QUEUE_DEFAULT = "ncpi-followup"
+
+
+# ---------------------------------------------------------------- limits
+# Every value a person gives is checked against these before anything is recorded, by the CLI and by
+# the workflows' Update validators alike, so that SQLite (which stores any length) and PostgreSQL (which
+# refuses, and whose refusal would otherwise be retried for ever) take exactly the same values. They are
+# the column sizes of ncpi_workflow/models.py; free text, in unbounded columns, is bounded here.
+
+NAME_MAX = 200
+"""Who acts (`--by`): the decided_by, submitted_by, set_by, changed_by, triggered_by, actor... columns."""
+TEXT_MAX = 10_000
+"""Free text: a rationale, reason, public comment, progress account, description or note."""
+FILENAME_MAX = 255
+"""An evidence file's name (evidence.filename)."""
+CONTENT_TYPE_MAX = 100
+STORAGE_PATH_MAX = 4_096
+NEXT_ACTION_MAX = 200
+"""A projection's next action (recommendations.next_action, inspections.next_action)."""
+RECORD_REJECTED = "RecordRejected"
+"""The ApplicationError type of a record the database refuses for what it holds (a value too long, out of
+range, against a constraint): the record activities fail at once, never retried, and an Update fails with it."""
+ROW_ID_MAX = 2**31 - 1
+"""Row IDs (the outbox's first column) are 32-bit on PostgreSQL."""
+
+_LINE_BREAKS_ALLOWED = {"\n", "\t", "\r"}
+
+
+def _bad_characters(value: str, what: str, multiline: bool) -> None:
+    for ch in value:
+        if "\ud800" <= ch <= "\udfff":
+            raise ValueError(f"{what} is not valid UTF-8")
+        if unicodedata.category(ch) == "Cc" and not (multiline and ch in _LINE_BREAKS_ALLOWED):
+            raise ValueError(f"{what} must not contain control characters (such as {ch!r})")
+    if not multiline and any(unicodedata.category(ch) in ("Zl", "Zp") for ch in value):
+        raise ValueError(f"{what} must be one line")
+
+
+def visible(value: str) -> str:
+    """What is left of a value once normalised (NFKC) and stripped of white space and invisible
+    format characters (zero-width spaces and joiners, direction marks, a byte-order mark...)."""
+    normalised = unicodedata.normalize("NFKC", value)
+    return "".join(ch for ch in normalised if not ch.isspace() and unicodedata.category(ch) != "Cf")
+
+
+def _empty(value: str, what: str) -> str:
+    invisible = value.strip() != ""  # zero-width spaces, joiners, marks: nothing anyone could read
+    return f"{what} must not be empty" + (" (it holds only invisible characters)" if invisible else "")
+
+
+def check_name(value: str | None, what: str) -> None:
+    """A person's name or address (`--by`): one line, visible, within NAME_MAX characters."""
+    if value is None or not isinstance(value, str):
+        raise ValueError(f"{what} must not be empty")
+    _bad_characters(value, what, multiline=False)
+    if not visible(value):
+        raise ValueError(_empty(value, what))
+    if len(value.strip()) > NAME_MAX:
+        raise ValueError(f"{what} is {len(value.strip()):,} characters; at most {NAME_MAX} are kept")
+
+
+def check_text(value: str | None, what: str, *, required: bool = True, limit: int = TEXT_MAX) -> None:
+    """Free text: several lines allowed, no other control characters, within `limit` characters."""
+    if value is None or (not required and value == ""):
+        if required:
+            raise ValueError(f"{what} must not be empty")
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text")
+    _bad_characters(value, what, multiline=True)
+    if required and not visible(value):
+        raise ValueError(_empty(value, what))
+    if len(value.strip()) > limit:
+        raise ValueError(f"{what} is {len(value.strip()):,} characters; at most {limit:,} are kept")
+
+
+def check_filename(value: str | None, what: str = "the file name") -> None:
+    """An evidence file's own name (no folders): any characters a file system allows, within FILENAME_MAX;
+    outputs print it escaped (`printable`)."""
+    if not value or not visible(value):
+        raise ValueError(f"{what} must not be empty")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ValueError(f"{what} {printable(value)} is not valid UTF-8; rename the file")
+    if "/" in value or "\x00" in value:
+        raise ValueError(f"{what} {printable(value)} must be a file's name, without folders")
+    if len(value) > FILENAME_MAX:
+        raise ValueError(f"{what} is {len(value):,} characters; at most {FILENAME_MAX} are kept")
+
+
+def printable(value: str) -> str:
+    """A value for a one-line output: control and line-separator characters escaped (a file name
+    with a newline stays on its line), invalid UTF-8 shown as escapes."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in value)
+
+
+def check_row_id(value: int, what: str) -> None:
+    """A row ID as given on the command line: a positive 32-bit integer, as on PostgreSQL."""
+    if not 1 <= value <= ROW_ID_MAX:
+        raise ValueError(f"{value} is not a {what} ID (IDs run from 1 to {ROW_ID_MAX:,})")
 
 
 class Phase(StrEnum):
@@ -292,10 +391,13 @@ class RecommendationState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
+    """The projection counter of histories from before versions came from the history (unused since)."""
     undelivered: list[int] = field(default_factory=list)
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
     register: list["RegisterEntry"] = field(default_factory=list)
     """The public register's dated trail, newest last (empty in histories from before the trail)."""
+    run: int = 0
+    """Which run of the continue-as-new chain holds this state (1 for the first); projections' versions start from it."""
 
     @property
     def register_status(self) -> str:
@@ -445,14 +547,9 @@ class RevisitLimit:
     revisit_by: date
 
 
-def _required(value: str, what: str) -> None:
-    if not value or not value.strip():
-        raise ValueError(f"{what} must not be empty")
-
-
 def check_progress(state: RecommendationState, request: ProgressRequest) -> None:
-    _required(request.by, "who is reporting (by)")
-    _required(request.text, "the progress text")
+    check_name(request.by, "who is reporting (by)")
+    check_text(request.text, "the progress text")
     if request.claim not in {c.value for c in ForceClaim}:
         raise ValueError(f"unknown claim {request.claim!r}; use one of: {', '.join(c.value for c in ForceClaim)}")
     if state.phase is Phase.CLOSED:
@@ -460,8 +557,11 @@ def check_progress(state: RecommendationState, request: ProgressRequest) -> None
 
 
 def check_evidence(state: RecommendationState, request: EvidenceRequestInput, max_bytes: int | None = None) -> None:
-    _required(request.by, "who is submitting (by)")
-    _required(request.filename, "the file name")
+    check_name(request.by, "who is submitting (by)")
+    check_filename(request.filename)
+    check_text(request.description, "the description", required=False)
+    check_text(request.content_type, "the content type", limit=CONTENT_TYPE_MAX)
+    check_text(request.storage_path, "the storage path", limit=STORAGE_PATH_MAX)
     if len(request.sha256) != 64:
         raise ValueError("the evidence SHA-256 must be 64 hexadecimal characters")
     if request.size_bytes < 0 or (max_bytes is not None and request.size_bytes > max_bytes):
@@ -481,8 +581,8 @@ def evidence_overdue(state: RecommendationState, calendar: WorkingCalendar, cale
 def check_decision(
     state: RecommendationState, request: DecisionRequest, calendar: WorkingCalendar, calendar_now: datetime
 ) -> None:
-    _required(request.by, "who decides (by)")
-    _required(request.rationale, "the rationale")
+    check_name(request.by, "who decides (by)")
+    check_text(request.rationale, "the rationale")
     if request.outcome not in {o.value for o in Outcome}:
         raise ValueError(f"unknown outcome {request.outcome!r}; use one of: {', '.join(o.value for o in Outcome)}")
     if state.phase is Phase.CLOSED:
@@ -497,22 +597,22 @@ def check_decision(
 
 
 def check_reopen(state: RecommendationState, request: ReasonRequest) -> None:
-    _required(request.by, "who re-opens (by)")
-    _required(request.reason, "the reason")
+    check_name(request.by, "who re-opens (by)")
+    check_text(request.reason, "the reason")
     if state.phase is not Phase.CLOSED:
         raise ValueError(f"only a closed recommendation can be re-opened; it is {state.phase.value.replace('_', ' ')}")
 
 
 def check_withdraw(state: RecommendationState, request: ReasonRequest) -> None:
-    _required(request.by, "who withdraws (by)")
-    _required(request.reason, "the reason")
+    check_name(request.by, "who withdraws (by)")
+    check_text(request.reason, "the reason")
     if state.phase is Phase.CLOSED:
         raise ValueError(f"the recommendation is already closed ({state.outcome})")
 
 
 def check_register_status(state: RecommendationState, request: RegisterStatusRequest) -> None:
-    _required(request.by, "who sets the status (by)")
-    _required(request.comment, "the public comment")
+    check_name(request.by, "who sets the status (by)")
+    check_text(request.comment, "the public comment")
     allowed = [str(s) for s in SETTABLE_REGISTER_STATUSES]
     if request.status == RegisterStatus.NO_FURTHER_ACTION:
         raise ValueError('"no further action needed" is set by a closing decision (achieved, superseded or withdrawn)')
@@ -525,8 +625,8 @@ def check_register_status(state: RecommendationState, request: RegisterStatusReq
 def check_revision(
     deadline: TrackedDeadline | None, request: ReviseDeadlineRequest, calendar_today: date, latest: date | None = None
 ) -> None:
-    _required(request.by, "who changes the deadline (by)")
-    _required(request.reason, "the reason")
+    check_name(request.by, "who changes the deadline (by)")
+    check_text(request.reason, "the reason")
     if deadline is None:
         raise ValueError(f"no open deadline {request.deadline!r} here")
     if deadline.met_at is not None:
@@ -568,8 +668,11 @@ class InspectionState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
+    """The projection counter of histories from before versions came from the history (unused since)."""
     undelivered: list[int] = field(default_factory=list)
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
+    run: int = 0
+    """Which run of the continue-as-new chain holds this state (1 for the first)."""
 
 
 @dataclass
@@ -605,6 +708,15 @@ class RevisitResult:
     opened_at: datetime
     trigger: str
     by: str
+
+
+def check_trigger_revisit(request: TriggerRevisitRequest) -> None:
+    check_name(request.by, "who triggers the revisit (by)")
+
+
+def check_delivery(request: DeliveryRequest) -> None:
+    check_name(request.by, "who records it (by)")
+    check_text(request.note, "the note", required=False)
 
 
 def revisit_deadline(state: InspectionState) -> TrackedDeadline:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -318,6 +319,49 @@ class Notification(Base):
     """When the policy calendar says it is due (differs from created_at under a time scale)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    rendered: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The RFC 5322 message exactly as first sent (rendered once, stored before the first attempt):
+    every retry and every resend sends these bytes, under the same Message-ID."""
+    last_attempt_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(300))
+    """The delivery (workflow ID / activity ID) that may send it until `lease_until`: two deliverers
+    of one row (its workflow's and the reconciler's) never send it at the same time."""
+    lease_until: Mapped[datetime | None]
+
+
+class RelayStatus(Base):
+    """What each worker process last found of the SMTP relay, for `ncpi health` in another process.
+
+    One row per worker process (`reporter`, hostname:pid). A relay-wide fault (authentication,
+    TLS, connection) is recorded when it starts and refreshed while it lasts; a delivery that goes
+    through marks every row of the same relay ok."""
+
+    __tablename__ = "relay_status"
+    __table_args__ = (CheckConstraint("state IN ('ok', 'failing')", name="state_valid"),)
+    reporter: Mapped[str] = mapped_column(String(200), primary_key=True)
+    relay: Mapped[str] = mapped_column(String(300))
+    """host:port of the relay, as the worker is configured."""
+    state: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str | None] = mapped_column(String(32))
+    """authentication, tls, connection (when failing)."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime]
+    """When this state began."""
+    checked_at: Mapped[datetime]
+    """When the worker last confirmed it."""
+
+
+class StuckWorkflow(Base):
+    """A running workflow whose workflow task keeps failing, as the reconciler last found it.
+    `ncpi status` marks the follow-ups it belongs to; the row goes when the workflow recovers."""
+
+    __tablename__ = "stuck_workflows"
+    workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    workflow_type: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime]
+    checked_at: Mapped[datetime]
 
 
 class AuditEvent(Base):

@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0)
     smtp_rate_limit: float = Field(default=0.0, ge=0, description="Messages per second at most; 0 is unlimited.")
     smtp_idle_seconds: float = Field(default=30.0, ge=0, description="Keep an idle SMTP connection this long for the next burst.")
+    smtp_ca_file: Path | None = None
+    """A PEM file of the CA certificates the relay's certificate must chain to (a private CA), for the
+    relay's connection only: the rest of the process keeps its trust store. A file that cannot be
+    read is a relay fault (held, reported by `ncpi health`), not a start-up failure of every command."""
+    smtp_fault_probe_seconds: float = Field(default=30.0, gt=0, description=(
+        "While the relay is failing as a whole (login refused, TLS, unreachable), try it at most this often; "
+        "deliveries in between are held without connecting."))
+    outbox_pending_minutes: float = Field(default=15.0, gt=0, description=(
+        "A notification pending this long with no delivery in progress is delivered by the reconciler; "
+        "`ncpi health` reports how many are pending past it."))
+    stuck_task_attempts: int = Field(default=5, ge=2, description=(
+        "A running workflow whose workflow task has been attempted this many times without success is "
+        "reported as stuck by the reconciler, `ncpi health` and `ncpi status`."))
     reply_to: str | None = "ncpi-followup-replies@inspectorate.example"
     templates_dir: Path | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long in-flight activities may finish.")
@@ -80,7 +93,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("smtp_username", "smtp_password", "reply_to", mode="before")
+    @field_validator("smtp_username", "smtp_password", "reply_to", "smtp_ca_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         # Compose passes unset variables through as "": that means "none", not an empty login.
@@ -112,6 +125,29 @@ class Settings(BaseSettings):
     @property
     def evidence_dir(self) -> Path:
         return self.data_dir / "evidence"
+
+    # -- the web application (`ncpi web`, ncpi_workflow/web/)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
+    """Where people reach the web app; links in emails start with it. Default http://WEB_HOST:WEB_PORT."""
+    secret_key: str | None = Field(default=None, min_length=32, repr=False)
+    """Signs the web sessions (keep it secret, the same on every web replica). Unset: a key kept in
+    DATA_DIR/web-secret.key, made on first use (what `make run` uses)."""
+    web_session_minutes: float = Field(default=60.0, gt=0, description=(
+        "A web session ends after this long without a request, and 12 hours after signing in in any case."))
+    web_secure_cookies: bool = False
+    """Mark the session cookie Secure even for requests that arrive over plain HTTP (a TLS proxy in
+    front that does not say so); a request over HTTPS always gets a Secure cookie."""
+
+    @field_validator("public_url", "secret_key", mode="before")
+    @classmethod
+    def _web_empty_is_none(cls, value):
+        return None if value == "" else value
+
+    @property
+    def web_url(self) -> str:
+        return (self.public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
 
 def load_settings(**overrides: Any) -> Settings:

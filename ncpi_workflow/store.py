@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -232,30 +233,28 @@ async def store_evidence(
 
     Returns the row and whether this call created it. Refuses files over `max_bytes` before reading them.
     """
+    from ncpi_workflow.evidence_files import keep_file, open_evidence
+    from ncpi_workflow.lifecycle import check_filename, check_name, check_text
+
     source = Path(source)
-    if not source.is_file():
-        raise UserError(f"{source}: no such file")
-    size = source.stat().st_size
-    if size > max_bytes:
-        raise UserError(f"{source}: evidence file is {size:,} bytes, over the {max_bytes:,}-byte limit")
+    try:
+        check_filename(source.name)
+        check_name(submitted_by, "who submits it (submitted_by)")
+        check_text(description, "the description", required=False)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    # A regular file (never a link to one, a FIFO or a device), judged on the opened file itself.
+    fd, _ = open_evidence(source, max_bytes)
+    os.close(fd)
     if await session.get(Recommendation, recommendation_id) is None:
         raise UserError(f"no recommendation {recommendation_id}")
-    digest = hashlib.sha256()
-    with source.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    sha256 = digest.hexdigest()
+    kept = keep_file(source, Path(evidence_dir), max_bytes)
+    sha256, size, stored = kept.sha256, kept.size_bytes, kept.storage_path
     existing = await session.scalar(
         select(Evidence).where(Evidence.recommendation_id == recommendation_id, Evidence.sha256 == sha256)
     )
     if existing is not None:
         return existing, False
-    stored = evidence_dir / sha256[:2] / sha256
-    if not stored.exists():
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        partial = stored.with_suffix(".partial")
-        shutil.copyfile(source, partial)
-        partial.replace(stored)  # atomic: a crash never leaves a half-written file under the hash
     evidence = Evidence(
         recommendation_id=recommendation_id,
         evidence_request_id=evidence_request_id,

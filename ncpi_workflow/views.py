@@ -211,9 +211,29 @@ def _remembered(function: Callable[[Any], str | None]) -> Callable[[Any], str | 
     return functools.lru_cache(maxsize=None)(function)
 
 
-def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
-    """One record per recommendation (rows from `status_rows`), with its inspection's projection."""
+def _stuck_notes(stuck: dict[str, str] | None):
+    """(inspection's note, recommendation's note) lookups from {workflow ID: error} (`stuck_workflows`)."""
+    from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
+
+    stuck = stuck or {}
+    if not stuck:
+        return (lambda _: None), (lambda _: None)
+    return (lambda insp_id: stuck.get(inspection_workflow_id(insp_id))), (lambda rec_id: stuck.get(recommendation_workflow_id(rec_id)))
+
+
+def stuck_note(error: str) -> str:
+    return "STUCK: " + " ".join(error.split())
+
+
+def status_records(rows: Iterable[Row], stuck: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One record per recommendation (rows from `status_rows`), with its inspection's projection.
+
+    `stuck` ({workflow ID: error}, the reconciler's `stuck_workflows`) adds a key to the records of
+    a follow-up whose workflow task keeps failing, and to those only, so that every other record
+    is exactly as before: "stuck" (the recommendation's workflow) and "inspection_stuck" (its
+    inspection's), each the error in one line."""
     iso = _remembered(london_iso)
+    inspection_stuck, recommendation_stuck = _stuck_notes(stuck)
     records = []
     shown = inspection = None
     for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
@@ -229,10 +249,12 @@ def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
                 "inspection_next_action": insp_next,
                 "inspection_next_action_at": iso(insp_next_at),
             }
+            error = inspection_stuck(insp_id)
+            if error:
+                inspection["inspection_stuck"] = " ".join(error.split())
         if rec_id is None:
             continue
-        records.append(
-            {
+        record = {
                 **inspection,
                 "recommendation_id": rec_id,
                 "ref": ref,
@@ -244,8 +266,11 @@ def status_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
                 "outcome": outcome,
                 "next_action": next_action,
                 "next_action_at": iso(next_action_at),
-            }
-        )
+        }
+        error = recommendation_stuck(rec_id)
+        if error:
+            record["stuck"] = " ".join(error.split())
+        records.append(record)
     return records
 
 
@@ -264,8 +289,10 @@ def status_json(records: list[dict[str, Any]]) -> str:
     return "[\n  {\n    " + flat[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }\n]"
 
 
-def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]:
-    """The text of `ncpi status` from `status_rows`: a heading per inspection, a line per recommendation."""
+def render_status(rows: Iterable[Row], force_names: dict[str, str], stuck: dict[str, str] | None = None) -> list[str]:
+    """The text of `ncpi status` from `status_rows`: a heading per inspection, a line per recommendation.
+    A follow-up whose workflow is stuck (`stuck`, {workflow ID: error}) ends its line "STUCK: <error>"."""
+    inspection_stuck, recommendation_stuck = _stuck_notes(stuck)
     at = _remembered(when)
     wording = _remembered(words)
     lines: list[str] = []
@@ -282,6 +309,9 @@ def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]
             )
             if insp_next:
                 head += f"; next: {insp_next}" + (f", {at(insp_next_at)}" if insp_next_at else "")
+            error = inspection_stuck(insp_id)
+            if error:
+                head += "; " + stuck_note(error)
             lines.append(head)
         if rec_id is None:
             continue
@@ -296,6 +326,9 @@ def render_status(rows: Iterable[Row], force_names: dict[str, str]) -> list[str]
             extras.append(f"outcome {wording(outcome)}")
         if next_action:
             extras.append(f"next: {next_action}" + (f", {at(next_action_at)}" if next_action_at else ""))
+        error = recommendation_stuck(rec_id)
+        if error:
+            extras.append(stuck_note(error))
         lines.append((line + "  " + "; ".join(extras)).rstrip())
     return lines
 
@@ -316,14 +349,20 @@ def outbox_records(notifications: Iterable[Any]) -> list[dict[str, Any]]:
             "subject": n.subject,
             "attempts": n.attempts,
             "sent_at": london_iso(n.sent_at),
+            "last_error": n.last_error,
         }
         for n in notifications
     ]
 
 
 def render_outbox(records: list[dict[str, Any]]) -> list[str]:
+    """One line per notification; one more, indented, with its last error when it has one (a
+    failure's answer, or why a pending one is held)."""
     lines = []
     for r in records:
         scheduled = short_datetime(datetime.fromisoformat(r["scheduled_for"])) if r["scheduled_for"] else "-"
-        lines.append(f"{r['id']:>5}  {scheduled:<22} {r['kind']:<17} {r['status']:<8} {', '.join(r['to'])}  {r['subject']}")
+        line = f"{r['id']:>5}  {scheduled:<22} {r['kind']:<17} {r['status']:<8} {', '.join(r['to'])}  {r['subject']}"
+        lines.append(line.replace("\r", " ").replace("\n", " "))
+        if r.get("last_error"):
+            lines.append(f"{'':>7}last error: {' '.join(r['last_error'].split())}")
     return lines

@@ -488,7 +488,7 @@ async def test_progress_evidence_deliveries_and_deadline_revisions(cli):
         (("deliver", insp, "mission_statement", "--by", "hmi.office"),
          "unknown item 'mission_statement'; use one of: immediate_update, action_plan, pcc_response"),
         ((*revise, "immediate_update", "--to", cal.add_working_days(due["immediate_update"], 3).isoformat(), "--reason", "", "--by", "hmi.office"),
-         "the reason must not be empty"),
+         "--reason must not be empty"),
         ((*revise, "immediate_update", "--to", day.isoformat(), "--reason", "Asked for", "--by", "hmi.office"),
          f"the new date {day} is not after today ({day})"),
         ((*revise, "immediate_update", "--to", saturday.isoformat(), "--reason", "Asked for", "--by", "hmi.office"),
@@ -570,7 +570,7 @@ async def test_revisit_decisions_withdraw_reopen_and_outbox(cli):
         (("revisit", insp, "--by", "hmi.cunningham"), f"the revisit of cycle 1 is already open (since {utc_today()})"),
         (("decide", r1, "--outcome", "brilliant", "--rationale", "Looks done.", "--by", "hmi.cunningham"),
          "unknown outcome 'brilliant'; use one of: achieved, partially_achieved, not_achieved, superseded, withdrawn"),
-        (("decide", r1, "--outcome", "achieved", "--rationale", "   ", "--by", "hmi.cunningham"), "the rationale must not be empty"),
+        (("decide", r1, "--outcome", "achieved", "--rationale", "   ", "--by", "hmi.cunningham"), "--rationale must not be empty"),
         (("withdraw", r3, "--reason", "Again.", "--by", "hmi.cunningham"), "the recommendation is already closed (withdrawn)"),
     ], watched)
 

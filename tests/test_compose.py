@@ -163,6 +163,28 @@ def test_worker_receives_the_whole_settings_contract(resolved):
     # Credentials are passed through from the operator's environment, never defaulted to "" (an
     # empty username would make the mailer try an SMTP login against a server without AUTH).
     assert env["NCPI_SMTP_USERNAME"] is None and env["NCPI_SMTP_PASSWORD"] is None
+    # Implicit TLS and a private CA for the relay reach the workers too (issue 11).
+    assert env["NCPI_SMTP_TLS"] == "false"
+    assert "NCPI_SMTP_CA_FILE" in env and env["NCPI_SMTP_CA_FILE"] is None
+
+
+def test_the_relay_ca_folder_is_mounted_and_tls_settings_pass_through(compose, tmp_path):
+    """NCPI_SMTP_TLS and NCPI_SMTP_CA_FILE set in the operator's environment (here an .env file)
+    arrive in the worker, and the folder the CA file lives in is mounted read-only where it points."""
+    env_file = tmp_path / "relay.env"
+    env_file.write_text("NCPI_SMTP_TLS=true\nNCPI_SMTP_CA_FILE=/etc/ncpi/smtp-ca/relay-ca.pem\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED_PREFIXES) and k not in _CLEARED}
+    env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+    result = subprocess.run(
+        [str(compose_binary()), "--project-directory", str(ROOT), "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
+         "config", "--format", "json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    worker = json.loads(result.stdout)["services"]["worker"]
+    assert worker["environment"]["NCPI_SMTP_TLS"] == "true"
+    assert worker["environment"]["NCPI_SMTP_CA_FILE"] == "/etc/ncpi/smtp-ca/relay-ca.pem"
+    [mount] = [m for m in worker["volumes"] if m["type"] == "bind" and m["target"] == "/etc/ncpi/smtp-ca"]
+    assert mount["read_only"] and Path(mount["source"]) == ROOT / "deploy" / "smtp-ca"
 
 
 def test_worker_environment_is_accepted_by_the_settings(resolved, monkeypatch, tmp_path):

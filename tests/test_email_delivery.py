@@ -56,11 +56,13 @@ async def test_every_lifecycle_notification_reaches_the_server_exactly_once(time
 
 async def test_smtp_down_at_first_then_up_every_message_arrives_once(time_skipping_env, tmp_path):
     report = write_report(tmp_path, "WAR", date(2017, 3, 9), [("R1", "within_three_months")])
-    async with harness(time_skipping_env, tmp_path, smtp_up=False) as h:
+    # The relay is tried again at most every smtp_fault_probe_seconds of real time; skipped time is not real.
+    async with harness(time_skipping_env, tmp_path, smtp_up=False, smtp_fault_probe_seconds=0.1) as h:
         await start(h, report, date(2017, 3, 9))
-        await skip_to(h, at(2017, 3, 9, 11))  # two hours of refused connections, retried with backoff
+        await skip_to(h, at(2017, 3, 9, 11))  # two hours of refused connections, held and retried
         pending = await eventually(lambda: _failed_attempts(h))
         assert [r.kind for r in pending] == ["published"] and pending[0].status == "pending"
+        assert pending[0].last_error.startswith("held: cannot reach relay 127.0.0.1:")
         assert "Connect" in pending[0].last_error and pending[0].attempts >= 3
         h.start_smtp()
         await h.env.sleep(timedelta(minutes=15))  # the next retry, skipped to
@@ -406,15 +408,15 @@ async def test_a_retry_delivers_a_failure_alert_still_pending(sessions):
     with _capture() as (port, smtp):
         smtp.refuse["liaison@cumbria.police.example"] = "550 5.1.1 mailbox unavailable"
         mailer, activities = _delivery(sessions, port)
-        real_send = mailer.send
+        real_send = mailer.send_bytes
 
-        async def dies_sending_the_alert(message):
-            if message["To"] == "ncpi-inspectors@inspectorate.example" and not getattr(mailer, "died", False):
+        async def dies_sending_the_alert(data, sender, recipients, **kwargs):
+            if recipients == ["ncpi-inspectors@inspectorate.example"] and not getattr(mailer, "died", False):
                 mailer.died = True
                 raise RuntimeError("the worker died here")
-            await real_send(message)
+            await real_send(data, sender, recipients, **kwargs)
 
-        mailer.send = dies_sending_the_alert
+        mailer.send_bytes = dies_sending_the_alert
         with pytest.raises(RuntimeError):
             await activities.deliver_notification(notification_id)
         assert [r.status for r in await _notifications(sessions)] == ["failed", "pending"]

@@ -358,13 +358,13 @@ async def test_the_reconciler_repairs_a_tampered_projection_and_redelivers_orpha
         async with h.sessions.begin() as session:
             await session.execute(text("UPDATE recommendations SET phase = 'closed', cycle = 3 WHERE id = :id"), {"id": r2})
             await session.execute(text("UPDATE inspections SET next_action = 'nothing' WHERE id = 'SUF-2017-03-02'"))
-            # A digest whose delivery never started (the worker died in between), ten minutes old.
+            # A digest whose delivery never started (the worker died in between), past the policy age (15 min).
             await insert_if_absent(
                 session, Notification, ["idempotency_key"], idempotency_key="digest/2017-03-06", kind="digest",
                 inspection_id=None, recommendation_id=None, recipients={"to": [INSPECTORS], "roles": ["inspectors"]},
                 subject="Inspection follow-up: daily digest for Monday 6 March 2017",
                 context={"date": "2017-03-06", "revisits_due": [], "overdue": [], "decisions_awaited": []},
-                status="pending", attempts=0, scheduled_for=at(2017, 3, 6, 8), created_at=utcnow() - timedelta(minutes=11),
+                status="pending", attempts=0, scheduled_for=at(2017, 3, 6, 8), created_at=utcnow() - timedelta(minutes=16),
             )
         repairs = await reconcile(h.sessions, h.client, h.settings)
         assert repairs[0] == "repaired the projection of SUF-2017-03-02: next_action 'nothing' -> 'reminder: Force action plan'"
@@ -418,4 +418,41 @@ async def test_a_report_recorded_but_never_started_is_started_from_publication(t
         await eventually(lambda: _projected(h, {f"{inspection_id}-R1": "force_notified", f"{inspection_id}-R2": "force_notified"}))
         published_notices = [n for n in await eventually(lambda: _all_sent(h)) if n.kind == "published"]
         assert [n.idempotency_key for n in published_notices] == [f"{workflow_id}/published"]
+        assert await reconcile(h.sessions, h.client, h.settings) == []
+
+
+async def test_the_reconciler_delivers_a_pending_row_its_workflow_never_delivered(time_skipping_env, tmp_path, database_url):
+    """Issue 11: a follow-up recorded a reminder (local activities), then its workflow task timed out,
+    and the retried task, at a later workflow.now(), judged the reminder superseded and never
+    delivered it. Pending past NCPI_OUTBOX_PENDING_MINUTES, reported by `ncpi health`, and then
+    delivered, once, by the reconciler; a row still being delivered is left alone."""
+    from ncpi_workflow.jobs import deployment_problems
+
+    report = write_report(tmp_path, "ESS", date(2017, 3, 2), [("R1", "within_three_months")])
+    rec = "ESS-2017-03-02-R1"
+    async with harness(time_skipping_env, tmp_path, database_url=database_url) as h:
+        await start(h, report, date(2017, 3, 2))
+        await eventually(lambda: _projected(h, {rec: "force_notified"}))
+        await eventually(lambda: _all_sent(h))
+        old = utcnow() - timedelta(minutes=16)
+        async with h.sessions.begin() as session:
+            for key, attempted in (("never-delivered", None), ("being-delivered", utcnow())):
+                await insert_if_absent(
+                    session, Notification, ["idempotency_key"], idempotency_key=f"ncpi/ESS/2017-03-02/R1/{key}",
+                    kind="reminder", inspection_id="ESS-2017-03-02", recommendation_id=rec,
+                    recipients={"to": ["liaison@essex.police.example"], "roles": ["liaison_officer"]},
+                    subject="Reminder: Recommendation R1 due Friday 2 June 2017",
+                    context={"deadline": "recommendation", "due": "2017-06-02", "working_days": 10, "cycle": 1},
+                    status="pending", attempts=0 if attempted is None else 1, scheduled_for=at(2017, 5, 19, 9),
+                    created_at=old, last_attempt_at=attempted,
+                )
+            orphan = await session.scalar(select(Notification.id).where(Notification.idempotency_key.like("%never-delivered")))
+        problems = await deployment_problems(h.sessions, None, h.settings)
+        assert (problems.pending_past_age, problems.never_attempted, problems.held_by_relay) == (2, 1, 0)
+        assert await reconcile(h.sessions, h.client, h.settings) == [f"re-delivering pending notification {orphan} (reminder)"]
+        [redelivered] = await _audit(h, "notification.redelivered")
+        assert redelivered.detail["why"] == "never attempted"
+        await eventually(lambda: _sent(h, orphan))
+        assert [m.message["X-NCPI-Reference"] for m in h.smtp.messages].count("ncpi/ESS/2017-03-02/R1/never-delivered") == 1
+        assert (await deployment_problems(h.sessions, None, h.settings)).pending_past_age == 1  # the one in progress
         assert await reconcile(h.sessions, h.client, h.settings) == []

@@ -4,7 +4,7 @@ workflows run them on the time-skipping server, and after every step the workflo
 Queries, the database and the outbox (kind, about, London date) must agree with the model. Every
 history produced is then replayed.
 
-`make test` runs NCPI_MODEL_EXAMPLES (default 10) examples; `make test-long` ten times as many.
+`make test` runs NCPI_MODEL_EXAMPLES (default 20) examples; `make test-long` ten times as many.
 The named tests at the end are sequences hypothesis found failing, kept as plain lists.
 """
 
@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from sqlalchemy import select, text
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -73,7 +73,7 @@ except ImportError:  # before the register trail: the Update is refused, and the
 POLICY_FILE = ROOT / "config" / "policy.toml"
 POLICY = load_policy(POLICY_FILE)
 FORCE = "AVS"
-EXAMPLES = int(os.environ.get("NCPI_MODEL_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("NCPI_MODEL_EXAMPLES", "20"))
 IGNORE = {f for f in os.environ.get("NCPI_MODEL_IGNORE", "").split(",") if f}
 """Diagnostics only: facts to leave out of the comparison (e.g. `register,outbox`), to see what
 else disagrees while one rule is known broken. Never set in `make test` or `make test-long`."""
@@ -97,6 +97,8 @@ class Driver:
         self.h = h
         self.scenario = scenario
         self.inspection_id = f"{FORCE}-{scenario.published.isoformat()}"
+        self.runs: dict[str, int] = {}
+        """Run ID -> its place in its workflow's continue-as-new chain."""
 
     def rec_id(self, ref: str) -> str:
         return f"{self.inspection_id}-{ref}"
@@ -166,22 +168,56 @@ class Driver:
 
     # ------------------------------------------------------------ observing
 
-    async def observe(self) -> dict:
+    async def run_number(self, workflow_id: str) -> int:
+        """Which run of its continue-as-new chain a workflow is in (1 for the first), read from
+        histories, never by a Query."""
+        from temporalio.api.common.v1 import WorkflowExecution
+        from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
+
+        client = self.h.client
+        described = await client.workflow_service.describe_workflow_execution(
+            DescribeWorkflowExecutionRequest(namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)))
+        chain, run_id = [], described.workflow_execution_info.execution.run_id
+        while run_id and run_id not in self.runs:
+            chain.append(run_id)
+            history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+            run_id = history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        number = self.runs[run_id] if run_id else 0
+        for known in reversed(chain):
+            number += 1
+            self.runs[known] = number
+        return number
+
+    async def observe_queries(self, runs: dict[str, int]) -> dict:
+        """The `state` Queries, each only once its workflow is in the run the model expects (`runs`,
+        by 'insp' or ref): a Query that lands while a workflow continues-as-new can go unanswered
+        on the time-skipping server, and can leave a workflow task open there that stops its clock
+        for good."""
         facts: dict = {}
         h = self.h
-        try:
-            view = await h.inspection(self.inspection_id).query("state", result_type=InspectionView, rpc_timeout=QUERY_TIMEOUT)
-        except RPCError as exc:
-            facts["insp query"] = f"unanswered: {exc}"
-        else:
-            st = view.state
-            facts["insp.phase"] = str(st.phase)
-            facts["insp.cycle"] = st.cycle
-            facts["insp.revisit_by"] = next(d.due for d in st.deadlines if d.key == "revisit_by")
-            facts["insp.delivered"] = frozenset(d.key for d in st.deadlines if d.key != "revisit_by" and d.met_at is not None)
-            if str(st.phase) == FOLLOWING_UP:
-                facts["insp.open"] = frozenset(r.rsplit("-", 1)[-1] for r in st.open_recommendations)
+        ready = {}
+        for who, wanted in runs.items():
+            workflow_id = inspection_workflow_id(self.inspection_id) if who == "insp" else recommendation_workflow_id(self.rec_id(who))
+            number = await self.run_number(workflow_id)
+            ready[who] = number >= wanted
+            if not ready[who]:
+                facts[f"{who} run"] = f"still in run {number}, the model expects run {wanted}"
+        if ready.get("insp"):
+            try:
+                view = await h.inspection(self.inspection_id).query("state", result_type=InspectionView, rpc_timeout=QUERY_TIMEOUT)
+            except RPCError as exc:
+                facts["insp query"] = f"unanswered: {exc}"
+            else:
+                st = view.state
+                facts["insp.phase"] = str(st.phase)
+                facts["insp.cycle"] = st.cycle
+                facts["insp.revisit_by"] = next(d.due for d in st.deadlines if d.key == "revisit_by")
+                facts["insp.delivered"] = frozenset(d.key for d in st.deadlines if d.key != "revisit_by" and d.met_at is not None)
+                if str(st.phase) == FOLLOWING_UP:
+                    facts["insp.open"] = frozenset(r.rsplit("-", 1)[-1] for r in st.open_recommendations)
         for ref in self.scenario.refs:
+            if not ready.get(ref):
+                continue
             try:
                 view = await h.recommendation(self.rec_id(ref)).query("state", result_type=RecommendationView, rpc_timeout=QUERY_TIMEOUT)
             except RPCError as exc:
@@ -199,6 +235,12 @@ class Driver:
             facts[f"{ref}.evidence"] = frozenset((e.sha256, e.cycle) for e in st.evidence)
             facts[f"{ref}.register"] = tuple(str(e.status) for e in getattr(st, "register", None) or ())
             facts[f"{ref}.register_status"] = str(view.register_status)
+        return facts
+
+    async def observe_records(self) -> dict:
+        """The database: projections, records and the outbox."""
+        facts: dict = {}
+        h = self.h
         async with h.sessions() as session:
             insp = await session.get(Inspection, self.inspection_id)
             facts["db insp"] = (insp.phase, insp.cycle)
@@ -304,17 +346,23 @@ def disagreements(model: Model, observed: dict) -> list[str]:
 
 
 async def agree(driver: Driver, models: list[Model], step: str) -> int:
-    """Wait (in real time) until the real system agrees with one of the models; its index."""
+    """Wait (in real time) until the real system agrees with one of the models; its index. The
+    records first; then, for a model they agree with, the Queries too."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + AGREE_TIMEOUT
     while True:
-        observed = await driver.observe()
-        found = [disagreements(m, observed) for m in models]
+        records = await driver.observe_records()
+        found = [disagreements(m, records) for m in models]
         for i, problems in enumerate(found):
-            if not problems:
+            if problems:
+                continue
+            model = models[i]
+            runs = {"insp": model.insp.cycle, **{ref: rec.cycle for ref, rec in model.recs.items()}}
+            found[i] = disagreements(model, {**records, **await driver.observe_queries(runs)})
+            if not found[i]:
                 return i
         if loop.time() > give_up:
-            detail = "\n  ".join("\n  ".join(p) + ("\n  -- or --" if len(found) > 1 else "") for p in found)
+            detail = "\n  -- or --\n  ".join("\n  ".join(p) for p in found)
             raise AssertionError(f"after {step}: the workflows disagree with the model:\n  {detail}")
         await asyncio.sleep(0.25)
 
@@ -371,10 +419,6 @@ async def drive(driver: Driver, scenario: Scenario) -> None:
                 f"{step}: the model {'accepts' if want else 'refuses (' + want.reason + ')'}, "
                 f"the workflow {'accepted' if got else 'refused: ' + got.reason}")
             await agree(driver, [model], step)
-            if os.environ.get("NCPI_MODEL_TRACE"):
-                print("TRACE", type(action).__name__, getattr(action, "outcome", ""), want.accepted)
-    if os.environ.get("NCPI_MODEL_TRACE"):
-        print("TRACE end", model.insp.cycle, model.insp.phase, [(r.cycle, r.phase) for r in model.recs.values()], (model.now - model.published_at).days)
     await asyncio.sleep(1.0)  # anything still on its way must not change the picture
     await agree(driver, [model], "the last step")
 
@@ -417,7 +461,6 @@ async def replay_every_history(env, workflow_ids: list[str]) -> None:
     replayer = Replayer(workflows=WORKFLOWS, workflow_runner=WORKFLOW_RUNNER, data_converter=DATA_CONVERTER)
     failures = []
     assert histories
-    print(f"replaying {len(histories)} histories")
     for run_id, history in histories:
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         if result.replay_failure is not None:
@@ -428,25 +471,12 @@ async def replay_every_history(env, workflow_ids: list[str]) -> None:
 # ---------------------------------------------------------------- the property
 
 
+PHASES = tuple(p for p in Phase if p is not Phase.shrink or os.environ.get("NCPI_MODEL_SHRINK", "1") != "0")
+"""NCPI_MODEL_SHRINK=0 reports the first failing example unshrunk (shrinking one can take minutes)."""
+
+
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=False,
-          suppress_health_check=list(HealthCheck))
+          suppress_health_check=list(HealthCheck), phases=PHASES)
 @given(scenario=scenarios(POLICY, calendar_for))
 async def test_random_action_sequences_agree_with_the_model(scenario):
     await run_scenario(scenario)
-
-
-# ---------------------------------------------------------------- probe (temporary)
-
-
-async def test_probe():
-    await run_scenario(Scenario(date(2017, 1, 26), ("within_three_months", "immediately"), (
-        Advance("working_days", 5),
-        Progress("R1", "in_progress"),
-        TriggerRevisit(),
-        Evidence("R1", "a.pdf"),
-        Decide("R1", "partially_achieved"),
-        Together(Decide("R2", "achieved"), Withdraw("R2")),
-        Advance("past_evidence_deadline"),
-        Decide("R2", "achieved"),
-        Advance("revisit_limit"),
-    )))

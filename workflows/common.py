@@ -8,11 +8,11 @@ from typing import Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.clocks import CalendarExtension, CalendarRefresh, TimeScale, WorkingCalendar
-    from ncpi_workflow.lifecycle import Due, HistoryEntry, NotificationRequest, clock_timeout, message_subject
+    from ncpi_workflow.lifecycle import RECORD_REJECTED, Due, HistoryEntry, NotificationRequest, clock_timeout, message_subject
 
 # Records must land however long the database is away: retry for ever, backing off to a minute.
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1))
@@ -26,13 +26,22 @@ LOCAL_RECORDS_PATCH = "records-as-local-activities"
 
 
 async def run_activity(name: str, argument, result_type=None):
-    if workflow.patched(LOCAL_RECORDS_PATCH):
-        return await workflow.execute_local_activity(
+    """A record or projection. One the database refuses for good (a value too long, against a constraint)
+    fails at once with the reason, as an ApplicationError: in an Update handler the Update fails with it
+    (the caller reads one line) and the workflow carries on; it is never retried for ever."""
+    try:
+        if workflow.patched(LOCAL_RECORDS_PATCH):
+            return await workflow.execute_local_activity(
+                name, argument, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=result_type
+            )
+        return await workflow.execute_activity(
             name, argument, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=result_type
         )
-    return await workflow.execute_activity(
-        name, argument, start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=result_type
-    )
+    except ActivityError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == RECORD_REJECTED:
+            raise ApplicationError(cause.message, type=RECORD_REJECTED, non_retryable=True) from None
+        raise
 
 
 # Histories from before one action at a time let handlers interleave at their awaits.
@@ -98,12 +107,55 @@ class CalendarKeeper:
 
 
 def calendar_now(time_scale: TimeScale) -> datetime:
-    """The policy calendar's 'now': wall time at time scale 1, a compressed replay otherwise."""
+    """The policy calendar's 'now': wall time at time scale 1, a compressed replay otherwise.
+
+    This is the clock of the current activation, and it is not the same on replay: see `step_now`.
+    Validators, queries and projections may read it; nothing that decides what a workflow does may."""
     return time_scale.to_calendar(workflow.now())
 
 
+# What `workflow.now()` is, in the Python SDK (sdk-core): the latest of the start times of the workflow
+# tasks processed so far and of each local activity's "completion time", which is the clock when the
+# activity was scheduled plus how long it ran (recorded in its marker). A replay sees the same markers
+# but not the same task starts: a task that runs local activities for longer than 80% of the task
+# timeout is "heartbeated" (completed with no commands and a new task started at once), and a task
+# that timed out is retried; a replay folds those tasks into one and delivers their jobs at the start
+# time of the last of them. So the clock a signal or Update handler, or the main loop, reads before its
+# local activities can be seconds later on replay than it was when the workflow ran (the stuck
+# `ncpi/NWA/2024-03-07/R1`: its evidence deadline was computed 8.5 s later on replay, at time scale
+# 200,000 twenty days later, and its next message was "due at once" instead of "in 34 ms"). And a retried
+# task after a timeout reads a later clock than the attempt that wrote its local activities' rows.
+# Histories from before this change read `workflow.now()` where they needed it and sent a message at once
+# when its time had passed; they replay that way.
+CLOCK_PATCH = "clock-from-history"
+MIN_TIMER = timedelta(milliseconds=1)
+"""The shortest wait: a message whose time has passed is sent after a timer this short, never at once."""
+
+
+def clock_from_history() -> bool:
+    return workflow.patched(CLOCK_PATCH)
+
+
+async def step_now(time_scale: TimeScale) -> datetime:
+    """The calendar 'now' of one step (a main-loop iteration, an Update, a signal that acts), read once at
+    its start and kept in history: a local activity returns the clock it was given, so a replay (or a
+    worker that takes the workflow over) reads the very instant the step was first run at, whatever
+    its own task's start time. Every decision of the step is taken from this instant."""
+    if not clock_from_history():
+        return calendar_now(time_scale)
+    at = await workflow.execute_local_activity(
+        "read_clock", workflow.now(), start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY, result_type=datetime
+    )
+    return time_scale.to_calendar(at)
+
+
 async def wait_until(time_scale: TimeScale, condition: Callable[[], bool], until: datetime | None) -> bool:
-    """Wait for `condition` or the calendar instant `until`. True when the condition came first."""
+    """Wait for `condition` or the calendar instant `until`. True when the condition came first.
+
+    An instant already past is waited for too, with the shortest timer: whether to wait or to act at once
+    is then never decided from this activation's clock (which a replay sees later), and what comes after
+    the wait runs in a workflow task of its own, after the one that chose it was completed (a retried task
+    then repeats the same choice instead of making another)."""
     if condition():
         return True
     if until is None:
@@ -111,7 +163,9 @@ async def wait_until(time_scale: TimeScale, condition: Callable[[], bool], until
         return True
     timeout = clock_timeout(time_scale, until, workflow.now())
     if timeout <= timedelta(0):
-        return False
+        if not clock_from_history():
+            return False
+        timeout = MIN_TIMER
     try:
         await workflow.wait_condition(condition, timeout=timeout)
         return True
@@ -183,15 +237,57 @@ async def send_due_message(
     for skipped in due.superseded:
         deadline.handled.append(deadline.message_key(skipped))
     key = deadline.message_key(message)
-    await outbox.notify(
-        NotificationRequest(
-            idempotency_key=f"{workflow_id}/{key}", kind=message.kind.value, inspection_id=inspection_id,
-            recommendation_id=recommendation_id, recipients=message.recipients,
-            subject=message_subject(message.kind, label, deadline.due, force_name), scheduled_for=message.at,
-            context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
-                     "working_days": message.working_days, "cycle": cycle},
+    try:
+        await outbox.notify(
+            NotificationRequest(
+                idempotency_key=f"{workflow_id}/{key}", kind=message.kind.value, inspection_id=inspection_id,
+                recommendation_id=recommendation_id, recipients=message.recipients,
+                subject=message_subject(message.kind, label, deadline.due, force_name), scheduled_for=message.at,
+                context={"deadline": deadline.key, "due": deadline.due.isoformat(), "rung": message.rung,
+                         "working_days": message.working_days, "cycle": cycle},
+            )
         )
-    )
+    except ApplicationError as exc:
+        if exc.type != RECORD_REJECTED:
+            raise
+        # Retrying cannot record it: say so (the worker's log has it at ERROR too) and carry on with the
+        # deadline's next message rather than stop the follow-up.
+        deadline.handled.append(key)
+        workflow.logger.error("%s: %s not recorded: %s", workflow_id, key, exc.message)
+        history(entries, message.at, f"{message.kind.value} not recorded", detail=exc.message)
+        return
     deadline.handled.append(key)
     detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
     history(entries, message.at, f"{message.kind.value} sent", detail=detail)
+
+
+class ProjectionVersions:
+    """Versions of a workflow's writes to its database projection, so that the newest write wins.
+
+    A counter kept in the workflow's state is not enough: a workflow task that timed out, or a worker
+    killed in the middle of one, has written its projections, and the retried task counts again from
+    the same number (its writes are skipped as "not newer") while the first attempt's activities may
+    still land after it (stale content under a newer number). The history grows with every task and
+    every attempt, so a version made of (run of the continue-as-new chain, history length at the
+    write, order within the task) always grows with what the workflow knew when it wrote.
+
+    The projection columns are 32-bit integers on PostgreSQL: 7 bits of run (runs are counted from 1,
+    above every counter written before this change), 16 of history length (a history holds at most
+    51,200 events), 8 of order within one task."""
+
+    RUN = 1 << 24
+    EVENT = 1 << 8
+    MAX_RUN = (1 << 7) - 1
+
+    def __init__(self, run: int) -> None:
+        self.run = min(max(run, 1), self.MAX_RUN)
+        self._length = -1
+        self._order = 0
+
+    def next(self) -> int:
+        length = min(workflow.info().get_current_history_length(), self.RUN // self.EVENT - 1)
+        if length != self._length:
+            self._length, self._order = length, 0
+        else:
+            self._order = min(self._order + 1, self.EVENT - 1)
+        return self.run * self.RUN + length * self.EVENT + self._order

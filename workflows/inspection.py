@@ -38,7 +38,9 @@ with workflow.unsafe.imports_passed_through():
         TrackedDeadline,
         TriggerRevisitRequest,
         AuditRecord,
+        check_delivery,
         check_revision,
+        check_trigger_revisit,
         inspection_workflow_id,
         message_subject,
         next_due,
@@ -51,12 +53,15 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import (
     CalendarKeeper,
     Outbox,
-    one_at_a_time,
+    ProjectionVersions,
     calendar_now,
+    clock_from_history,
     history,
+    one_at_a_time,
     refuse_unless,
     run_activity,
     send_due_message,
+    step_now,
     update_key,
     wait_until,
 )
@@ -68,6 +73,9 @@ CHILDREN_TOGETHER_PATCH = "recommendations-started-together"
 # recommendations were not told their revisit limit.
 REOPEN_DEFERRED_PATCH = "reopened-waits-for-its-deadline"
 REVISIT_LIMIT_PATCH = "revisit-limit-told"
+# Histories from before this change projected the inspection only from its own steps, not when a
+# recommendation was decided, withdrawn or re-opened.
+PROJECT_ON_SETTLEMENT_PATCH = "inspection-projected-on-settlement"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -89,6 +97,11 @@ class InspectionWorkflow:
         self.outbox = Outbox()
         self.turn = one_at_a_time()
         """One action at a time: the main loop's steps, Updates and the signals that await."""
+        # Every step takes its "now" from history, and never sends in the task that chose what to send
+        # (histories from before this change read the task's clock, and replay that way).
+        self.steady = clock_from_history()
+        self.state.run += 1
+        self.versions = ProjectionVersions(self.state.run)
 
     @property
     def calendar(self):
@@ -109,7 +122,12 @@ class InspectionWorkflow:
         return state
 
     def _now(self) -> datetime:
+        """This activation's calendar clock: for validators, queries and projections, never for a decision."""
         return calendar_now(self.scale)
+
+    async def _step_now(self) -> datetime:
+        """The calendar instant of the step that starts here, kept in history (see `step_now`)."""
+        return await step_now(self.scale)
 
     def _today(self, now: datetime) -> date:
         return now.astimezone(self.calendar.zone).date()
@@ -150,15 +168,19 @@ class InspectionWorkflow:
                 continue
             now = self._now()
             async with self.turn:
+                if self.steady:
+                    now = await self._step_now()
                 if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
                     continue
                 if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
-                    await self._open_revisit("inspector", self.revisit_requested_by)
+                    await self._open_revisit("inspector", self.revisit_requested_by, now if self.steady else None)
                     continue
                 if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
-                    await self._finish_cycle()
+                    await self._finish_cycle(now if self.steady else None)
                     continue
-            due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
+                # Chosen here, sent after the timer (however short) in a later workflow task: a retried
+                # task sends what this one chose, with the row it recorded, instead of choosing again.
+                due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
             woken = await wait_until(
                 self.scale, lambda: self.wake or self.restart or bool(self.revisit_requested_by), due.message.at if due else None
             )
@@ -170,7 +192,7 @@ class InspectionWorkflow:
                     continue  # an action changed this deadline while the timer ran
                 if due.message.kind is MessageKind.REVISIT_OPENS:
                     due.deadline.handled.append(due.deadline.message_key(due.message))
-                    await self._open_revisit("automatic", "system")
+                    await self._open_revisit("automatic", "system", await self._step_now() if self.steady else None)
                 else:
                     await self._send(due)
                     await self._project()
@@ -231,9 +253,9 @@ class InspectionWorkflow:
 
     # ------------------------------------------------------------------ the revisit
 
-    async def _open_revisit(self, trigger: str, by: str) -> None:
+    async def _open_revisit(self, trigger: str, by: str, now: datetime | None = None) -> None:
         s = self.state
-        now = self._now()
+        now = now or self._now()
         self.revisit_requested_by = None
         limit = revisit_deadline(s)
         limit.handled.extend(limit.message_key(m) for m in limit.messages(self.policy, self.calendar))
@@ -266,9 +288,9 @@ class InspectionWorkflow:
     def _all_settled(self) -> bool:
         return all(r in self.state.settled for r in self.state.open_recommendations)
 
-    async def _finish_cycle(self) -> None:
+    async def _finish_cycle(self, now: datetime | None = None) -> None:
         s = self.state
-        now = self._now()
+        now = now or self._now()
         outcomes = {r: s.settled[r] for r in s.open_recommendations}
         further = [r for r, o in outcomes.items() if o in (Outcome.PARTIALLY_ACHIEVED.value, Outcome.NOT_ACHIEVED.value)]
         await self.outbox.notify(
@@ -323,33 +345,40 @@ class InspectionWorkflow:
     async def recommendation_settled(self, settled: Settled) -> None:
         # After any revisit opening in progress: a decision made as it opens counts for it.
         async with self.turn:
-            self._settled(settled)
+            if self._settled(settled) and workflow.patched(PROJECT_ON_SETTLEMENT_PATCH):
+                await self._project()  # what the inspection waits for has changed
 
-    def _settled(self, settled: Settled) -> None:
+    def _settled(self, settled: Settled) -> bool:
+        """True when the settlement changed what the inspection waits for."""
         s = self.state
+        # When it was decided is in the signal: the same on every replay, unlike this task's clock.
+        at = settled.decided_at if self.steady else self._now()
         if not settled.open and s.deferred.pop(settled.recommendation_id, None) is not None:
             # Withdrawn while waiting for the next revisit.
-            history(s.history, self._now(), f"{settled.recommendation_id}: {settled.outcome}")
+            history(s.history, at, f"{settled.recommendation_id}: {settled.outcome}")
             self.wake = True
-            return
+            return True
         if settled.recommendation_id not in s.open_recommendations:
-            return
+            return False
         if s.phase is InspectionPhase.REVISIT_OPEN:
             s.settled[settled.recommendation_id] = settled.outcome
         elif not settled.open:
             # Closed before the revisit (withdrawn): nothing left to review.
             s.open_recommendations.remove(settled.recommendation_id)
-        history(s.history, self._now(), f"{settled.recommendation_id}: {settled.outcome}")
+        history(s.history, at, f"{settled.recommendation_id}: {settled.outcome}")
         self.wake = True
+        return True
 
     @workflow.signal
     async def recommendation_reopened(self, reopened: Reopened) -> None:
         async with self.turn:
             await self._reopened(reopened)
+            if workflow.patched(PROJECT_ON_SETTLEMENT_PATCH):
+                await self._project()  # what the inspection waits for has changed
 
     async def _reopened(self, reopened: Reopened) -> None:
         s = self.state
-        now = self._now()
+        now = await self._step_now()
         history(s.history, now, f"{reopened.recommendation_id} re-opened", reopened.by, reopened.reason)
         rec = reopened.recommendation_id
         if reopened.due is not None and workflow.patched(REOPEN_DEFERRED_PATCH):
@@ -389,8 +418,7 @@ class InspectionWorkflow:
 
     @trigger_revisit.validator
     def _validate_trigger(self, request: TriggerRevisitRequest) -> None:
-        if not request.by or not request.by.strip():
-            raise ValueError("who triggers the revisit (by) must not be empty")
+        check_trigger_revisit(request)
         self._accepting()
         if self.state.phase is InspectionPhase.REVISIT_OPEN:
             opened = self.calendar.local(self.state.revisit_opened_at)
@@ -406,8 +434,8 @@ class InspectionWorkflow:
     async def record_delivery(self, request: DeliveryRequest) -> InspectionView:
         async with self.turn:
             refuse_unless(lambda: self._validate_delivery(request))
+            now = await self._step_now()
             deadline = self._deadline(request.item)
-            now = self._now()
             deadline.met_at = now
             await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
             await run_activity(
@@ -423,8 +451,7 @@ class InspectionWorkflow:
     @record_delivery.validator
     def _validate_delivery(self, request: DeliveryRequest) -> None:
         self._accepting()
-        if not request.by or not request.by.strip():
-            raise ValueError("who records it (by) must not be empty")
+        check_delivery(request)
         if request.item not in DELIVERABLE:
             raise ValueError(f"unknown item {request.item!r}; use one of: {', '.join(DELIVERABLE)}")
         deadline = self._deadline(request.item)
@@ -438,9 +465,9 @@ class InspectionWorkflow:
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> InspectionView:
         async with self.turn:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
-            refuse_unless(lambda: self._validate_revision(request))
+            now = await self._step_now()
+            refuse_unless(lambda: self._judge_revision(request, now))
             deadline = self._deadline(request.deadline)
-            now = self._now()
             await run_activity(
                 "record_deadline_revision",
                 DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
@@ -459,6 +486,10 @@ class InspectionWorkflow:
 
     @revise_deadline.validator
     def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        self._judge_revision(request, self._now())
+
+    def _judge_revision(self, request: ReviseDeadlineRequest, now: datetime) -> None:
+        """The validator's rules at a given instant: the handler judges again at its step's instant."""
         self._accepting()
         deadline = self._deadline(request.deadline)
         latest = None
@@ -466,7 +497,7 @@ class InspectionWorkflow:
             if self.state.phase is not InspectionPhase.FOLLOWING_UP:
                 raise ValueError("the revisit is already open or done; its limit can no longer change")
             latest = deadline.original_due  # "no later than": the limit may move earlier, never later
-        today = self._now().astimezone(self.calendar.zone).date()
+        today = now.astimezone(self.calendar.zone).date()
         check_revision(deadline, request, today, latest)
         if not self.calendar.is_working_day(request.new_due):
             raise ValueError(f"{request.new_due.isoformat()} is not a working day")
@@ -491,11 +522,10 @@ class InspectionWorkflow:
 
     async def _project(self) -> None:
         s = self.state
-        s.projection_version += 1
         action, at = self._next_action()
         await run_activity(
             "project_inspection",
-            InspectionProjection(self.inp.inspection_id, s.projection_version, s.phase.value, s.cycle, action, at),
+            InspectionProjection(self.inp.inspection_id, self.versions.next(), s.phase.value, s.cycle, action, at),
         )
         limit = revisit_deadline(s)
         workflow.upsert_search_attributes(

@@ -4,6 +4,7 @@ the inspectorate's decision, further follow-up cycles and re-opening."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, time
 
@@ -54,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         check_withdraw,
         message_subject,
         next_due,
+        printable,
         recommendation_workflow_id,
         tracked,
     )
@@ -62,12 +64,15 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import (
     CalendarKeeper,
     Outbox,
-    one_at_a_time,
+    ProjectionVersions,
     calendar_now,
+    clock_from_history,
     history,
+    one_at_a_time,
     refuse_unless,
     run_activity,
     send_due_message,
+    step_now,
     update_key,
     wait_until,
 )
@@ -95,6 +100,11 @@ class RecommendationWorkflow:
         # One action at a time: handlers await activities, and two of them interleaving would each
         # act on a state the other is changing (both told "accepted", records and workflow disagreeing).
         self.turn = one_at_a_time()
+        # Every step takes its "now" from history, and never sends in the task that chose what to send
+        # (histories from before this change read the task's clock, and replay that way).
+        self.steady = clock_from_history()
+        self.state.run += 1
+        self.versions = ProjectionVersions(self.state.run)
 
     @property
     def calendar(self):
@@ -121,7 +131,17 @@ class RecommendationWorkflow:
         return self.calendar.at(revisit_by, self.calendar.send_at)
 
     def _now(self) -> datetime:
+        """This activation's calendar clock: for validators, queries and projections, never for a decision."""
         return calendar_now(self.scale)
+
+    async def _step_now(self) -> datetime:
+        """The calendar instant of the step that starts here, kept in history (see `step_now`)."""
+        return await step_now(self.scale)
+
+    def _step(self):
+        """The workflow's lock around a main-loop step that reads the clock (an activity of its own), so
+        that it never runs beside an action's activities; histories from before it took no lock there."""
+        return self.turn if self.steady else nullcontext()
 
     def _today(self, now: datetime):
         return now.astimezone(self.calendar.zone).date()
@@ -171,10 +191,13 @@ class RecommendationWorkflow:
                         await self.outbox.drain()
                         return str(self.state.outcome)
                 continue
-            now = self._now()
-            if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
-                continue
-            due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
+            async with self._step():
+                now = await self._step_now()
+                if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
+                    continue
+                # Chosen here, sent after the timer (however short) in a later workflow task: a retried
+                # task sends what this one chose, with the row it recorded, instead of choosing again.
+                due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
             woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
             self.wake = False
             if not woken and due is not None:
@@ -194,13 +217,12 @@ class RecommendationWorkflow:
 
     async def _project(self) -> None:
         s = self.state
-        s.projection_version += 1
         action, at = self._next_action()
         await run_activity(
             "project_recommendation",
             RecommendationProjection(
                 recommendation_id=self.inp.recommendation_id,
-                version=s.projection_version,
+                version=self.versions.next(),
                 phase=s.phase.value,
                 cycle=s.cycle,
                 force_claim=s.force_claim.value if s.force_claim else None,
@@ -261,9 +283,9 @@ class RecommendationWorkflow:
     @workflow.update
     async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
         async with self.turn:
+            now = await self._step_now()
             refuse_unless(lambda: self._validate_progress(request))
             s = self.state
-            now = self._now()
             await run_activity(
                 "record_progress",
                 ProgressRecord(update_key(self.workflow_id), self.inp.recommendation_id, request.claim, request.text.strip(), request.by, now),
@@ -284,9 +306,9 @@ class RecommendationWorkflow:
     @workflow.update
     async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
         async with self.turn:
+            now = await self._step_now()
             refuse_unless(lambda: self._validate_evidence(request))
             s = self.state
-            now = self._now()
             evidence_id = await run_activity(
                 "record_evidence",
                 EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request),
@@ -297,7 +319,7 @@ class RecommendationWorkflow:
                 s.evidence_deadline.met_at = now
             if s.phase is not Phase.UNDER_REVIEW:
                 s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
-            history(s.history, now, "evidence submitted", request.by, f"{request.filename} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
+            history(s.history, now, "evidence submitted", request.by, f"{printable(request.filename)} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
             await self._project()
             self.wake = True
             return self.view()
@@ -319,7 +341,7 @@ class RecommendationWorkflow:
         if s.phase is Phase.CLOSED or s.review_open:
             return
         s.review_open = True
-        now = self._now()
+        now = await self._step_now()
         if any(e.cycle == s.cycle for e in s.evidence):
             s.phase = Phase.UNDER_REVIEW
             history(s.history, now, "under review", detail="evidence already submitted")
@@ -373,9 +395,9 @@ class RecommendationWorkflow:
     @workflow.update
     async def record_decision(self, request: DecisionRequest) -> RecommendationView:
         async with self.turn:
-            refuse_unless(lambda: self._validate_decision(request))
+            now = await self._step_now()
+            refuse_unless(lambda: self._judge_decision(request, now))
             s = self.state
-            now = self._now()
             outcome = Outcome(request.outcome)
             rationale, by = request.rationale.strip(), request.by.strip()
             await run_activity(
@@ -410,8 +432,12 @@ class RecommendationWorkflow:
 
     @record_decision.validator
     def _validate_decision(self, request: DecisionRequest) -> None:
+        self._judge_decision(request, self._now())
+
+    def _judge_decision(self, request: DecisionRequest, now: datetime) -> None:
+        """The validator's rules at a given instant: the handler judges again at its step's instant."""
         self._accepting()
-        check_decision(self.state, request, self.calendar, self._now())
+        check_decision(self.state, request, self.calendar, now)
 
     async def _settle(self, outcome: Outcome, now: datetime, rationale: str, by: str, facts: dict) -> None:
         """Close, or start a further follow-up cycle; tell the inspection either way."""
@@ -481,9 +507,9 @@ class RecommendationWorkflow:
     @workflow.update
     async def withdraw(self, request: ReasonRequest) -> RecommendationView:
         async with self.turn:
+            now = await self._step_now()
             refuse_unless(lambda: self._validate_withdraw(request))
             s = self.state
-            now = self._now()
             reason, by = request.reason.strip(), request.by.strip()
             await run_activity(
                 "record_decision",
@@ -512,9 +538,9 @@ class RecommendationWorkflow:
     @workflow.update
     async def reopen(self, request: ReasonRequest) -> RecommendationView:
         async with self.turn:
-            refuse_unless(lambda: self._validate_reopen(request))
+            now = await self._step_now()
+            refuse_unless(lambda: self._judge_reopen(request, now))
             s = self.state
-            now = self._now()
             closed_cycle, previous = s.cycle, s.outcome
             reason, by = request.reason.strip(), request.by.strip()
             await run_activity(
@@ -537,18 +563,22 @@ class RecommendationWorkflow:
 
     @reopen.validator
     def _validate_reopen(self, request: ReasonRequest) -> None:
+        self._judge_reopen(request, self._now())
+
+    def _judge_reopen(self, request: ReasonRequest, now: datetime) -> None:
+        """The validator's rules at a given instant: the handler judges again at its step's instant."""
         self._accepting()
         check_reopen(self.state, request)
         window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
-        if self._now() >= window_end:
+        if now >= window_end:
             raise ValueError(f"the re-opening window closed on {long_date(self._today(window_end))}")
 
     @workflow.update
     async def set_register_status(self, request: RegisterStatusRequest) -> RecommendationView:
         async with self.turn:
+            now = await self._step_now()
             refuse_unless(lambda: self._validate_register(request))
             s = self.state
-            now = self._now()
             await self._set_register(request.status, request.comment.strip(), request.by.strip(), now, s.cycle,
                                      key=update_key(self.workflow_id))
             history(s.history, now, f"register: {request.status}", request.by.strip(), request.comment.strip())
@@ -564,9 +594,9 @@ class RecommendationWorkflow:
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:
         async with self.turn:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
-            refuse_unless(lambda: self._validate_revision(request))
+            now = await self._step_now()
+            refuse_unless(lambda: self._judge_revision(request, now))
             deadline = self._deadline_named(request.deadline)
-            now = self._now()
             db_key = f"{request.deadline}:{self.inp.ref}"
             await run_activity(
                 "record_deadline_revision",
@@ -584,10 +614,14 @@ class RecommendationWorkflow:
 
     @revise_deadline.validator
     def _validate_revision(self, request: ReviseDeadlineRequest) -> None:
+        self._judge_revision(request, self._now())
+
+    def _judge_revision(self, request: ReviseDeadlineRequest, now: datetime) -> None:
+        """The validator's rules at a given instant: the handler judges again at its step's instant."""
         self._accepting()
         if self.state.phase is Phase.CLOSED:
             raise ValueError("the recommendation is closed; re-open it before changing its deadline")
-        today = self._today(self._now())
+        today = self._today(now)
         check_revision(self._deadline_named(request.deadline), request, today)
         if not self.calendar.is_working_day(request.new_due):
             raise ValueError(f"{request.new_due.isoformat()} is not a working day")

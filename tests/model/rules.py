@@ -375,11 +375,11 @@ class Model:
         insp = self.insp
         insp.cycle += 1
         limit = self._inspectorate_due(self.local_date(at), self.policy.deadlines.further_follow_up)
+        # Re-opened ones waiting join this cycle, its limit no earlier than their new deadlines.
+        limit = max([limit, *insp.waiting.values()])
         insp.revisit_by = Clock("revisit_by", Party.INSPECTORATE, limit, insp.cycle, at)
-        joining = [ref for ref, due in insp.waiting.items() if due <= limit]
-        for ref in joining:
-            del insp.waiting[ref]
-        insp.open = further + joining
+        insp.open = further + list(insp.waiting)
+        insp.waiting = {}
         insp.settled = {}
         insp.phase = FOLLOWING_UP
         insp.closed_at = None
@@ -415,6 +415,7 @@ class Model:
             Reopen: self._reopen, Revise: self._revise, SetRegister: self._set_register,
             TriggerRevisit: self._trigger_revisit, Deliver: self._deliver,
         }[type(action)]
+        self.now += EPSILON  # an action comes a moment after the instant reached (never at a 09:00 timer)
         result = handler(action)
         if result:
             self.settle()

@@ -117,7 +117,7 @@ def _kinds(model: Model) -> list[str]:
     recs = list(model.recs.values())
     decidable = any(model.decision_allowed(r) for r in recs)
     weights = {
-        "advance": 4,
+        "advance": 5,
         "progress": 2,
         "evidence": 2 + 3 * any(r.phase in ("evidence_requested", "in_progress") for r in recs),
         "decide": 1 + 6 * decidable,
@@ -153,7 +153,7 @@ def _action(draw, model: Model, actions: list):
 
 
 @st.composite
-def scenarios(draw, policy, calendar_for, min_steps: int = 4, max_steps: int = 18):
+def scenarios(draw, policy, calendar_for, min_steps: int = 6, max_steps: int = 24):
     published = draw(st.sampled_from(PUBLICATION_DATES))
     count = draw(st.integers(2, 3))
     timeframes = tuple(draw(st.permutations(TIMEFRAMES))[:count])

@@ -1,0 +1,108 @@
+"""Validating and publishing a report, from a file (the CLI) or uploaded bytes (the web).
+
+A bad report is refused with one line per problem, the same lines as `ncpi validate` (naming the
+file, the line, the field and the reason), and writes nothing and starts nothing. Publishing is
+`ncpi_workflow.publishing.publish`: the records and the follow-up workflow in one transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ncpi_workflow import publishing
+from ncpi_workflow.app.temporal_calls import database_errors, temporal_errors
+from ncpi_workflow.errors import UserError
+from ncpi_workflow.forces import load_forces
+from ncpi_workflow.publishing import Publication
+from ncpi_workflow.report import LoadedReport, ReportInvalid, load_report
+
+__all__ = ["Checked", "Publication", "check_file", "check_upload", "publish_file", "publish_upload", "upload_name"]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of checking one report file: the loaded report, or the problems."""
+
+    name: str
+    loaded: LoadedReport | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _renamed(lines: list[str], path: Path, name: str) -> list[str]:
+    """Problems of a temporary copy as if about the file the user gave (its own name)."""
+    prefix = str(path)
+    return [name + line[len(prefix):] if line.startswith(prefix) else line for line in lines]
+
+
+def check_file(settings, file: Path, display_name: str | None = None) -> Checked:
+    """Check a report file against the format and the known forces. Touches nothing but the file."""
+    file = Path(file)
+    name = display_name or str(file)
+    try:
+        loaded = load_report(file, known_forces=set(load_forces(settings.forces_file)), max_bytes=settings.report_max_bytes)
+    except ReportInvalid as exc:
+        return Checked(name, problems=_renamed(exc.problems, file, name))
+    except UserError as exc:
+        return Checked(name, problems=_renamed([str(exc)], file, name))
+    return Checked(name, loaded=loaded)
+
+
+async def publish_file(settings, client, file: Path, *, anchor: datetime | None = None, by: str = "cli") -> Publication:
+    """Validate, write, start. Raises ReportInvalid (its `problems` one line each) for a bad file."""
+    checked = check_file(settings, file)
+    if not checked.ok:
+        raise ReportInvalid(checked.problems)
+    with database_errors(settings), temporal_errors(settings, str(file)):
+        return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def upload_name(filename: str | None) -> str:
+    """A safe base name for an uploaded file (never a path): 'report.yaml' when nothing usable is left."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("-", base).strip(".-")[:100]
+    return base or "report.yaml"
+
+
+def check_upload(settings, filename: str | None, content: bytes) -> Checked:
+    name = upload_name(filename)
+    if len(content) > settings.report_max_bytes:
+        return Checked(name, problems=[
+            f"{name}: file is {len(content):,} bytes, over the {settings.report_max_bytes:,}-byte limit for a report"
+        ])
+    with tempfile.TemporaryDirectory(prefix="ncpi-upload-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(content)
+        return check_file(settings, path, name)
+
+
+async def publish_upload(
+    settings, client, filename: str | None, content: bytes, *, by: str, anchor: datetime | None = None
+) -> Publication:
+    """Publish an uploaded report. Problems and refusals name the uploaded file, not a temporary copy."""
+    name = upload_name(filename)
+    if len(content) > settings.report_max_bytes:
+        raise ReportInvalid(check_upload(settings, filename, content).problems)
+    with tempfile.TemporaryDirectory(prefix="ncpi-upload-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(content)
+        checked = check_file(settings, path, name)
+        if not checked.ok:
+            raise ReportInvalid(checked.problems)
+        try:
+            with database_errors(settings), temporal_errors(settings, name):
+                return await publishing.publish(settings, client, path, anchor=anchor, by=by)
+        except ReportInvalid as exc:
+            raise ReportInvalid(_renamed(exc.problems, path, name)) from None
+        except UserError as exc:
+            raise UserError(_renamed([str(exc)], path, name)[0]) from None

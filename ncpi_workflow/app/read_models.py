@@ -1,0 +1,459 @@
+"""What people read: the status listing, the live view of one follow-up, the all-forces dashboard,
+and the records behind the force, inspection and recommendation pages.
+
+Listings read the database projection that activities keep (never every workflow); the live view
+of one follow-up is its workflow's "state" Query.
+
+The dashboard's policy (one definition, used by every front end):
+
+- **open**: a recommendation not closed;
+- **overdue**: an open recommendation whose clock is running and past its due date -- its own
+  deadline while it is published, force notified or in progress and the force has not claimed it
+  implemented, or its evidence deadline while evidence is requested -- plus a report-level item
+  (action plan, PCC response, update on immediate recommendations) not yet received by its due
+  date, or a revisit still not open after its limit;
+- **next deadline**: the earliest due date, today or later, among those same running clocks and
+  the revisit limits of inspections whose revisit is not open yet;
+- **revisits due**: inspections whose revisit is not open and whose limit falls within the next
+  30 days;
+- **RAG**: red when anything is overdue; amber when a deadline or a revisit falls within 30 days;
+  green otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, literal, or_, select
+from sqlalchemy.orm import selectinload
+
+from ncpi_workflow.app.temporal_calls import parse_target, query_state
+from ncpi_workflow.errors import UserError
+from ncpi_workflow.lifecycle import ForceClaim, InspectionPhase, Phase
+from ncpi_workflow.models import (
+    AuditEvent,
+    Deadline,
+    Decision,
+    Evidence,
+    EvidenceRequest,
+    Finding,
+    Force,
+    Inspection,
+    Notification,
+    ProgressUpdate,
+    Recommendation,
+    RegisterStatusEntry,
+    Revisit,
+)
+from ncpi_workflow.views import status_records, status_rows
+
+SOON_DAYS = 30
+""""Within 30 days": the horizon of amber and of revisits due."""
+
+RUNNING_PHASES = (Phase.PUBLISHED.value, Phase.FORCE_NOTIFIED.value, Phase.IN_PROGRESS.value)
+"""Phases in which a recommendation's own deadline is the force's to meet."""
+REPORT_ITEMS = ("action_plan", "pcc_response", "immediate_update")
+OPEN_PHASES = tuple(p.value for p in Phase if p not in (Phase.CLOSED, Phase.PUBLISHED))
+"""The phases the dashboard filters on (published is the instant before the force is notified)."""
+
+RED, AMBER, GREEN = "red", "amber", "green"
+
+
+# ---------------------------------------------------------------- `ncpi status`, `ncpi show`
+
+
+async def status(sessions, force_code: str | None = None):
+    """The rows of `ncpi status` (`views.status_rows`): one per recommendation, in listing order."""
+    async with sessions() as session:
+        return await status_rows(session, force_code)
+
+
+async def status_listing(sessions, force_code: str | None = None) -> list[dict[str, Any]]:
+    """The records of `ncpi status --json`."""
+    return status_records(await status(sessions, force_code))
+
+
+async def show(settings, client, target_id: str):
+    """('inspection' | 'recommendation', its live view from the workflow's "state" Query)."""
+    kind, business_id = parse_target(target_id)
+    return kind, await query_state(settings, client, kind, business_id)
+
+
+# ---------------------------------------------------------------- the all-forces dashboard
+
+
+@dataclass(frozen=True)
+class ForceSummary:
+    code: str
+    name: str
+    region: str
+    inspections: int
+    open_recommendations: int
+    overdue_recommendations: int
+    overdue_items: int
+    """Report-level items not received by their due date, and revisits not open after their limit."""
+    next_deadline: date | None
+    revisits_due: int
+    rag: str
+
+    @property
+    def overdue(self) -> int:
+        return self.overdue_recommendations + self.overdue_items
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    today: date
+    forces: list[ForceSummary]
+    programmes: list[str]
+    programme: str | None = None
+    phase: str | None = None
+    sort: str = "force"
+    descending: bool = False
+
+
+SORT_KEYS = {
+    "force": lambda f: (f.name,),
+    "open": lambda f: (f.open_recommendations, f.name),
+    "overdue": lambda f: (f.overdue, f.name),
+    "next_deadline": lambda f: (f.next_deadline is None, f.next_deadline or date.max, f.name),
+    "revisits": lambda f: (f.revisits_due, f.name),
+    "rag": lambda f: ({RED: 0, AMBER: 1, GREEN: 2}[f.rag], f.name),
+}
+
+
+def rag_for(overdue: int, next_deadline: date | None, revisits_due: int, today: date) -> str:
+    if overdue:
+        return RED
+    if revisits_due or (next_deadline is not None and next_deadline <= today + timedelta(days=SOON_DAYS)):
+        return AMBER
+    return GREEN
+
+
+def dashboard_query(today: date, programme: str | None = None, phase: str | None = None):
+    """One statement: every force with its aggregates over the projection tables."""
+    r = Recommendation.__table__
+    i = Inspection.__table__
+    d = Deadline.__table__
+    f = Force.__table__
+    soon = today + timedelta(days=SOON_DAYS)
+
+    def inspection_filter(inspection):
+        conditions = []
+        if programme:
+            conditions.append(inspection.c.programme == programme)
+        if phase:
+            rr = r.alias("in_phase")
+            conditions.append(exists().where(rr.c.inspection_id == inspection.c.id, rr.c.phase == phase))
+        return conditions
+
+    # Open recommendations, each with the clock that runs now (its own or its evidence deadline).
+    clock = d.alias("clock")
+    running = or_(
+        and_(r.c.phase.in_(RUNNING_PHASES), or_(r.c.force_claim.is_(None), r.c.force_claim != ForceClaim.IMPLEMENTED.value)),
+        r.c.phase == Phase.EVIDENCE_REQUESTED.value,
+    )
+    rec_where = [r.c.phase != Phase.CLOSED.value, *inspection_filter(i)]
+    if phase:
+        rec_where.append(r.c.phase == phase)
+    recs = (
+        select(
+            i.c.force_code.label("force"),
+            func.count().label("open"),
+            func.sum(case((and_(running, clock.c.current_due < today), 1), else_=0)).label("overdue"),
+            func.min(case((and_(running, clock.c.current_due >= today), clock.c.current_due))).label("next_due"),
+        )
+        .select_from(
+            r.join(i, i.c.id == r.c.inspection_id).outerjoin(
+                clock,
+                and_(
+                    clock.c.recommendation_id == r.c.id,
+                    clock.c.cycle == r.c.cycle,
+                    clock.c.kind == case((r.c.phase == Phase.EVIDENCE_REQUESTED.value, "evidence"), else_="recommendation"),
+                ),
+            )
+        )
+        .where(*rec_where)
+        .group_by(i.c.force_code)
+        .subquery("recs")
+    )
+
+    # Report-level items not yet received, and revisit limits of revisits not open yet.
+    ii = i.alias("item_inspection")
+    item = d.alias("item")
+    # Report-level keys only (a recommendation's are "recommendation:R1", "evidence:R1"), so that the
+    # (inspection_id, key, cycle) unique index finds them per inspection.
+    waiting_item = and_(item.c.key.in_(REPORT_ITEMS), item.c.met_at.is_(None))
+    waiting_revisit = and_(item.c.key == "revisit_by", item.c.cycle == ii.c.cycle, ii.c.phase == InspectionPhase.FOLLOWING_UP.value)
+    items = (
+        select(
+            ii.c.force_code.label("force"),
+            func.sum(case((item.c.current_due < today, 1), else_=0)).label("overdue"),
+            func.min(case((item.c.current_due >= today, item.c.current_due))).label("next_due"),
+            func.sum(case((and_(item.c.key == "revisit_by", item.c.current_due >= today, item.c.current_due <= soon), 1), else_=0)).label("revisits"),
+        )
+        .select_from(item.join(ii, ii.c.id == item.c.inspection_id))
+        .where(
+            ii.c.phase != InspectionPhase.CLOSED.value,
+            item.c.key.in_((*REPORT_ITEMS, "revisit_by")),
+            or_(waiting_item, waiting_revisit),
+            *inspection_filter(ii),
+        )
+        .group_by(ii.c.force_code)
+        .subquery("items")
+    )
+
+    ci = i.alias("counted")
+    counted = (
+        select(ci.c.force_code.label("force"), func.count().label("inspections"))
+        .where(*inspection_filter(ci))
+        .group_by(ci.c.force_code)
+        .subquery("counted")
+    )
+
+    zero = literal(0)
+    return (
+        select(
+            f.c.code, f.c.name, f.c.region,
+            func.coalesce(counted.c.inspections, zero),
+            func.coalesce(recs.c.open, zero),
+            func.coalesce(recs.c.overdue, zero),
+            func.coalesce(items.c.overdue, zero),
+            recs.c.next_due,
+            items.c.next_due,
+            func.coalesce(items.c.revisits, zero),
+        )
+        .select_from(
+            f.outerjoin(recs, recs.c.force == f.c.code)
+            .outerjoin(items, items.c.force == f.c.code)
+            .outerjoin(counted, counted.c.force == f.c.code)
+        )
+        .order_by(f.c.name)
+    )
+
+
+def _as_date(value) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])  # SQLite hands back MIN() of a date column as text
+
+
+async def dashboard(
+    sessions,
+    *,
+    today: date,
+    programme: str | None = None,
+    phase: str | None = None,
+    sort: str = "force",
+    descending: bool = False,
+) -> Dashboard:
+    """Every force at a glance (the 43 of the reference data, with or without inspections)."""
+    if phase is not None and phase not in OPEN_PHASES:
+        raise UserError(f"phase: {phase!r} is not one of: {', '.join(OPEN_PHASES)}")
+    if sort not in SORT_KEYS:
+        raise UserError(f"sort: {sort!r} is not one of: {', '.join(SORT_KEYS)}")
+    async with sessions() as session:
+        connection = await session.connection()
+        rows = (await connection.execute(dashboard_query(today, programme, phase))).all()
+        programmes = list((await connection.execute(select(Inspection.programme).distinct().order_by(Inspection.programme))).scalars())
+    forces = []
+    for code, name, region, inspections, open_, overdue, overdue_items, rec_next, item_next, revisits in rows:
+        candidates = [d for d in (_as_date(rec_next), _as_date(item_next)) if d is not None]
+        next_deadline = min(candidates) if candidates else None
+        forces.append(
+            ForceSummary(
+                code=code, name=name, region=region, inspections=int(inspections), open_recommendations=int(open_),
+                overdue_recommendations=int(overdue), overdue_items=int(overdue_items), next_deadline=next_deadline,
+                revisits_due=int(revisits), rag=rag_for(int(overdue) + int(overdue_items), next_deadline, int(revisits), today),
+            )
+        )
+    forces.sort(key=SORT_KEYS[sort], reverse=descending)
+    return Dashboard(today, forces, programmes, programme, phase, sort, descending)
+
+
+# ---------------------------------------------------------------- a force
+
+
+@dataclass(frozen=True)
+class InspectionSummary:
+    id: str
+    title: str
+    programme: str
+    published_on: date
+    phase: str
+    cycle: int
+    next_action: str | None
+    next_action_at: Any
+    recommendations: int
+    open_recommendations: int
+    revisit_by: date | None
+
+
+@dataclass(frozen=True)
+class ForcePage:
+    force: Force
+    inspections: list[InspectionSummary]
+
+
+async def force_page(sessions, code: str) -> ForcePage:
+    code = code.strip().upper()
+    async with sessions() as session:
+        force = await session.get(Force, code, options=[selectinload(Force.contacts)])
+        if force is None:
+            raise LookupError(f"no force {code}")
+        r = Recommendation.__table__
+        d = Deadline.__table__
+        counts = (
+            select(
+                r.c.inspection_id,
+                func.count().label("total"),
+                func.sum(case((r.c.phase != Phase.CLOSED.value, 1), else_=0)).label("open"),
+            )
+            .group_by(r.c.inspection_id)
+            .subquery()
+        )
+        revisit = (
+            select(d.c.inspection_id, func.max(d.c.current_due).label("due"))
+            .where(d.c.key == "revisit_by")
+            .group_by(d.c.inspection_id)
+            .subquery()
+        )
+        rows = (
+            await session.execute(
+                select(Inspection, counts.c.total, counts.c.open, revisit.c.due)
+                .outerjoin(counts, counts.c.inspection_id == Inspection.id)
+                .outerjoin(revisit, revisit.c.inspection_id == Inspection.id)
+                .where(Inspection.force_code == code)
+                .order_by(Inspection.published_on.desc())
+            )
+        ).all()
+    return ForcePage(
+        force,
+        [
+            InspectionSummary(
+                insp.id, insp.title, insp.programme, insp.published_on, insp.phase, insp.cycle, insp.next_action,
+                insp.next_action_at, int(total or 0), int(open_ or 0), _as_date(due),
+            )
+            for insp, total, open_, due in rows
+        ],
+    )
+
+
+# ---------------------------------------------------------------- an inspection
+
+
+@dataclass(frozen=True)
+class InspectionPage:
+    inspection: Inspection
+    force: Force
+    findings: list[Finding]
+    recommendations: list[Recommendation]
+    deadlines: list[Deadline]
+    """Report-level deadlines (every cycle), with their revisions."""
+    revisits: list[Revisit]
+    audit: list[AuditEvent] = field(default_factory=list)
+
+
+def _report_order(ref: str) -> tuple[int, str]:
+    return (len(ref), ref)
+
+
+async def inspection_page(sessions, inspection_id: str) -> InspectionPage:
+    async with sessions() as session:
+        inspection = await session.get(Inspection, inspection_id)
+        if inspection is None:
+            raise LookupError(f"no inspection {inspection_id}")
+        force = await session.get(Force, inspection.force_code)
+        findings = list(await session.scalars(select(Finding).where(Finding.inspection_id == inspection_id).order_by(Finding.id)))
+        recommendations = sorted(
+            await session.scalars(select(Recommendation).where(Recommendation.inspection_id == inspection_id)),
+            key=lambda rec: _report_order(rec.ref),
+        )
+        deadlines = list(
+            await session.scalars(
+                select(Deadline)
+                .options(selectinload(Deadline.revisions))
+                .where(Deadline.inspection_id == inspection_id, Deadline.recommendation_id.is_(None))
+                .order_by(Deadline.cycle, Deadline.current_due)
+            )
+        )
+        revisits = list(await session.scalars(select(Revisit).where(Revisit.inspection_id == inspection_id).order_by(Revisit.cycle)))
+        audit = list(
+            await session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.entity_type == "inspection", AuditEvent.entity_id == inspection_id)
+                .order_by(AuditEvent.occurred_at, AuditEvent.id)
+            )
+        )
+    return InspectionPage(inspection, force, findings, recommendations, deadlines, revisits, audit)
+
+
+# ---------------------------------------------------------------- a recommendation
+
+
+@dataclass(frozen=True)
+class RecommendationPage:
+    recommendation: Recommendation
+    inspection: Inspection
+    force: Force
+    finding: Finding | None
+    deadlines: list[Deadline]
+    progress: list[ProgressUpdate]
+    evidence_requests: list[EvidenceRequest]
+    evidence: list[Evidence]
+    decisions: list[Decision]
+    register: list[RegisterStatusEntry]
+    notifications: list[Notification]
+    audit: list[AuditEvent] = field(default_factory=list)
+
+
+async def recommendation_page(sessions, recommendation_id: str) -> RecommendationPage:
+    async with sessions() as session:
+        rec = await session.get(Recommendation, recommendation_id)
+        if rec is None:
+            raise LookupError(f"no recommendation {recommendation_id}")
+        inspection = await session.get(Inspection, rec.inspection_id)
+        force = await session.get(Force, inspection.force_code)
+        finding = await session.get(Finding, rec.finding_id) if rec.finding_id is not None else None
+
+        async def rows(model, *where, order_by):
+            return list(await session.scalars(select(model).where(*where).order_by(*order_by)))
+
+        deadlines = list(
+            await session.scalars(
+                select(Deadline).options(selectinload(Deadline.revisions))
+                .where(Deadline.recommendation_id == recommendation_id)
+                .order_by(Deadline.cycle, Deadline.kind.desc())
+            )
+        )
+        page = RecommendationPage(
+            recommendation=rec,
+            inspection=inspection,
+            force=force,
+            finding=finding,
+            deadlines=deadlines,
+            progress=await rows(ProgressUpdate, ProgressUpdate.recommendation_id == recommendation_id,
+                                order_by=(ProgressUpdate.submitted_at, ProgressUpdate.id)),
+            evidence_requests=await rows(EvidenceRequest, EvidenceRequest.recommendation_id == recommendation_id,
+                                         order_by=(EvidenceRequest.cycle, EvidenceRequest.id)),
+            evidence=await rows(Evidence, Evidence.recommendation_id == recommendation_id,
+                                order_by=(Evidence.submitted_at, Evidence.id)),
+            decisions=await rows(Decision, Decision.recommendation_id == recommendation_id, order_by=(Decision.cycle,)),
+            register=await rows(RegisterStatusEntry, RegisterStatusEntry.recommendation_id == recommendation_id,
+                                order_by=(RegisterStatusEntry.set_at, RegisterStatusEntry.id)),
+            notifications=await rows(Notification, Notification.recommendation_id == recommendation_id,
+                                     order_by=(Notification.scheduled_for, Notification.id)),
+            audit=await rows(AuditEvent, AuditEvent.entity_type == "recommendation", AuditEvent.entity_id == recommendation_id,
+                             order_by=(AuditEvent.occurred_at, AuditEvent.id)),
+        )
+    return page
+
+
+async def evidence_file(sessions, evidence_id: int) -> Evidence:
+    async with sessions() as session:
+        row = await session.get(Evidence, evidence_id)
+    if row is None:
+        raise LookupError(f"no evidence {evidence_id}")
+    return row

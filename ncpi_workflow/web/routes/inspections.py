@@ -1,0 +1,134 @@
+"""An inspection: report details, report-level deadlines, the revisit and each recommendation;
+forms to open the revisit early, record a delivery and move a report-level deadline."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import RedirectResponse
+
+from ncpi_workflow.app import inspector_actions, read_models
+from ncpi_workflow.app.temporal_calls import INSPECTION
+from ncpi_workflow.errors import UserError
+from ncpi_workflow.views import words
+from ncpi_workflow.web.auth import Principal, checked_form, may_act, services, signed_in
+from ncpi_workflow.web.forms import DateProblem, Refusal, date_from, field_for, text
+from ncpi_workflow.web.presenting import audit_entries, history_entries, live_view, recorded_deadline, tracked_deadline
+from ncpi_workflow.web.rendering import render
+
+router = APIRouter()
+
+ITEM_NAMES = {"action_plan": "Force action plan", "pcc_response": "PCC's published response",
+              "immediate_update": "Update on immediate recommendations"}
+
+
+async def _page(request: Request, inspection_id: str, status_code: int = 200, refusal: Refusal | None = None):
+    svc = services(request)
+    try:
+        page = await read_models.inspection_page(svc.sessions, inspection_id)
+    except LookupError:
+        raise HTTPException(404) from None
+    view, unavailable = await live_view(svc, INSPECTION, inspection_id)
+    if view is not None:
+        state = view.state
+        deadlines = [tracked_deadline(d) for d in state.deadlines]
+        history = history_entries(view)
+        phase, cycle = state.phase.value, state.cycle
+        revisit = {"opened_at": state.revisit_opened_at, "trigger": state.revisit_trigger, "by": state.revisit_by}
+        next_action, next_at = view.next_action, view.next_action_at
+    else:
+        deadlines = [recorded_deadline(d) for d in page.deadlines]
+        history = audit_entries(page.audit)
+        insp = page.inspection
+        phase, cycle = insp.phase, insp.cycle
+        latest = next((r for r in reversed(page.revisits) if r.cycle == insp.cycle), None)
+        revisit = {"opened_at": latest.opened_at if latest else None, "trigger": latest.trigger if latest else None,
+                   "by": latest.triggered_by if latest else None}
+        next_action, next_at = insp.next_action, insp.next_action_at
+    open_items = [d["key"] for d in deadlines if d["key"] in ITEM_NAMES and d["met_at"] is None]
+    movable = [d["key"] for d in deadlines if d["met_at"] is None and (d["key"] in ITEM_NAMES or d["key"] == "revisit_by")]
+    context = refusal.context() if refusal else {}
+    return render(
+        request, "inspection.html", status_code, title=f"{page.force.name}: inspection published {page.inspection.published_on:%-d %B %Y}",
+        page=page, deadlines=deadlines, history=history, phase=phase, cycle=cycle, revisit=revisit,
+        next_action=next_action, next_at=next_at, live=view is not None, unavailable=unavailable,
+        open_items=open_items, movable=movable, item_names=ITEM_NAMES, **context,
+    )
+
+
+@router.get("/inspections/{inspection_id}")
+async def inspection(request: Request, inspection_id: str, user: Principal = Depends(signed_in)):
+    return await _page(request, inspection_id)
+
+
+async def _exists(request: Request, inspection_id: str) -> None:
+    from ncpi_workflow.models import Inspection
+
+    async with services(request).sessions() as session:
+        if await session.get(Inspection, inspection_id) is None:
+            raise HTTPException(404)
+
+
+def _done(request: Request, inspection_id: str, message: str) -> RedirectResponse:
+    request.session["flash"] = message
+    return RedirectResponse(f"/inspections/{inspection_id}", status_code=303)
+
+
+@router.post("/inspections/{inspection_id}/revisit")
+async def open_revisit(request: Request, inspection_id: str, user: Principal = Depends(may_act)):
+    await checked_form(request)
+    await _exists(request, inspection_id)
+    svc = services(request)
+    try:
+        result = await inspector_actions.trigger_revisit(svc.settings, await svc.client(), inspection_id, by=user.email)
+    except UserError as exc:
+        return await _page(request, inspection_id, 400, Refusal("revisit").add("open-revisit", str(exc)))
+    return _done(request, inspection_id, f"The revisit is open (cycle {result.cycle}). Every open recommendation is "
+                                         "asked for evidence or is under review.")
+
+
+@router.post("/inspections/{inspection_id}/deliveries")
+async def record_delivery(request: Request, inspection_id: str, user: Principal = Depends(may_act)):
+    form = await checked_form(request)
+    await _exists(request, inspection_id)
+    item, note = text(form, "item"), text(form, "note")
+    refusal = Refusal("delivery", values={"item": item, "note": note})
+    if not item:
+        return await _page(request, inspection_id, 400, refusal.add("delivery-item", "Select what was received"))
+    svc = services(request)
+    try:
+        await inspector_actions.record_delivery(svc.settings, await svc.client(), inspection_id, item, by=user.email, note=note)
+    except UserError as exc:
+        field = field_for(str(exc), [("note", "delivery-note")], "delivery-item")
+        return await _page(request, inspection_id, 400, refusal.add(field, str(exc)))
+    return _done(request, inspection_id, f"{ITEM_NAMES.get(item, words(item))}: receipt recorded; its reminders stop.")
+
+
+DEADLINE_FIELDS = [("reason", "report-deadline-reason"), ("no open deadline", "report-deadline-key"),
+                   ("already met", "report-deadline-key")]
+
+
+@router.post("/inspections/{inspection_id}/deadlines")
+async def revise_deadline(request: Request, inspection_id: str, user: Principal = Depends(may_act)):
+    form = await checked_form(request)
+    await _exists(request, inspection_id)
+    key, reason = text(form, "deadline"), text(form, "reason")
+    values = {"deadline": key, "reason": reason, **{f"new_due-{p}": text(form, f"new_due-{p}") for p in ("day", "month", "year")}}
+    refusal = Refusal("report-deadline", values=values)
+    if not key:
+        refusal.add("report-deadline-key", "Select the deadline to move")
+    try:
+        new_due = date_from(form, "new_due")
+    except DateProblem as exc:
+        refusal.add("report-deadline-new_due-day", str(exc))
+    if not reason:
+        refusal.add("report-deadline-reason", "Enter why the deadline moves")
+    if refusal.errors:
+        return await _page(request, inspection_id, 400, refusal)
+    svc = services(request)
+    try:
+        moved = await inspector_actions.revise_deadline(svc.settings, await svc.client(), inspection_id, key, new_due, reason, by=user.email)
+    except UserError as exc:
+        field = field_for(str(exc), DEADLINE_FIELDS, "report-deadline-new_due-day")
+        return await _page(request, inspection_id, 400, refusal.add(field, str(exc)))
+    return _done(request, inspection_id, f"{ITEM_NAMES.get(key, words(key)).capitalize()} moved from "
+                                         f"{moved.previous_due:%-d %B %Y} to {moved.due:%-d %B %Y}.")
