@@ -114,5 +114,4 @@ def web() -> None:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
-    typer.echo(f"web app on {settings.web_url} (Ctrl-C stops it)", err=True)
-    serve(settings)
+    serve(settings, announce=lambda: typer.echo(f"web app on {settings.web_url} (Ctrl-C stops it)", err=True))

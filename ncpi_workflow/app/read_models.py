@@ -70,9 +70,17 @@ async def status(sessions, force_code: str | None = None):
         return await status_rows(session, force_code)
 
 
+async def stuck_workflows(sessions) -> dict[str, str]:
+    """{workflow ID: error} of follow-ups whose workflow task keeps failing (the reconciler's last pass)."""
+    from ncpi_workflow.models import StuckWorkflow
+
+    async with sessions() as session:
+        return dict((await session.execute(select(StuckWorkflow.workflow_id, StuckWorkflow.error))).all())
+
+
 async def status_listing(sessions, force_code: str | None = None) -> list[dict[str, Any]]:
-    """The records of `ncpi status --json`."""
-    return status_records(await status(sessions, force_code))
+    """The records of `ncpi status --json` (stuck follow-ups marked)."""
+    return status_records(await status(sessions, force_code), await stuck_workflows(sessions))
 
 
 async def show(settings, client, target_id: str):
@@ -171,6 +179,7 @@ def dashboard_query(today: date, programme: str | None = None, phase: str | None
                 and_(
                     clock.c.recommendation_id == r.c.id,
                     clock.c.cycle == r.c.cycle,
+                    clock.c.kind.in_(("recommendation", "evidence")),  # lets PostgreSQL hash only these
                     clock.c.kind == case((r.c.phase == Phase.EVIDENCE_REQUESTED.value, "evidence"), else_="recommendation"),
                 ),
             )

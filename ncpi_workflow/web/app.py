@@ -108,6 +108,26 @@ def create_app(
         return render(request, "error.html", exc.status_code, title=titles.get(exc.status_code, "Something went wrong"),
                       message=str(exc.detail) if exc.status_code != 404 else "If you typed the address, check it is correct.")
 
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(ProgrammingError)
+    async def _database(request: Request, exc: Exception):
+        from ncpi_workflow.app.temporal_calls import database_errors
+        from ncpi_workflow.errors import UserError
+
+        try:
+            with database_errors(settings):
+                raise exc
+        except UserError as reason:
+            message = str(reason)
+        except Exception:  # not a database problem after all
+            message = f"internal error: {type(exc).__name__}"
+        log.error("web: %s %s: %s", request.method, request.url.path, message)
+        request.state.user = None
+        return render(request, "error.html", 503, title="The service is not available",
+                      message=message[:1].upper() + message[1:])
+
     from ncpi_workflow.web.routes import account, dashboard, forces, inspections, outbox, publish, recommendations, staff
 
     for module in (account, dashboard, forces, inspections, recommendations, outbox, publish, staff):

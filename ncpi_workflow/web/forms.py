@@ -16,7 +16,11 @@ class Refusal:
     field_errors: dict[str, str] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)
 
-    def add(self, field_id: str, message: str) -> "Refusal":
+    def add(self, field_id: str, message: str, sentence: bool = True) -> "Refusal":
+        """`sentence`: show a validator's reason as a sentence (capital first letter), as GOV.UK error
+        messages are; a problem line naming a file keeps its exact text."""
+        if sentence and message[:1].islower():
+            message = message[0].upper() + message[1:]
         self.errors.append({"text": message, "href": f"#{field_id}"})
         self.field_errors.setdefault(field_id, message)
         return self

@@ -73,6 +73,13 @@ def _deadline_name(key: str) -> str:
     return DEADLINE_NAMES.get(key, words(key))
 
 
+def _sentence(value) -> str:
+    """First letter capital, the rest as it is ('PCC's published response' stays so; Jinja's
+    `capitalize` would lower the rest)."""
+    text = str(value)
+    return text[:1].upper() + text[1:]
+
+
 def build_environment() -> Environment:
     env = Environment(
         loader=ChoiceLoader(
@@ -87,7 +94,7 @@ def build_environment() -> Environment:
     )
     env.filters.update(
         day=_date, when=_when, iso=_iso, words=words, long_date=long_date, outcome=outcome_words, role=role_name,
-        deadline_name=_deadline_name,
+        deadline_name=_deadline_name, sentence=_sentence,
     )
     env.globals.update(
         service_name=SERVICE_NAME, phase_tag=_tag, status_tag=lambda s: _tag(s, STATUS_TAGS), rag_tags=RAG_TAGS,

@@ -43,6 +43,25 @@ def session_secret(settings: Settings) -> str:
     return key
 
 
+def check_listen(host: str, port: int) -> None:
+    """A one-line UserError when the address cannot be listened on (taken, or not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"the web app cannot listen on {host}:{port} (NCPI_WEB_HOST, NCPI_WEB_PORT): {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(
+                f"the web app cannot listen on {host}:{port} (NCPI_WEB_HOST, NCPI_WEB_PORT): {exc.strerror.lower()}"
+            ) from None
+
+
 def uvicorn_config(settings: Settings, app=None, **overrides):
     import uvicorn
 
@@ -61,13 +80,31 @@ def uvicorn_config(settings: Settings, app=None, **overrides):
     return uvicorn.Config(app or create_app(settings), **options)
 
 
-def serve(settings: Settings) -> None:
-    """`ncpi web`: serve until Ctrl-C or SIGTERM."""
+def serve(settings: Settings, announce=None) -> None:
+    """`ncpi web`: serve until Ctrl-C or SIGTERM. `announce()` is called once the address is known to be free."""
     import uvicorn
 
+    import signal
+
     session_secret(settings)  # refuse at once, in one line, when the key cannot be had
+    check_listen(settings.web_host, settings.web_port)
     server = uvicorn.Server(uvicorn_config(settings))
-    server.run()
+    if announce is not None:
+        announce()
+    # Our own handlers: Ctrl-C and SIGTERM end the server cleanly and the command exits 0 (uvicorn's
+    # would re-raise the signal after shutting down).
+    server.capture_signals = contextlib.nullcontext
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind
+            pass
+
+    asyncio.run(main())
     if not server.started:
         raise UserError(f"the web app could not listen on {settings.web_host}:{settings.web_port} (NCPI_WEB_HOST, NCPI_WEB_PORT)")
 

@@ -61,7 +61,7 @@ async def test_every_post_needs_the_sessions_csrf_token(site):
         assert "This form has expired" in refused.text
     # With the right token the same request is attempted (and refused by Temporal's absence, not by CSRF).
     attempted = await b.post(path, form)
-    assert attempted.status_code == 400 and "cannot reach Temporal" in attempted.text
+    assert attempted.status_code == 400 and "Cannot reach Temporal" in attempted.text
 
     # Signing out needs it too: without it, the user stays signed in.
     assert (await b.post("/sign-out", token=False)).status_code == 403

@@ -39,22 +39,22 @@ async def publish(request: Request, user: Principal = Depends(admin_only)):
         return render(request, "publish.html", 400, title="Publish a report", **refusal.context())
     if upload.size is not None and upload.size > limit:
         name = publishing.upload_name(upload.filename)
-        refusal.add(FIELD, f"{name}: file is {upload.size:,} bytes, over the {limit:,}-byte limit for a report")
+        refusal.add(FIELD, f"{name}: file is {upload.size:,} bytes, over the {limit:,}-byte limit for a report", sentence=False)
         return render(request, "publish.html", 400, title="Publish a report", **refusal.context())
     content = await upload.read(limit + 1)
     checked = publishing.check_upload(svc.settings, upload.filename, content)
     if not checked.ok:
         for problem in checked.problems:
-            refusal.add(FIELD, problem)
+            refusal.add(FIELD, problem, sentence=False)
         return render(request, "publish.html", 400, title="Publish a report", **refusal.context())
     try:
         result = await publishing.publish_upload(svc.settings, await svc.client(), upload.filename, content, by=user.email)
     except ReportInvalid as exc:
         for problem in exc.problems:
-            refusal.add(FIELD, problem)
+            refusal.add(FIELD, problem, sentence=False)
         return render(request, "publish.html", 400, title="Publish a report", **refusal.context())
     except UserError as exc:
-        refusal.add(FIELD, str(exc))
+        refusal.add(FIELD, str(exc), sentence=not str(exc).startswith(publishing.upload_name(upload.filename)))
         return render(request, "publish.html", 400, title="Publish a report", **refusal.context())
     if result.started:
         request.session["flash"] = (f"Published {result.inspection_id}: its follow-up has started "
