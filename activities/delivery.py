@@ -185,6 +185,18 @@ class DeliveryActivities:
                 # A broken template or missing data: retrying cannot help, so it is a permanent failure.
                 return await self._fail(notification_id, f"template error: {exc}", message_id=None)
         owner = self._lease_owner()
+        # The message's bytes are built before the write transaction: on SQLite a burst of deliveries
+        # would otherwise take turns holding the database's one write lock while they build MIME.
+        prepared = None
+        if context is not None:
+            async with self.sessions() as session:
+                row = await session.get(Notification, notification_id)
+                prepared_id = row.message_id or message_id_for(row.idempotency_key, self.settings.mail_from)
+                prepared = flatten(build_message(
+                    mail_from=self.settings.mail_from, reply_to=self.settings.reply_to,
+                    to=list(row.recipients["to"]), subject=rendered.subject, text=rendered.text,
+                    html=rendered.html, message_id=prepared_id, reference=row.idempotency_key,
+                ))
         now = utcnow()
         # Lease the row and count the attempt, store the rendering (first attempt only), then send
         # holding no database connection: a burst of deliveries waiting their turn on the shared
@@ -205,11 +217,9 @@ class DeliveryActivities:
                 message_id = notification.message_id or message_id_for(notification.idempotency_key, self.settings.mail_from)
                 data = notification.rendered
                 if data is None:
-                    data = flatten(build_message(
-                        mail_from=self.settings.mail_from, reply_to=self.settings.reply_to,
-                        to=list(notification.recipients["to"]), subject=rendered.subject, text=rendered.text,
-                        html=rendered.html, message_id=message_id, reference=notification.idempotency_key,
-                    ))
+                    if prepared is None:  # rendered by another attempt that then lost its row: render again
+                        raise _held(f"notification {notification_id} lost its rendering; retried")
+                    data = prepared
                 to = list(notification.recipients["to"])
                 if message_recipients(data) != to:
                     data = with_recipients(data, to)  # a resend to the contacts' corrected addresses

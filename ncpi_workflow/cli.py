@@ -24,6 +24,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The inspectorate's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+from ncpi_workflow.cli_web import users_app, web  # noqa: E402  (the web app's commands live beside it)
+
+app.add_typer(users_app, name="users")
+app.command()(web)
 
 EXIT_INVALID = 1
 EXIT_INTERNAL = 70

@@ -22,6 +22,8 @@ from pathlib import Path
 from ncpi_workflow import PROJECT_ROOT
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.settings import Settings
+from ncpi_workflow.users import ensure_demo_inspector
+from ncpi_workflow.web.server import running_web
 
 EXAMPLE = PROJECT_ROOT / "examples" / "cumbria-2017.yaml"
 
@@ -106,6 +108,7 @@ async def run_dev(settings: Settings, echo=print) -> None:
         async with db.open_database(settings.database_url) as sessions:
             async with sessions.begin() as session:
                 await load_reference_forces(session, load_forces(settings.forces_file))
+            demo_email, demo_password = await ensure_demo_inspector(sessions)  # a fresh password each run
         lines.append(f"Database        {settings.database_url}")
 
         client = await connect(settings.temporal_address, settings.temporal_namespace)
@@ -114,6 +117,8 @@ async def run_dev(settings: Settings, echo=print) -> None:
         await stack.enter_async_context(scheduled_jobs(client, settings))
         await stack.enter_async_context(worker_liveness(settings.worker_alive_file))
         lines.append(f"Worker          task queue {settings.task_queue}, with the digest and reconciliation jobs")
+        web_address = await stack.enter_async_context(running_web(settings))
+        lines.append(f"Web app         {web_address}  (sign in as {demo_email}, password {demo_password})")
 
         if not await published_ids(settings):
             demo = settings.model_copy(update={"time_scale": settings.dev_time_scale})
