@@ -37,6 +37,8 @@ COPY activities ./activities
 COPY config ./config
 COPY migrations ./migrations
 COPY examples ./examples
+# The web app's GOV.UK Design System assets, installed from npm by `make` before `docker build`.
+COPY node_modules/govuk-frontend/dist ./node_modules/govuk-frontend/dist
 RUN pip install --no-deps --editable . \
  && python -c "import sys, pathlib, ncpi_workflow as p; root = p.PROJECT_ROOT; ok = root == pathlib.Path('/app') and (root / 'migrations' / 'env.py').is_file() and (root / 'config' / 'policy.toml').is_file(); sys.exit(0 if ok else f'ncpi_workflow resolves its project root to {root}, expected /app')" \
  && ncpi --help > /dev/null \

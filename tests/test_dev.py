@@ -26,6 +26,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         NCPI_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
         NCPI_SMTP_PORT=str(free_port()),
         NCPI_DEV_UI_PORT=str(free_port()),
+        NCPI_WEB_PORT=str(free_port()),
         NCPI_DEV_TIME_SCALE="200000",  # the first reminder (14 days in) after about 6 seconds
         NCPI_SETTINGS_FILE=str(tmp_path / "none.toml"),
         NCPI_WORKER_ALIVE_FILE=str(tmp_path / "worker.alive"),  # not the machine-wide default in /tmp
@@ -82,6 +83,20 @@ def _port_open(address: str) -> bool:
         return False
 
 
+def _sign_in_and_see_the_dashboard(address: str, email_address: str, password: str) -> None:
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=address, follow_redirects=True, timeout=10) as web:
+        assert web.get("/healthz").status_code == 200
+        form = web.get("/sign-in")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token, form.text[:500]
+        page = web.post("/sign-in", data={"email": email_address, "password": password, "csrf_token": token[1]})
+        assert page.status_code == 200 and "Cumbria" in page.text, page.text[:500]
+
+
 def test_make_run_brings_everything_up_sends_mail_and_resumes(tmp_path):
     env = _env(tmp_path)
     process, lines = _start(env)
@@ -94,6 +109,12 @@ def test_make_run_brings_everything_up_sends_mail_and_resumes(tmp_path):
         assert "Reminder" in mail[1]["Subject"]
         status = run_ncpi("status", "--json", env=env)
         assert status.returncode == 0 and "CUM-2017-01-26-R1" in status.stdout
+        # The web app, with the demonstration inspector's sign-in printed: the password works.
+        web_line = next(line for line in lines if line.strip().startswith("Web app"))
+        address = web_line.split()[2]
+        assert address == f"http://127.0.0.1:{env['NCPI_WEB_PORT']}"
+        password = web_line.rsplit("password ", 1)[1].rstrip(")")
+        _sign_in_and_see_the_dashboard(address, web_line.split("sign in as ", 1)[1].split(",")[0], password)
         health = run_ncpi("health", "--worker", env=env)  # the compose health check, during `make run`
         assert health.returncode == 0, health.stderr
         assert health.stdout.startswith("ok: database and Temporal reachable, worker alive")
