@@ -792,7 +792,7 @@ def deliver(
 @app.command()
 def worker() -> None:
     """Run the worker: every follow-up workflow and activity on the task queue, until Ctrl-C or SIGTERM."""
-    import worker as worker_module
+    from ncpi_workflow.service import worker as worker_module
 
     settings = _settings()
     worker_module.configure_logging(settings)
@@ -1040,7 +1040,7 @@ def outbox_resend(
     from ncpi_workflow import db
     from ncpi_workflow.models import Notification
     from ncpi_workflow.store import append_audit, resolve_recipients
-    from workflows.delivery import resend_workflow_id
+    from ncpi_workflow.lifecycle import resend_workflow_id
 
     if failed == (notification_id is not None):
         fail("give either one notification ID or --failed")

@@ -60,7 +60,7 @@ async def run_dev(settings: Settings, echo=print) -> None:
     from ncpi_workflow.smtp_capture import start_capture
     from ncpi_workflow.store import load_reference_forces
     from ncpi_workflow.temporal import connect, dev_server_flags, ensure_search_attributes
-    from worker import running_worker, scheduled_jobs, worker_liveness
+    from ncpi_workflow.service.worker import running_worker, scheduled_jobs, worker_liveness
 
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)

@@ -1081,7 +1081,7 @@ class _Pass:
                        or_(Notification.lease_until.is_(None), Notification.lease_until < now))
                 .order_by(Notification.id)
             )).all()
-        from workflows.delivery import resend_workflow_id
+        from ncpi_workflow.lifecycle import resend_workflow_id
 
         for notification_id, kind, attempts in rows:
             try:

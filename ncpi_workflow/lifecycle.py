@@ -202,6 +202,11 @@ def recommendation_workflow_id(recommendation_id: str) -> str:
     return f"{inspection_workflow_id(inspection_id)}/{ref}"
 
 
+def resend_workflow_id(notification_id: int) -> str:
+    """The business ID of an operator's re-send of one notification (`ncpi outbox resend`)."""
+    return f"ncpi/notification/{notification_id}/resend"
+
+
 def parse_inspection_id(text: str) -> str:
     """Accept 'CUM-2017-01-26' or the workflow ID; raise ValueError otherwise."""
     import re

@@ -6,6 +6,9 @@ from temporalio import workflow
 
 from workflows.common import DELIVERY_RETRY, DELIVERY_TIMEOUT
 
+with workflow.unsafe.imports_passed_through():
+    from ncpi_workflow.lifecycle import resend_workflow_id  # noqa: F401  (kept importable from here)
+
 
 @workflow.defn(name="NotificationDelivery")
 class DeliveryWorkflow:
@@ -16,6 +19,3 @@ class DeliveryWorkflow:
             result_type=str,
         )
 
-
-def resend_workflow_id(notification_id: int) -> str:
-    return f"ncpi/notification/{notification_id}/resend"

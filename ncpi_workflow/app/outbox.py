@@ -10,17 +10,12 @@ from sqlalchemy import func, select
 
 from ncpi_workflow.app.temporal_calls import temporal_errors
 from ncpi_workflow.errors import UserError
+from ncpi_workflow.lifecycle import resend_workflow_id
 from ncpi_workflow.models import Inspection, Notification, NotificationStatus
 from ncpi_workflow.views import outbox_records
 
 OUTBOX_STATUSES = tuple(s.value for s in NotificationStatus)
 RESEND_WORKFLOW = "NotificationDelivery"
-
-
-def resend_workflow_id(notification_id: int) -> str:
-    """The business ID of a re-send; the same as `workflows.delivery.resend_workflow_id` (which the
-    workflow package should import from here, so that the two cannot drift apart)."""
-    return f"ncpi/notification/{notification_id}/resend"
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,15 @@ def test_the_resend_workflow_id_is_the_workflows_own():
 
     assert all(resend_workflow_id(n) == workflows_own(n) for n in (1, 42, 2**31 - 1))
     assert DeliveryWorkflow.__temporal_workflow_definition.name == RESEND_WORKFLOW
+
+
+def test_the_domain_package_never_imports_the_top_level_worker_or_workflows():
+    """Only ncpi_workflow/service/ builds the worker (it registers workflows/ and activities/);
+    nothing else in the package reaches up to the top-level `worker`, `workflows` or `activities`."""
+    files = [p for p in sorted((ROOT / "ncpi_workflow").rglob("*.py")) if "service" not in p.relative_to(ROOT).parts]
+    upwards = ("worker", "workflows", "activities")
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(n for n in imported(p) if any(n == u or n.startswith(u + ".") for u in upwards))
+        for p in files
+    }
+    assert {p: names for p, names in offenders.items() if names} == {}

@@ -1,0 +1,162 @@
+"""The worker service: runs every follow-up workflow and activity on the configured task queue.
+
+`python worker.py` (the thin entry point at the top of the repository) and `ncpi worker` are the
+same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.calendar import CalendarActivities
+from activities.delivery import DeliveryActivities, DeliverySettings
+from activities.records import InspectorateAddresses, RecordActivities
+from ncpi_workflow.mailer import Mailer, SmtpConfig
+from ncpi_workflow import db
+from ncpi_workflow.policy import load_policy
+from ncpi_workflow.settings import Settings, get_settings
+from ncpi_workflow.temporal import connect, ensure_search_attributes
+from workflows.delivery import DeliveryWorkflow
+from workflows.inspection import InspectionWorkflow
+from workflows.recommendation import RecommendationWorkflow
+
+WORKFLOWS = [InspectionWorkflow, RecommendationWorkflow, DeliveryWorkflow]
+
+# The domain package is deterministic and imported once, outside the sandbox: re-importing it (and
+# `holidays`, `dateutil`, pydantic models) for every workflow run would cost time and memory.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("ncpi_workflow", "dateutil")
+)
+
+log = logging.getLogger("ncpi.worker")
+
+
+def record_activities(sessions, settings: Settings) -> RecordActivities:
+    return RecordActivities(sessions, InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email))
+
+
+def delivery_activities(sessions, mailer: Mailer, settings: Settings) -> DeliveryActivities:
+    return DeliveryActivities(
+        sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir)
+    )
+
+
+@asynccontextmanager
+async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Worker]:
+    """A started worker for the workflows and activities, with its database and SMTP connection,
+    until the block ends."""
+    mailer = Mailer(SmtpConfig.from_settings(settings))
+    async with db.open_database(settings.database_url) as sessions:
+        worker = Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            workflow_runner=WORKFLOW_RUNNER,
+            activities=record_activities(sessions, settings).all()
+            + delivery_activities(sessions, mailer, settings).all()
+            + CalendarActivities(load_policy(settings.policy).calendar).all(),
+            # On SIGTERM, activities in flight get this long to finish before they are cancelled (and
+            # retried elsewhere by Temporal): every activity is idempotent, so nothing is lost either way.
+            graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
+        )
+        try:
+            async with worker:
+                yield worker
+        finally:
+            await mailer.close()
+
+
+@asynccontextmanager
+async def scheduled_jobs(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """The in-service periodic jobs (APScheduler): the inspectors' digest at 08:00 on working days and
+    reconciliation every few minutes. Every replica runs the scheduler; a claim in the database
+    lets exactly one of them run each due time."""
+    from ncpi_workflow.jobs import build_scheduler
+
+    async with db.open_database(settings.database_url) as sessions:
+        scheduler = build_scheduler(sessions, client, settings)
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.shutdown(wait=False)
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    added = await ensure_search_attributes(client, settings.temporal_namespace)
+    if added:
+        log.info("registered search attributes %s", ", ".join(added))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, settings), scheduled_jobs(client, settings):
+        log.info("worker running on %s, task queue %s", settings.temporal_address, settings.task_queue)
+        async with worker_liveness(settings.worker_alive_file):
+            await stop.wait()
+        log.info("shutting down")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors (NCPI_LOG_FORMAT=json)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if settings.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+ALIVE_EVERY_SECONDS = 5.0
+
+
+async def keep_alive(path) -> None:
+    """Touch the liveness file while the worker runs (per container: not on a shared volume)."""
+    while True:
+        try:
+            path.touch()
+        except OSError as exc:
+            log.warning("cannot touch %s: %s", path, exc)
+        await asyncio.sleep(ALIVE_EVERY_SECONDS)
+
+
+@asynccontextmanager
+async def worker_liveness(path) -> AsyncIterator[None]:
+    """Keep the liveness file fresh for `ncpi health --worker` until the block ends, then remove it.
+    `ncpi worker` and `ncpi dev` both use it, so the health check means the same in either."""
+    alive = asyncio.create_task(keep_alive(path))
+    try:
+        yield
+    finally:
+        alive.cancel()
+        path.unlink(missing_ok=True)
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
