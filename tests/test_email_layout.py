@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ncpi_workflow import emails
-from ncpi_workflow.emails import DigestItem, EmailContext, escalation_examples, example_contexts, render_email
+from ncpi_workflow.email_examples import escalation_examples, example_contexts
+from ncpi_workflow.emails import DigestItem, EmailContext, render_email
 from tests.conftest import IN_CI, ROOT
 
 DOCS = ROOT / "docs" / "emails"

@@ -16,11 +16,9 @@ from ncpi_workflow.emails import (
     DigestItem,
     EmailContext,
     EmailTemplateError,
-    escalation_examples,
-    example_contexts,
     render_email,
-    write_examples,
 )
+from ncpi_workflow.email_examples import escalation_examples, example_contexts, write_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "emails"
@@ -435,7 +433,7 @@ def test_docs_emails_are_up_to_date(tmp_path):
     write_examples(tmp_path)
     expected = sorted(p.name for p in tmp_path.iterdir())
     committed = sorted(p.name for p in DOCS.iterdir()) if DOCS.is_dir() else []
-    hint = "docs/emails/ is out of date: run .venv/bin/python -m ncpi_workflow.emails docs/emails"
+    hint = "docs/emails/ is out of date: run .venv/bin/python -m ncpi_workflow.email_examples docs/emails"
     assert committed == expected, hint
     for name in expected:
         assert (DOCS / name).read_bytes() == (tmp_path / name).read_bytes(), f"{name}: {hint}"

@@ -18,7 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from ncpi_workflow.emails import example_contexts, render_email
+from ncpi_workflow.email_examples import example_contexts
+from ncpi_workflow.emails import render_email
 from ncpi_workflow.mailer import build_message, message_id_for
 from ncpi_workflow.settings import Settings
 from tests.conftest import IN_CI
