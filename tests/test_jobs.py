@@ -12,6 +12,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
 
 from ncpi_workflow import db, jobs
+from ncpi_workflow.jobs import digest
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.formatting import LONDON
 from ncpi_workflow.jobs import JobRun, build_scheduler, claim, due_time, reconcile, run_once, send_digest, workflow_status
@@ -114,13 +115,13 @@ async def test_two_schedulers_fire_the_same_due_time_and_the_digest_goes_out_onc
 ):
     async with harness(time_skipping_env, tmp_path, database_url=database_url) as h:
         calls = []
-        real = jobs.send_digest
+        real = digest.send_digest
 
         async def digest_on_a_fixed_day(sessions, client, settings, now):
             calls.append(now)
             return await real(sessions, client, settings, london(2017, 7, 3))  # a Monday, whatever today is
 
-        monkeypatch.setattr(jobs, "send_digest", digest_on_a_fixed_day)
+        monkeypatch.setattr(digest, "send_digest", digest_on_a_fixed_day)
         async with db.open_database(h.settings.database_url) as other_sessions:
             replicas = [build_scheduler(h.sessions, h.client, h.settings, owner="replica-a:1"),
                         build_scheduler(other_sessions, h.client, h.settings, owner="replica-b:2")]
