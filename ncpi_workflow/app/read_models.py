@@ -363,6 +363,10 @@ class InspectionPage:
     """Report-level deadlines (every cycle), with their revisions."""
     revisits: list[Revisit]
     audit: list[AuditEvent] = field(default_factory=list)
+    all_deadlines: list[Deadline] = field(default_factory=list)
+    """Every deadline of the report, its recommendations' too (for the timeline)."""
+    notifications: list[Notification] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
 
 
 def _report_order(ref: str) -> tuple[int, str]:
@@ -396,7 +400,14 @@ async def inspection_page(sessions, inspection_id: str) -> InspectionPage:
                 .order_by(AuditEvent.occurred_at, AuditEvent.id)
             )
         )
-    return InspectionPage(inspection, force, findings, recommendations, deadlines, revisits, audit)
+        all_deadlines = list(await session.scalars(select(Deadline).where(Deadline.inspection_id == inspection_id)))
+        notifications = list(await session.scalars(
+            select(Notification).where(Notification.inspection_id == inspection_id).order_by(Notification.id)))
+        decisions = list(await session.scalars(
+            select(Decision).join(Recommendation, Recommendation.id == Decision.recommendation_id)
+            .where(Recommendation.inspection_id == inspection_id).order_by(Decision.decided_at)))
+    return InspectionPage(inspection, force, findings, recommendations, deadlines, revisits, audit,
+                          all_deadlines, notifications, decisions)
 
 
 # ---------------------------------------------------------------- a recommendation

@@ -3,17 +3,21 @@ forms to open the revisit early, record a delivery and move a report-level deadl
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse
 
 from ncpi_workflow.app import inspector_actions, read_models
 from ncpi_workflow.app.temporal_calls import INSPECTION
 from ncpi_workflow.errors import UserError
-from ncpi_workflow.views import words
+from ncpi_workflow.formatting import local_date
+from ncpi_workflow.views import calendar_now, words
 from ncpi_workflow.web.auth import Principal, checked_form, may_act, services, signed_in
 from ncpi_workflow.web.forms import DateProblem, Refusal, date_from, field_for, text
 from ncpi_workflow.web.presenting import audit_entries, history_entries, live_view, recorded_deadline, tracked_deadline
 from ncpi_workflow.web.rendering import render
+from ncpi_workflow.web.timeline import events_of, timeline_svg
 
 router = APIRouter()
 
@@ -44,6 +48,10 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
         revisit = {"opened_at": latest.opened_at if latest else None, "trigger": latest.trigger if latest else None,
                    "by": latest.triggered_by if latest else None}
         next_action, next_at = insp.next_action, insp.next_action_at
+    # The calendar's today: under a time scale the follow-up's, from its live view.
+    today = local_date(calendar_now(view)) if view is not None else local_date(datetime.now(timezone.utc))
+    timeline = timeline_svg(events_of(page.all_deadlines, page.notifications, page.decisions, page.revisits), today,
+                            f"Timeline of the follow-up of {page.force.name}'s inspection")
     open_items = [d["key"] for d in deadlines if d["key"] in ITEM_NAMES and d["met_at"] is None]
     movable = [d["key"] for d in deadlines if d["met_at"] is None and (d["key"] in ITEM_NAMES or d["key"] == "revisit_by")]
     context = refusal.context() if refusal else {}
@@ -51,7 +59,7 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
         request, "inspection.html", status_code, title=f"{page.force.name}: inspection published {page.inspection.published_on:%-d %B %Y}",
         page=page, deadlines=deadlines, history=history, phase=phase, cycle=cycle, revisit=revisit,
         next_action=next_action, next_at=next_at, live=view is not None, unavailable=unavailable,
-        open_items=open_items, movable=movable, item_names=ITEM_NAMES, **context,
+        open_items=open_items, movable=movable, item_names=ITEM_NAMES, timeline=timeline, **context,
     )
 
 
