@@ -396,7 +396,8 @@ class RecommendationState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
-    """The projection counter of histories from before versions came from the history (unused since)."""
+    """The version of the latest projection written (workflows.common.ProjectionVersions; a counter in
+    histories from before it). The reconciler compares it with the database's."""
     undelivered: list[int] = field(default_factory=list)
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
     register: list["RegisterEntry"] = field(default_factory=list)
@@ -673,7 +674,8 @@ class InspectionState:
     closed_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     projection_version: int = 0
-    """The projection counter of histories from before versions came from the history (unused since)."""
+    """The version of the latest projection written (workflows.common.ProjectionVersions; a counter in
+    histories from before it). The reconciler compares it with the database's."""
     undelivered: list[int] = field(default_factory=list)
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
     run: int = 0

@@ -6,10 +6,8 @@ commit to its caller, so that a publication is one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path

@@ -16,7 +16,7 @@ from activities.records import RecordActivities
 from ncpi_workflow.lifecycle import InspectionProjection, ProgressRequest, RecommendationProjection
 from ncpi_workflow.models import Inspection, Recommendation
 from tests.lifecycle_support import harness, write_report
-from tests.test_lifecycle_timeskipping import _phase_is, at, decide, eventually, revisit_and_evidence, start
+from tests.test_lifecycle_timeskipping import _phase_is, at, decide, eventually, insp_view, revisit_and_evidence, start
 from tests.test_replay_stuck import ADDRESSES, TASK_TIMEOUT, _eventually, _records, _worker
 from workflows.common import ProjectionVersions
 
@@ -64,6 +64,15 @@ async def test_the_newer_projection_wins_and_the_highest_version_fits_both_datab
     assert (row.phase, row.projection_version, len(row.next_action)) == ("under_review", HIGHEST, 200)
     assert (inspection.phase, len(inspection.next_action)) == ("revisit_open", 200)
     assert HIGHEST < 2**31
+
+
+def test_a_new_run_versions_above_everything_written_before_it():
+    R = ProjectionVersions.RUN
+    assert ProjectionVersions.next_run(0, 0) == 1  # a new follow-up
+    assert ProjectionVersions.next_run(0, 57) == 1  # a counter of the histories from before: below run 1
+    assert ProjectionVersions.next_run(1, R + 40 * 256) == 2  # continue-as-new
+    assert ProjectionVersions.next_run(0, 3 * R + 7) == 4  # restarted from the records (the reconciler) over run 3
+    assert ProjectionVersions.next_run(ProjectionVersions.MAX_RUN, HIGHEST) == ProjectionVersions.MAX_RUN
 
 
 class FailTheFirstProgressTask(Interceptor):
@@ -153,6 +162,9 @@ async def test_the_inspection_is_projected_when_a_recommendation_is_decided(time
         await eventually(lambda: _phase_is(h, "WYP-2017-02-07-R1", "in_progress"))
         rec = await eventually(lambda: _rec_row(h, "WYP-2017-02-07-R1", cycle=2))
         assert rec.projection_version // ProjectionVersions.RUN == 2, "written by the recommendation's second run"
+        # The workflows' state holds the version they wrote last: the reconciler compares it with the row's.
+        view = await insp_view(h, "WYP-2017-02-07")
+        assert view.state.projection_version == inspection.projection_version
 
 
 async def _inspection_action(h, action):

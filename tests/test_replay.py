@@ -16,7 +16,9 @@ from worker import WORKFLOW_RUNNER, WORKFLOWS
 # local activities, behind workflow.patched("records-as-local-activities")), v3 (an inspection's
 # recommendations started together, behind workflow.patched("recommendations-started-together")), v4
 # (one action at a time, the register trail, the calendar kept ahead, the revisit limit told, a
-# re-opened recommendation waiting for its deadline: each behind its own workflow.patched()).
+# re-opened recommendation waiting for its deadline: each behind its own workflow.patched()), v5 (each
+# step's clock from history and a timer before every message, behind "clock-from-history"; the
+# inspection projected when a recommendation settles, behind "inspection-projected-on-settlement").
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("v*/*.json"))
 VERSIONS = sorted({p.parent.name for p in HISTORIES})
 
@@ -29,7 +31,25 @@ def test_histories_cover_both_workflows_and_continue_as_new(version):
 
 
 def test_both_shapes_are_kept():
-    assert {"v1", "v2", "v3", "v4"} <= set(VERSIONS)
+    assert {"v1", "v2", "v3", "v4", "v5"} <= set(VERSIONS)
+
+
+def _patches(path) -> set[str]:
+    import base64
+    import json
+
+    found = set()
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker and marker["markerName"] == "core_patch":
+            found.add(json.loads(base64.b64decode(marker["details"]["patch-data"]["payloads"][0]["data"]))["id"])
+    return found
+
+
+def test_the_clock_from_history_is_in_v5_only():
+    for path in HISTORIES:
+        if path.stem.endswith("run1"):
+            assert ("clock-from-history" in _patches(path)) == (path.parent.name >= "v5"), path
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: f"{p.parent.name}/{p.stem}")

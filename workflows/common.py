@@ -279,6 +279,12 @@ class ProjectionVersions:
     EVENT = 1 << 8
     MAX_RUN = (1 << 7) - 1
 
+    @classmethod
+    def next_run(cls, run: int, last_version: int) -> int:
+        """The run number of a new run, from the state it carries: one more than the run that wrote the
+        latest projection it knows of (a counter of old histories is below the first run)."""
+        return min(max(run, last_version // cls.RUN) + 1, cls.MAX_RUN)
+
     def __init__(self, run: int) -> None:
         self.run = min(max(run, 1), self.MAX_RUN)
         self._length = -1

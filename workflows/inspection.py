@@ -100,7 +100,9 @@ class InspectionWorkflow:
         # Every step takes its "now" from history, and never sends in the task that chose what to send
         # (histories from before this change read the task's clock, and replay that way).
         self.steady = clock_from_history()
-        self.state.run += 1
+        # Projections from this run are versioned above every one written before it, by an earlier run
+        # or, for a follow-up restarted from the records, by the chain it replaces.
+        self.state.run = ProjectionVersions.next_run(self.state.run, self.state.projection_version)
         self.versions = ProjectionVersions(self.state.run)
 
     @property
@@ -520,12 +522,18 @@ class InspectionWorkflow:
         label = due.deadline.as_deadline(self.calendar).label
         return f"{due.message.kind.value.replace('_', ' ')}: {label}", due.message.at
 
+    def _next_version(self) -> int:
+        """The version of the projection about to be written; the state keeps the latest (the reconciler
+        compares it with the database's)."""
+        self.state.projection_version = self.versions.next()
+        return self.state.projection_version
+
     async def _project(self) -> None:
         s = self.state
         action, at = self._next_action()
         await run_activity(
             "project_inspection",
-            InspectionProjection(self.inp.inspection_id, self.versions.next(), s.phase.value, s.cycle, action, at),
+            InspectionProjection(self.inp.inspection_id, self._next_version(), s.phase.value, s.cycle, action, at),
         )
         limit = revisit_deadline(s)
         workflow.upsert_search_attributes(

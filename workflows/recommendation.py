@@ -103,7 +103,9 @@ class RecommendationWorkflow:
         # Every step takes its "now" from history, and never sends in the task that chose what to send
         # (histories from before this change read the task's clock, and replay that way).
         self.steady = clock_from_history()
-        self.state.run += 1
+        # Projections from this run are versioned above every one written before it, by an earlier run
+        # or, for a follow-up restarted from the records, by the chain it replaces.
+        self.state.run = ProjectionVersions.next_run(self.state.run, self.state.projection_version)
         self.versions = ProjectionVersions(self.state.run)
 
     @property
@@ -222,7 +224,7 @@ class RecommendationWorkflow:
             "project_recommendation",
             RecommendationProjection(
                 recommendation_id=self.inp.recommendation_id,
-                version=self.versions.next(),
+                version=self._next_version(),
                 phase=s.phase.value,
                 cycle=s.cycle,
                 force_claim=s.force_claim.value if s.force_claim else None,
@@ -244,6 +246,12 @@ class RecommendationWorkflow:
                 else NEXT_DEADLINE.value_unset(),
             ]
         )
+
+    def _next_version(self) -> int:
+        """The version of the projection about to be written; the state keeps the latest (the reconciler
+        compares it with the database's)."""
+        self.state.projection_version = self.versions.next()
+        return self.state.projection_version
 
     def _next_action(self) -> tuple[str | None, datetime | None]:
         s = self.state
