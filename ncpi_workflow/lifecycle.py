@@ -591,6 +591,8 @@ def check_decision(
     check_text(request.rationale, "the rationale")
     if request.outcome not in {o.value for o in Outcome}:
         raise ValueError(f"unknown outcome {request.outcome!r}; use one of: {', '.join(o.value for o in Outcome)}")
+    if request.outcome == Outcome.WITHDRAWN:
+        raise ValueError("a withdrawal is not a judgement of the recommendation: use withdraw (with the reason)")
     if state.phase is Phase.CLOSED:
         raise ValueError(f"the recommendation is already closed ({state.outcome}); re-open it first")
     if state.phase is Phase.EVIDENCE_REQUESTED and evidence_overdue(state, calendar, calendar_now):

@@ -12,7 +12,15 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.clocks import CalendarExtension, CalendarRefresh, TimeScale, WorkingCalendar
-    from ncpi_workflow.lifecycle import RECORD_REJECTED, Due, HistoryEntry, NotificationRequest, clock_timeout, message_subject
+    from ncpi_workflow.lifecycle import (
+        RECORD_REJECTED,
+        Due,
+        HistoryEntry,
+        NotificationRequest,
+        Revision,
+        clock_timeout,
+        message_subject,
+    )
 
 # Records must land however long the database is away: retry for ever, backing off to a minute.
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=1))
@@ -42,6 +50,20 @@ async def run_activity(name: str, argument, result_type=None):
         if isinstance(cause, ApplicationError) and cause.type == RECORD_REJECTED:
             raise ApplicationError(cause.message, type=RECORD_REJECTED, non_retryable=True) from None
         raise
+
+
+# Histories from before it kept counting a revised deadline's reminders from when the deadline opened,
+# and sent at once a reminder dated before the revision.
+REVISION_REMINDS_FROM_NOW_PATCH = "revised-deadline-reminds-from-the-revision"
+
+
+def revise(deadline, new_due, reason: str, by: str, now: datetime, entries: list[HistoryEntry]) -> None:
+    """Move a deadline: the original and every revision are kept; its reminders count from now."""
+    deadline.revisions.append(Revision(deadline.due, new_due, reason, by, now))
+    history(entries, now, "deadline revised", by, f"{deadline.key}: {deadline.due.isoformat()} -> {new_due.isoformat()} ({reason})")
+    deadline.due = new_due
+    if workflow.patched(REVISION_REMINDS_FROM_NOW_PATCH):
+        deadline.opened_at = now
 
 
 # Histories from before one action at a time let handlers interleave at their awaits.

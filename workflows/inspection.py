@@ -16,7 +16,6 @@ with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.formatting import long_date
     from ncpi_workflow.lifecycle import (
         DeadlineMetRecord,
-        DeadlineOpenRecord,
         DeadlineRevisionRecord,
         DeliveryRequest,
         InspectionInput,
@@ -31,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         Reopened,
         ReviseDeadlineRequest,
         RevisitLimit,
-        Revision,
         RevisitRecord,
         RevisitResult,
         Settled,
@@ -42,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         check_revision,
         check_trigger_revisit,
         inspection_workflow_id,
-        message_subject,
         next_due,
         recommendation_workflow_id,
         revisit_deadline,
@@ -58,6 +55,7 @@ from workflows.common import (
     clock_from_history,
     history,
     one_at_a_time,
+    revise,
     refuse_unless,
     run_activity,
     send_due_message,
@@ -476,10 +474,7 @@ class InspectionWorkflow:
                                        None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
                                        request.reason.strip(), request.by),
             )
-            deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
-            history(self.state.history, now, "deadline revised", request.by,
-                    f"{deadline.key}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
-            deadline.due = request.new_due
+            revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
             if deadline.kind is DeadlineKind.REVISIT_BY:
                 await self._tell_revisit_limit([r for r in self.state.open_recommendations if r not in self.state.settled], deadline.due)
             await self._project()

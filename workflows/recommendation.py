@@ -3,7 +3,6 @@ the inspectorate's decision, further follow-up cycles and re-opening."""
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, time
@@ -43,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
         Reopened,
         ReopenRecord,
         ReviseDeadlineRequest,
-        Revision,
         Settled,
         TrackedDeadline,
         check_decision,
@@ -53,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
         check_reopen,
         check_revision,
         check_withdraw,
-        message_subject,
         next_due,
         printable,
         recommendation_workflow_id,
@@ -69,6 +66,7 @@ from workflows.common import (
     clock_from_history,
     history,
     one_at_a_time,
+    revise,
     refuse_unless,
     run_activity,
     send_due_message,
@@ -612,10 +610,7 @@ class RecommendationWorkflow:
                                        self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
                                        request.new_due, request.reason.strip(), request.by),
             )
-            deadline.revisions.append(Revision(deadline.due, request.new_due, request.reason.strip(), request.by, now))
-            history(self.state.history, now, "deadline revised", request.by,
-                    f"{request.deadline}: {deadline.due.isoformat()} -> {request.new_due.isoformat()} ({request.reason.strip()})")
-            deadline.due = request.new_due
+            revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
             await self._project()
             self.wake = True
             return self.view()
