@@ -119,8 +119,8 @@ def _mark_engine_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_s
     from ncpi_workflow import db
 
     bind = sessions.kw.get("bind")
-    if bind is None:
-        return sessions
+    if bind is None or bind.url.get_backend_name() == "sqlite":
+        return sessions  # SQLite has one writer whatever the pool: a connection per mark only adds churn
     engine = db.create_engine(bind.url.render_as_string(hide_password=False), poolclass=NullPool)
     return db.session_factory(engine)
 

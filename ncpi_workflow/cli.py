@@ -6,11 +6,10 @@ import asyncio
 import json
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Coroutine, Iterator, List, Optional
+from typing import Any, Coroutine, List, Optional
 
 import typer
 
@@ -255,101 +254,19 @@ def dev() -> None:
 
 # ---------------------------------------------------------------- the follow-up lifecycle (Temporal)
 
-CONNECT_TIMEOUT_SECONDS = 10.0
-CALL_TIMEOUT_SECONDS = 60.0
-"""How long a Query or Update may wait for the worker before the command gives up with one line."""
-
-
-def _one_line(text: object, limit: int = 240) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _unreachable(settings, reason: str) -> UserError:
-    return UserError(
-        f"cannot reach Temporal at {settings.temporal_address} (NCPI_TEMPORAL_ADDRESS, namespace "
-        f"{settings.temporal_namespace}): {reason}"
-    )
-
-
-def _connect_reason(exc: BaseException) -> str:
-    text = str(exc)
-    if "Connection refused" in text or "ConnectionRefused" in text:
-        return "connection refused"
-    return _one_line(text.removeprefix("Failed client connect: "), 160)
-
-
-async def _client(settings):
-    from ncpi_workflow.temporal import connect
-
-    try:
-        return await asyncio.wait_for(
-            connect(settings.temporal_address, settings.temporal_namespace), CONNECT_TIMEOUT_SECONDS
-        )
-    except asyncio.TimeoutError:
-        raise _unreachable(settings, f"no answer within {CONNECT_TIMEOUT_SECONDS:g} s") from None
-    except RuntimeError as exc:  # the SDK reports a failed connection as RuntimeError("Failed client connect: ...")
-        raise _unreachable(settings, _connect_reason(exc)) from None
-
-
-def _timed_out(settings, subject: str, seconds: float | None = CALL_TIMEOUT_SECONDS) -> UserError:
-    within = f" within {seconds:g} s" if seconds else " in time"
-    return UserError(
-        f"no answer about {subject}{within}: is `ncpi worker` running on task queue "
-        f"{settings.task_queue}? (the request may still be carried out when a worker picks it up; check with "
-        f"`ncpi show {subject}`)"
-    )
-
-
-@contextmanager
-def _temporal_errors(settings, subject: str) -> Iterator[None]:
-    """Temporal's refusals and failures as one-line UserErrors naming what the user asked about."""
-    from temporalio.client import (
-        WorkflowQueryFailedError,
-        WorkflowUpdateFailedError,
-        WorkflowUpdateRPCTimeoutOrCancelledError,
-    )
-    from temporalio.service import RPCError, RPCStatusCode
-
-    try:
-        yield
-    except WorkflowUpdateFailedError as exc:
-        # A validator's refusal (or a failed handler): its ApplicationError carries the reason.
-        cause = exc.cause
-        raise UserError(_one_line(getattr(cause, "message", None) or cause or exc)) from None
-    except WorkflowUpdateRPCTimeoutOrCancelledError:
-        raise _timed_out(settings, subject) from None
-    except WorkflowQueryFailedError as exc:
-        raise UserError(f"{subject}: the query failed: {_one_line(exc)}") from None
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            if "completed" in (exc.message or "").lower():
-                raise UserError(
-                    f"the follow-up workflow for {subject} has finished; it accepts no more changes"
-                ) from None
-            raise UserError(f"no follow-up workflow for {subject} (is it published?)") from None
-        if exc.status is RPCStatusCode.UNAVAILABLE:
-            raise _unreachable(settings, _one_line(exc.message, 160)) from None
-        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
-            raise _timed_out(settings, subject, None) from None
-        raise UserError(f"Temporal could not handle the request about {subject}: {_one_line(exc.message)}") from None
-    except asyncio.TimeoutError:
-        raise _timed_out(settings, subject) from None
-
-
-@contextmanager
-def _database_errors(settings) -> Iterator[None]:
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    try:
-        yield
-    except (OperationalError, ProgrammingError) as exc:
-        text = str(getattr(exc, "orig", exc))
-        if "no such table" in text or "does not exist" in text:
-            raise UserError("the database has no schema yet: run `ncpi db upgrade`") from None
-        raise UserError(f"database {settings.database_url.split('://', 1)[0]}: {_one_line(text, 160)}") from None
-    except OSError as exc:
-        raise UserError(f"database: {_one_line(exc, 160)}") from None
+# The application layer's Temporal calls and their one-line errors: the CLI and the web app share them.
+from ncpi_workflow.app.temporal_calls import (  # noqa: E402
+    CALL_TIMEOUT_SECONDS,
+    connect as _client,
+    connect_reason as _connect_reason,
+    database_errors as _database_errors,
+    one_line as _one_line,
+    query_state as _query_state,
+    send_update as _send_update,
+    temporal_errors as _temporal_errors,
+    unreachable as _unreachable,
+    view_type as _view_type,
+)
 
 
 def _target(text: str) -> tuple[str, str]:
@@ -428,33 +345,6 @@ def _inspection(text: str) -> str:
         return parse_inspection_id(text.strip())
     except ValueError as exc:
         raise UserError(str(exc)) from None
-
-
-def _workflow_id(kind: str, business_id: str) -> str:
-    from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
-
-    return recommendation_workflow_id(business_id) if kind == "recommendation" else inspection_workflow_id(business_id)
-
-
-def _view_type(kind: str):
-    from ncpi_workflow.lifecycle import InspectionView, RecommendationView
-
-    return RecommendationView if kind == "recommendation" else InspectionView
-
-
-async def _query_state(settings, client, kind: str, business_id: str):
-    handle = client.get_workflow_handle(_workflow_id(kind, business_id))
-    with _temporal_errors(settings, business_id):
-        return await asyncio.wait_for(handle.query("state", result_type=_view_type(kind)), CALL_TIMEOUT_SECONDS)
-
-
-async def _send_update(settings, client, kind: str, business_id: str, update: str, request: Any, result_type: Any):
-    """One Temporal Update with a fresh update ID; a validator's refusal becomes the UserError it gave."""
-    handle = client.get_workflow_handle(_workflow_id(kind, business_id))
-    with _temporal_errors(settings, business_id):
-        return await asyncio.wait_for(
-            handle.execute_update(update, request, result_type=result_type), CALL_TIMEOUT_SECONDS
-        )
 
 
 def _update(kind: str, business_id: str, update: str, request: Any, result_type: Any = None) -> Any:

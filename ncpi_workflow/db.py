@@ -29,7 +29,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # Foreign keys are off by default in SQLite; WAL lets the CLI read while a worker writes.
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=30000")  # bursts of writers queue for the one write lock
     cursor.close()
 
 

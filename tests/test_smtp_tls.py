@@ -226,7 +226,7 @@ async def test_a_wrong_password_holds_every_delivery_is_reported_once_and_the_fi
         activities = delivery(sessions, wrong, relay_retry_seconds=1.0)
         async with delivery_worker(dev_server_env, activities) as queue:
             handles = [await client.start_workflow("NotificationDelivery", i, id=f"test/{uuid.uuid4()}", task_queue=queue,
-                                                   execution_timeout=timedelta(minutes=3)) for i in ids]
+                                                   execution_timeout=timedelta(minutes=10)) for i in ids]
 
             async def all_held():
                 rows = [await row(sessions, i) for i in ids]
