@@ -4,8 +4,12 @@ workflows run them on the time-skipping server, and after every step the workflo
 Queries, the database and the outbox (kind, about, London date) must agree with the model. Every
 history produced is then replayed.
 
-`make test` runs NCPI_MODEL_EXAMPLES (default 20) examples; `make test-long` ten times as many.
-The named tests at the end are sequences hypothesis found failing, kept as plain lists.
+`make test` runs NCPI_MODEL_EXAMPLES (default 8) examples; `make test-long` ten times as many.
+The named tests at the end are failing sequences kept as plain lists: found by hypothesis, or
+written down from a defect of issue 10 and checked to fail on the workflows before its fix.
+
+Diagnostics: NCPI_MODEL_SHRINK=0 (report the first failing example unshrunk), NCPI_MODEL_IGNORE
+(facts left out, see below), NCPI_MODEL_AGREE_SECONDS (how long to wait for agreement, 10).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from sqlalchemy import select, text
 from temporalio.client import WorkflowUpdateFailedError
@@ -32,6 +35,7 @@ from ncpi_workflow.lifecycle import (
     ProgressRequest,
     ReasonRequest,
     RecommendationView,
+    RegisterStatusRequest,
     ReviseDeadlineRequest,
     TriggerRevisitRequest,
     inspection_workflow_id,
@@ -58,25 +62,15 @@ from tests.model.actions import (
 from tests.model.rules import CLOSED, FOLLOWING_UP, Model, Result
 from tests.model.strategies import scenarios
 
-try:
-    from ncpi_workflow.lifecycle import RegisterStatusRequest
-except ImportError:  # before the register trail: the Update is refused, and the test says so
-    from dataclasses import dataclass
-
-    @dataclass
-    class RegisterStatusRequest:  # type: ignore[no-redef]
-        status: str
-        comment: str
-        by: str
-
 
 POLICY_FILE = ROOT / "config" / "policy.toml"
 POLICY = load_policy(POLICY_FILE)
 FORCE = "AVS"
-EXAMPLES = int(os.environ.get("NCPI_MODEL_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("NCPI_MODEL_EXAMPLES", "8"))
 IGNORE = {f for f in os.environ.get("NCPI_MODEL_IGNORE", "").split(",") if f}
-"""Diagnostics only: facts to leave out of the comparison (e.g. `register,outbox`), to see what
-else disagrees while one rule is known broken. Never set in `make test` or `make test-long`."""
+"""Diagnostics only: facts to leave out of the comparison (e.g. `register,register_status,setregister`:
+the trail, its projection, and whether set_register_status is accepted), to see what else disagrees
+while one rule is known broken. Never set in `make test` or `make test-long`."""
 CYCLE_STARTING = "a new follow-up cycle is starting"
 QUERY_TIMEOUT = timedelta(seconds=3)
 AGREE_TIMEOUT = float(os.environ.get("NCPI_MODEL_AGREE_SECONDS", "10"))
@@ -105,9 +99,6 @@ class Driver:
 
     def workflow_ids(self) -> list[str]:
         return [inspection_workflow_id(self.inspection_id)] + [recommendation_workflow_id(self.rec_id(r)) for r in self.scenario.refs]
-
-    def calendar_now(self, env_now: datetime) -> datetime:
-        return self.h.published_at + (env_now - self.h.anchor)
 
     async def publish(self, tmp: Path) -> None:
         from ncpi_workflow.publishing import publish
@@ -247,7 +238,8 @@ class Driver:
             rows = (await session.execute(text("SELECT * FROM recommendations WHERE inspection_id = :i"), {"i": self.inspection_id})).mappings().all()
             for row in rows:
                 ref = row["ref"]
-                facts[f"db {ref}"] = (row["phase"], row["cycle"], row["force_claim"], row["outcome"], row.get("register_status"))
+                facts[f"db {ref}"] = (row["phase"], row["cycle"], row["force_claim"], row["outcome"])
+                facts[f"db {ref} register_status"] = row.get("register_status")
             decisions = (await session.scalars(select(Decision))).all()
             evidence = (await session.scalars(select(EvidenceRow))).all()
             requests = (await session.scalars(select(EvidenceRequest))).all()
@@ -302,7 +294,8 @@ def expected(model: Model) -> dict:
         facts[f"{ref}.evidence"] = frozenset(rec.evidence)
         facts[f"{ref}.register"] = tuple(rec.register)
         facts[f"{ref}.register_status"] = rec.register[-1]
-        facts[f"db {ref}"] = (rec.phase, rec.cycle, rec.claim, rec.outcome, rec.register[-1])
+        facts[f"db {ref}"] = (rec.phase, rec.cycle, rec.claim, rec.outcome)
+        facts[f"db {ref} register_status"] = rec.register[-1]
         facts[f"db {ref} decisions"] = frozenset((cycle, outcome, reopened) for cycle, (outcome, reopened) in rec.decisions.items())
         facts[f"db {ref} evidence"] = frozenset(sha for sha, _ in rec.evidence)
         facts[f"db {ref} evidence requests"] = frozenset(rec.evidence_requests)
@@ -415,9 +408,9 @@ async def drive(driver: Driver, scenario: Scenario) -> None:
             handle, name, argument = driver.request(action, model)
             want = model.apply(action)
             got = await driver.send(handle, name, argument)
-            assert got.accepted == want.accepted, (
-                f"{step}: the model {'accepts' if want else 'refuses (' + want.reason + ')'}, "
-                f"the workflow {'accepted' if got else 'refused: ' + got.reason}")
+            if got.accepted != want.accepted and not _ignored(type(action).__name__.lower()):
+                raise AssertionError(f"{step}: the model {'accepts' if want else 'refuses (' + want.reason + ')'}, "
+                                     f"the workflow {'accepted' if got else 'refused: ' + got.reason}")
             await agree(driver, [model], step)
     await asyncio.sleep(1.0)  # anything still on its way must not change the picture
     await agree(driver, [model], "the last step")
@@ -434,8 +427,12 @@ async def together(driver: Driver, model: Model, action: Together, step: str) ->
     b2 = reversed_order.apply(action.second)
     a2 = reversed_order.apply(action.first)
     got_a, got_b = await asyncio.gather(driver.send(*first_req), driver.send(*second_req))
+    def judged(a: bool, b: bool) -> tuple:
+        return (None if _ignored(type(action.first).__name__.lower()) else a,
+                None if _ignored(type(action.second).__name__.lower()) else b)
+
     candidates = [(m, a.accepted, b.accepted) for m, a, b in ((in_order, a1, b1), (reversed_order, a2, b2))]
-    matching = [m for m, a, b in candidates if (a, b) == (got_a.accepted, got_b.accepted)]
+    matching = [m for m, a, b in candidates if judged(a, b) == judged(got_a.accepted, got_b.accepted)]
     assert matching, (
         f"{step}: accepted/refused {got_a.accepted}/{got_b.accepted} ({got_a.reason or 'ok'} / {got_b.reason or 'ok'}) "
         f"matches neither serial order: first-then-second {a1.accepted}/{b1.accepted}, second-then-first {a2.accepted}/{b2.accepted}")
@@ -480,3 +477,113 @@ PHASES = tuple(p for p in Phase if p is not Phase.shrink or os.environ.get("NCPI
 @given(scenario=scenarios(POLICY, calendar_for))
 async def test_random_action_sequences_agree_with_the_model(scenario):
     await run_scenario(scenario)
+
+
+# ---------------------------------------------------------------- sequences found, kept by name
+#
+# Each was a failing example (by hypothesis, or written down from its finding) against the
+# workflows of its day; they run as they are, with the same checks after every step.
+
+THREE_MONTHS_AND_SIX = ("within_three_months", "within_six_months")
+
+
+async def test_a_decision_and_a_withdrawal_at_once_are_judged_one_after_the_other():
+    # Caught (issue 10, defect 1): both Updates accepted; the workflow in cycle 2, the records withdrawn.
+    await run_scenario(Scenario(date(2017, 2, 7), THREE_MONTHS_AND_SIX, (
+        TriggerRevisit(), Evidence("R1", "r1-evidence.pdf"),
+        Together(Decide("R1", "partially_achieved"), Withdraw("R1")),
+        Together(Decide("R2", "achieved"), Decide("R2", "not_achieved")),
+        Advance("past_evidence_deadline"),
+        Together(Decide("R2", "not_achieved"), Decide("R2", "superseded")),
+    )))
+
+
+async def test_reopening_during_the_revisit_sends_its_own_notice_and_asks_for_no_evidence():
+    # Caught (defect 3): a further_follow_up notice instead of `reopened`, and an evidence request
+    # (then its reminders and escalations) long before the new deadline.
+    await run_scenario(Scenario(date(2017, 1, 26), THREE_MONTHS_AND_SIX, (
+        TriggerRevisit(), Evidence("R1", "r1.pdf"), Decide("R1", "achieved"),
+        Reopen("R1"),
+        Advance("past_evidence_deadline"), Advance("working_days", 20),
+        Decide("R2", "superseded"),
+        Advance("revisit_limit"), Evidence("R1", "r1-again.pdf"), Decide("R1", "achieved"),
+    )))
+
+
+async def test_reopening_a_closed_inspection_starts_a_cycle_revisited_no_earlier_than_the_new_deadline():
+    # Caught (defect 3): `further_follow_up` sent for a re-opening, and its evidence chased at once.
+    # Re-opened on Friday 13 March 2020: + 3 months is a Saturday, so the new deadline is Monday
+    # 15 June, and the revisit limit may not come before it.
+    await run_scenario(Scenario(date(2019, 8, 30), THREE_MONTHS_AND_SIX, (
+        TriggerRevisit(), Evidence("R1", "r1.pdf"), Evidence("R2", "r2.pdf"),
+        Decide("R1", "achieved"), Decide("R2", "superseded"),
+        Advance("working_days", 45), Advance("working_days", 10), Advance("working_days", 3),
+        Reopen("R1"), Advance("next_deadline"), Advance("revisit_limit"),
+        Advance("past_evidence_deadline"), Decide("R1", "not_achieved"),
+    )))
+
+
+async def test_not_achieved_long_after_an_automatic_revisit_gets_its_reminders():
+    # Caught (defect 4): no reminder, due-today or overdue message for the new deadline of a
+    # "not achieved" decided months after the revisit opened by itself.
+    # The force's "implemented" of cycle 1 had been carried into cycle 2 and silenced them.
+    await run_scenario(Scenario(date(2017, 3, 6), THREE_MONTHS_AND_SIX, (
+        Advance("working_days", 20), Progress("R1", "implemented"),
+        Advance("revisit_limit"), Advance("past_evidence_deadline"), Advance("working_days", 45),
+        Decide("R1", "not_achieved"), Decide("R2", "partially_achieved"),
+        Advance("next_deadline"), Advance("next_deadline"), Advance("working_days", 20),
+    )))
+
+
+async def test_a_six_month_recommendation_gets_no_due_today_once_the_revisit_has_opened():
+    # Caught (defect 8, last point): P + 6 months is both the revisit limit and the due date:
+    # `due_today` sent at the very instant the revisit opened and asked for evidence instead.
+    await run_scenario(Scenario(date(2017, 1, 26), ("within_six_months", "within_three_months"), (
+        Advance("revisit_limit"), Advance("past_evidence_deadline"),
+    )))
+
+
+async def test_a_further_cycle_starts_with_no_claim_from_the_force():
+    # Caught: the force's "implemented" of cycle 1 carried into cycle 2, silencing its reminders.
+    await run_scenario(Scenario(date(2018, 11, 30), ("within_three_months", "immediately"), (
+        Progress("R1", "implemented"), TriggerRevisit(), Evidence("R1", "r1.pdf"),
+        Decide("R1", "partially_achieved"), Advance("next_deadline"), Advance("next_deadline"),
+    )))
+
+
+async def test_the_register_trail_is_the_inspectorates_and_no_claim_sets_it():
+    # Caught (defect 7): `progress --claim not_started` turned the register to "being progressed";
+    # "will be progressed" missing; no dated, attributed trail.
+    await run_scenario(Scenario(date(2017, 2, 28), THREE_MONTHS_AND_SIX, (
+        Progress("R1", "not_started"), SetRegister("R1", "will be progressed"),
+        SetRegister("R1", "no further action needed"), SetRegister("R2", "being progressed", comment=""),
+        TriggerRevisit(), Evidence("R1", "r1.pdf"), Decide("R1", "achieved"),
+        SetRegister("R1", "being progressed"), Reopen("R1"), SetRegister("R1", "being progressed"),
+        Withdraw("R2"),
+    )))
+
+
+async def test_withdrawal_is_not_a_decision_outcome():
+    # Caught by hypothesis: record_decision accepted outcome "withdrawn" (withdrawal is its own Update).
+    await run_scenario(Scenario(date(2017, 1, 26), THREE_MONTHS_AND_SIX, (
+        TriggerRevisit(), Evidence("R1", "r1.pdf"), Decide("R1", "withdrawn"), Withdraw("R1"),
+    )))
+
+
+async def test_a_revised_deadline_sends_nothing_dated_before_the_revision():
+    # Caught by hypothesis: moved on Tuesday 7 March to Wednesday 8 March, the deadline's reminder
+    # "3 working days before" (Friday 3 March, before the revision) went out at once.
+    await run_scenario(Scenario(date(2017, 2, 28), THREE_MONTHS_AND_SIX, (
+        Advance("working_days", 5), Revise("R2", "recommendation", 1), Advance("next_deadline"),
+    )))
+
+
+async def test_a_follow_up_four_years_on_counts_the_bank_holidays_of_its_day():
+    # Caught (defect 5): the calendar stopped at publication + 3 years; a further follow-up due
+    # Monday 4 January 2021 had its 10-working-day reminder on 17 December (1 January counted as a
+    # working day) instead of 16 December.
+    await run_scenario(Scenario(date(2017, 1, 26), THREE_MONTHS_AND_SIX, (
+        TriggerRevisit(), Evidence("R1", "r1.pdf"), Evidence("R2", "r2.pdf"),
+        *[Advance("working_days", 45)] * 20, Advance("working_days", 32),
+        Decide("R1", "partially_achieved"), Advance("next_deadline"), Advance("next_deadline"),
+    )))

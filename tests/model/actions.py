@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import date
 from typing import Union
 
 CLAIMS = ("not_started", "in_progress", "implemented")
@@ -108,7 +109,7 @@ REC_ACTIONS = (Progress, Evidence, Decide, Withdraw, Reopen, Revise, SetRegister
 
 @dataclass(frozen=True)
 class Scenario:
-    published: "date"  # noqa: F821 (datetime.date)
+    published: date
     timeframes: tuple[str, ...]
     """Timeframe of R1, R2, ... in report order."""
     actions: tuple[Action, ...]
