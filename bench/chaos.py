@@ -46,7 +46,8 @@ from the outbox, the capture and the Temporal histories:
 Nothing is asserted here (tests/test_chaos_short.py asserts a short version in `make test`):
 `bench/results/chaos.json` gets every figure and detail, README.md the table between its chaos
 markers. `python -m bench.chaos --database sqlite` runs one database; `--short` the short plan;
-`--baseline` adds a run on SQLite with the same load and no fault (a column of its own);
+`--baseline` adds a run on SQLite with the same load and no fault (a column of its own),
+`--baseline-only` runs that alone;
 `--no-readme` leaves the README alone; `--keep` keeps the run's folder (logs, mail, databases).
 """
 
@@ -1239,12 +1240,12 @@ def summary(name: str, f: dict) -> str:
 
 
 async def main(argv: list[str]) -> dict:
-    plan = SHORT if "--short" in argv else FULL
+    plan = SHORT if "--short" in argv else BASELINE if "--baseline-only" in argv else FULL
     databases = ["sqlite", "postgresql"]
     if "--database" in argv:
         databases = [argv[argv.index("--database") + 1]]
-    runs = [(database, plan, database) for database in databases]
-    if "--baseline" in argv:
+    runs = [(database, plan, database) for database in databases if "--baseline-only" not in argv]
+    if "--baseline" in argv or "--baseline-only" in argv:
         runs.insert(0, ("sqlite-baseline", BASELINE, "sqlite"))
     started = time.time()
     results: dict[str, Any] = {
@@ -1272,14 +1273,15 @@ async def main(argv: list[str]) -> dict:
         else:
             shutil.rmtree(base, ignore_errors=True)
     results["seconds"] = round(time.time() - started, 1)
-    if plan is FULL and "--database" not in argv and "--no-write" not in argv:
+    if plan is FULL and "--database" not in argv and "--baseline-only" not in argv and "--no-write" not in argv:
         RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)}", flush=True)
         if "--no-readme" not in argv:
             write_readme(markdown(results))
             print("rewrote the README's chaos table", flush=True)
     else:
-        out = RESULTS.with_name(f"chaos-{plan.label}-{'-'.join(name for name, _, _ in runs)}.json")
+        out = RESULTS.with_name("chaos-baseline.json" if "--baseline-only" in argv
+                                else f"chaos-{plan.label}-{'-'.join(name for name, _, _ in runs)}.json")
         out.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {out.relative_to(ROOT)} (partial run: chaos.json and the README are left alone)", flush=True)
     print(markdown(results), flush=True)
