@@ -32,12 +32,13 @@ from the notification's idempotency key), so the repeat is recognisable as the s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,13 @@ from sqlalchemy.pool import NullPool
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from ncpi_workflow.access_links import LinkPlan, LinkSettings, fill_link_tokens, plan_links
 from ncpi_workflow.emails import DecisionFacts, EmailContext, EmailTemplateError, RecommendationFacts, render_email
 from ncpi_workflow.mailer import (
     Mailer,
     PermanentDeliveryError,
     RelayFault,
+    SmtpTurn,
     TransientDeliveryError,
     build_message,
     flatten,
@@ -86,6 +89,9 @@ class DeliverySettings:
     """While the relay fails as a whole, a held delivery is tried again this often (not on the growing
     backoff of other failures), so that it goes out within about a minute of the fix."""
     reporter: str = field(default_factory=default_reporter)
+    links: LinkSettings | None = None
+    """Access links (ncpi_workflow/access_links.py): every force-facing email gets a portal link and a
+    plus-addressed Reply-To, issued with its rendering; the tokens go in only as it is sent. None: no links."""
 
 
 SENT, FAILED, PENDING = "sent", "failed", "pending"
@@ -111,6 +117,75 @@ def _sent_before(notification_id: int) -> dict[str, Any] | None:
         if isinstance(details, dict) and details.get("notification_id") == notification_id and details.get("message_id"):
             return details
     return None
+
+
+HEARTBEAT_EVERY = 5.0
+"""Seconds between an attempt's heartbeats (at most; a quarter of the heartbeat timeout if that is shorter)."""
+
+
+class _Heartbeat:
+    """The attempt's heartbeat, every few seconds for as long as it runs (waiting for its turn on the
+    SMTP connection, sending, recording), so a killed worker's deliveries are retried elsewhere
+    after the heartbeat timeout and not the whole start-to-close timeout. Its details are always
+    the latest outcome (an earlier attempt's, carried over, until this one has its own): a beat
+    never erases "accepted, not yet recorded". Without a heartbeat timeout (a workflow that
+    scheduled the activity before it had one) it only sends the outcome, as before."""
+
+    def __init__(self) -> None:
+        self.details: list[Any] = []
+        self._task: asyncio.Task | None = None
+        if not activity.in_activity():
+            return
+        info = activity.info()
+        self.details = list(info.heartbeat_details or ())
+        if info.heartbeat_timeout:
+            every = min(HEARTBEAT_EVERY, max(0.2, info.heartbeat_timeout.total_seconds() / 4))
+            self._task = asyncio.create_task(self._beat(every))
+
+    async def _beat(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            activity.heartbeat(*self.details)
+
+    def outcome(self, outcome: dict[str, Any]) -> None:
+        """The server accepted the message: into the details at once (Temporal keeps them; the SDK
+        sends them at once, or at the end of its throttle interval, and before the attempt ends)."""
+        self.details = [outcome]
+        if activity.in_activity():
+            activity.heartbeat(outcome)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+_beats: contextvars.ContextVar[_Heartbeat | None] = contextvars.ContextVar("ncpi_delivery_heartbeat", default=None)
+
+
+def _attempt_deadline(margin: float) -> float | None:
+    """time.monotonic() by which this attempt must have started sending: `margin` seconds before its
+    start-to-close timeout, so that a retry (which holds the same lease) never sends it alongside."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    if not info.start_to_close_timeout or info.started_time is None:
+        return None
+    started = info.started_time if info.started_time.tzinfo else info.started_time.replace(tzinfo=timezone.utc)
+    left = (started + info.start_to_close_timeout - datetime.now(timezone.utc)).total_seconds()
+    return time.monotonic() + left - margin
+
+
+async def _unless_started(sent: asyncio.Future):
+    """The outcome of a send under way. A cancellation (the attempt's timeout, the worker stopping)
+    does not cut it short: the message may be on the wire, so it finishes and is recorded first, and
+    this attempt ends with what it did; a retry never overlaps it."""
+    try:
+        return await asyncio.shield(sent)
+    except asyncio.CancelledError:
+        await asyncio.wait([sent])
+        if sent.cancelled():
+            raise
+        return sent.result()
 
 
 def _mark_engine_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
@@ -142,11 +217,22 @@ class DeliveryActivities:
     @activity.defn
     async def deliver_notification(self, notification_id: int) -> str:
         """Send one outbox notification by email unless already sent. Returns its final status."""
+        beat = _Heartbeat()
+        token = _beats.set(beat)
         try:
             return await self._deliver(notification_id)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("delivery of notification %s waits for the database: %s", notification_id, one_line(exc, 200))
             raise _held(f"the database is not available: {one_line(exc, 200)}") from None
+        except asyncio.CancelledError:
+            if activity.in_activity() and activity.is_worker_shutdown():
+                # Retried at once by another worker, not after the backoff its attempt count has grown
+                # to (a delivery held by a relay fault for a while has many attempts behind it).
+                raise _held("the worker stopped before this delivery finished; retried", retry_in=1.0) from None
+            raise
+        finally:
+            beat.stop()
+            _beats.reset(token)
 
     async def _deliver(self, notification_id: int) -> str:
         outcome = _sent_before(notification_id)
@@ -170,6 +256,19 @@ class DeliveryActivities:
             return FAILED
         return await self._send(notification_id, context)
 
+    async def _plan_links(self, notification_id: int, context: EmailContext) -> LinkPlan | None:
+        """The portal and reply links of a force-facing email (ncpi_workflow.access_links): their
+        provisional placeholders go into the context to be rendered. None for any other email."""
+        from ncpi_workflow.formatting import local_date
+
+        async with self.sessions() as session:
+            plan = await plan_links(session, notification_id, self.settings.links)
+        if plan is not None:
+            context.portal_url = plan.portal_url
+            context.reply_to = plan.reply_to or context.reply_to
+            context.link_expires = local_date(plan.expires_at)
+        return plan
+
     def _lease_owner(self) -> str:
         if activity.in_activity():
             info = activity.info()
@@ -177,8 +276,11 @@ class DeliveryActivities:
         return f"{self.settings.reporter}/{id(self)}"
 
     async def _send(self, notification_id: int, context: EmailContext | None) -> str:
+        links = None  # access links: planned for this rendering, issued in the transaction that stores it
         if context is not None:
             context.reply_to = self.settings.reply_to
+            if self.settings.links is not None:
+                links = await self._plan_links(notification_id, context)
             try:
                 rendered = render_email(context, self.settings.templates_dir)
             except EmailTemplateError as exc:
@@ -193,7 +295,7 @@ class DeliveryActivities:
                 row = await session.get(Notification, notification_id)
                 prepared_id = row.message_id or message_id_for(row.idempotency_key, self.settings.mail_from)
                 prepared = flatten(build_message(
-                    mail_from=self.settings.mail_from, reply_to=self.settings.reply_to,
+                    mail_from=self.settings.mail_from, reply_to=context.reply_to,
                     to=list(row.recipients["to"]), subject=rendered.subject, text=rendered.text,
                     html=rendered.html, message_id=prepared_id, reference=row.idempotency_key,
                 ))
@@ -220,6 +322,8 @@ class DeliveryActivities:
                     if prepared is None:  # rendered by another attempt that then lost its row: render again
                         raise _held(f"notification {notification_id} lost its rendering; retried")
                     data = prepared
+                    if links is not None:
+                        data = await links.issue(session, data)  # the links' rows, stored with the rendering
                 to = list(notification.recipients["to"])
                 if message_recipients(data) != to:
                     data = with_recipients(data, to)  # a resend to the contacts' corrected addresses
@@ -230,26 +334,60 @@ class DeliveryActivities:
             if status in (SENT, FAILED):
                 return status  # delivered (or refused) by the other deliverer meanwhile
             raise _held(f"notification {notification_id} is being delivered by {holder} (lease until {until}); retried later")
+        if self.settings.links is not None:
+            # Access links: the raw tokens replace their placeholders only now, in what goes to the relay;
+            # they are never stored, and the same stored bytes always give the same sent bytes.
+            data = fill_link_tokens(data, self.settings.links.key)
         not_after = time.monotonic() + max(1.0, self.settings.lease_seconds - 60.0)
+        deadline = _attempt_deadline(self.settings.mark_sent_patience + 10.0)
+        if deadline is not None:
+            not_after = min(not_after, deadline)
         try:
-            await self.mailer.send_bytes(data, self.settings.mail_from, to, not_after=not_after)
+            turn = await self.mailer.turn(not_after=not_after)
+            # From here the turn is given back only once the outcome is durable (or cannot be made
+            # so): shielded, so that a cancelled attempt (its timeout, a worker shutting down) still
+            # records what the relay said before the connection carries anyone else's message.
+            sent = asyncio.ensure_future(self._send_on(turn, notification_id, message_id, data, to))
+            failed_alert = await _unless_started(sent)
         except RelayFault as fault:
             await self._record(notification_id, owner, last_error=f"held: {fault.reason}")
             await self._record_relay()
             raise _held(f"held: {fault.reason}", retry_in=self.settings.relay_retry_seconds) from None
-        except PermanentDeliveryError as exc:
-            return await self._fail(notification_id, exc.answer, message_id)
         except TransientDeliveryError as exc:
             log.warning("notification %s not delivered this time, retried: %s", notification_id, one_line(exc, 200))
             await self._record(notification_id, owner, last_error=one_line(exc, 1000))
             await self._record_relay()
             raise _held(one_line(exc, 1000)) from None
-        outcome = {"notification_id": notification_id, "message_id": message_id, "sent_at": utcnow().isoformat()}
-        if activity.in_activity():
-            activity.heartbeat(outcome)  # kept by Temporal at once: a retry will not send it again
-        await self._mark_sent(notification_id, outcome)
+        if failed_alert is not None:
+            failed, alert_id = failed_alert
+            if alert_id is not None:
+                await self._deliver_alert(alert_id)
+            return FAILED
         await self._record_relay()
         return SENT
+
+    async def _send_on(self, turn: SmtpTurn, notification_id: int, message_id: str, data: bytes,
+                       to: list[str]) -> tuple[str, int | None] | None:
+        """Send over our turn of the SMTP connection and make the outcome durable before giving the
+        turn back: None once marked sent, (FAILED, the alert's id) once a refusal is recorded.
+
+        So at most one message per connection (this one) is ever accepted by the relay and not yet
+        recorded. The cost is the mark-sent round trip per message, which was made anyway."""
+        try:
+            try:
+                await self.mailer.send_bytes(data, self.settings.mail_from, to, turn=turn)
+            except PermanentDeliveryError as exc:
+                return FAILED, await self._record_failure(notification_id, exc.answer, message_id)
+            outcome = {"notification_id": notification_id, "message_id": message_id, "sent_at": utcnow().isoformat()}
+            beat = _beats.get()
+            if beat is not None:
+                beat.outcome(outcome)  # the heartbeat details: kept by Temporal should the database not take it
+            elif activity.in_activity():
+                activity.heartbeat(outcome)
+            await self._mark_sent(notification_id, outcome)
+            return None
+        finally:
+            turn.release()
 
     async def _mark_sent(self, notification_id: int, outcome: dict[str, Any]) -> None:
         """Record "sent" in a short transaction of its own, retrying for `mark_sent_patience`."""
@@ -313,6 +451,13 @@ class DeliveryActivities:
 
         FAILED, its audit row and the inspectors' alert are one transaction: a retry that finds
         FAILED can rely on the alert having been recorded, and delivers it if it is still pending."""
+        alert_id = await self._record_failure(notification_id, answer, message_id)
+        if alert_id is not None:
+            await self._deliver_alert(alert_id)
+        return FAILED
+
+    async def _record_failure(self, notification_id: int, answer: str, message_id: str | None) -> int | None:
+        """FAILED with the answer, its audit row and the alert recorded (not sent): the alert's id."""
         async with self.sessions.begin() as session:
             notification = await session.get(Notification, notification_id)
             notification.status = FAILED
@@ -324,10 +469,7 @@ class DeliveryActivities:
                 entity_id=str(notification.id), detail={"answer": answer, "to": notification.recipients["to"]},
                 idempotency_key=f"{notification.idempotency_key}/failed",
             )
-            alert_id = await self._record_alert(session, notification)
-        if alert_id is not None:
-            await self._deliver_alert(alert_id)
-        return FAILED
+            return await self._record_alert(session, notification)
 
     def _alert_key(self, failed: Notification) -> str:
         return f"{failed.idempotency_key}/delivery_failed"

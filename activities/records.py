@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ncpi_workflow.app.read_models import refresh_recommendation_clocks, refresh_report_items
 from ncpi_workflow.lifecycle import (
     NEXT_ACTION_MAX,
     RECORD_REJECTED,
@@ -78,6 +79,14 @@ class InspectorateAddresses:
     @property
     def by_role(self) -> dict[str, str]:
         return {"inspectors": self.inspectors, "lead_hm_inspector": self.lead_hm_inspector}
+
+
+async def _refresh_projected(session: AsyncSession, inspection_id: str, recommendation_id: str | None, key: str) -> None:
+    """After a deadline row is opened, moved or met: the dashboard's projected column that reads it."""
+    if recommendation_id is not None:
+        await session.execute(refresh_recommendation_clocks(Recommendation.id == recommendation_id))
+    else:
+        await session.execute(refresh_report_items(Deadline.inspection_id == inspection_id, Deadline.key == key))
 
 
 class RecordActivities:
@@ -184,6 +193,8 @@ class RecordActivities:
                     **({"register_status": projection.register_status} if projection.register_status else {}),
                 )
             )
+            # The dashboard's projected clock, from the row as it now stands (this projection or a newer one).
+            await session.execute(refresh_recommendation_clocks(Recommendation.id == projection.recommendation_id))
             return result.rowcount == 1
 
     @activity.defn
@@ -201,6 +212,8 @@ class RecordActivities:
                     next_action_at=projection.next_action_at,
                 )
             )
+            # Which report-level items are awaited follows the inspection's phase and cycle.
+            await session.execute(refresh_report_items(Deadline.inspection_id == projection.inspection_id))
             return result.rowcount == 1
 
     @activity.defn
@@ -379,6 +392,7 @@ class RecordActivities:
                 original_due=record.due,
                 current_due=record.due,
             )
+            await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
     @activity.defn
     async def record_deadline_revision(self, record: DeadlineRevisionRecord) -> None:
@@ -403,6 +417,7 @@ class RecordActivities:
                 )
             )
             await revise_deadline(session, deadline_id, record.new_due, record.reason, record.by, record.idempotency_key)
+            await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
     @activity.defn
     async def mark_deadline_met(self, record: DeadlineMetRecord) -> None:
@@ -417,6 +432,7 @@ class RecordActivities:
                 )
                 .values(met_at=record.at)
             )
+            await _refresh_projected(session, record.inspection_id, None, record.key)
 
     @activity.defn
     async def record_revisit(self, record: RevisitRecord) -> None:

@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -82,6 +82,8 @@ PUBLISHED = dt.date(2025, 6, 2)  # a Monday; every report is for another force, 
 TIMEFRAMES = ("immediately", "within_three_months", "within_six_months", "within_six_months")
 DELIVERY_TIMEOUT_SECONDS = 120.0
 """workflows/common.py DELIVERY_TIMEOUT: a delivery in flight on a killed worker is retried after it."""
+STATE_QUERY_TYPES = ("InspectionFollowUp", "RecommendationFollowUp")
+"""The workflow types with a "state" query (workflows/inspection.py, workflows/recommendation.py)."""
 HELD_RETRY_SECONDS = 60.0
 """activities/delivery.py relay_retry_seconds: a delivery held by a relay fault is tried again after it."""
 
@@ -101,33 +103,54 @@ class Plan:
     kills span a burst of at least (kills - 1) x this many notifications, however fast the machine is."""
     kill_every_max: float
     kill_after_notifications: int
-    """The first kill comes once this many notifications are recorded: in the burst, not before it."""
+    """The first fault (the first kill, in the full plan) comes once this many notifications are recorded:
+    in the burst, not before it ..."""
     kill_at: float
     """... and no sooner than this many seconds after the reports' common anchor (their "now")."""
     kill_aim: float
-    """At each kill, wait up to this long for the server to accept a message from the worker, and kill it
-    a few milliseconds after: in the window between the server's 250 and the outcome reaching Temporal."""
+    """At each kill, wait up to this long for a message from the worker: the capture kills it once it has
+    stored that message, before answering 250 (the window no design closes; bench/chaos_smtp.py). If
+    none comes, the worker is killed anyway (the fault says which)."""
     smtp_outage: float
     temporal_restart: bool
     db_down: float
     pending_minutes: float
     reconcile_minutes: float
     quiet_seconds: float
-    """No new notification and no new message for this long: settled."""
+    """Settled: every planned message recorded (or superseded by design), nothing pending, and no new
+    notification or message, for this long."""
     settle_limit: float
-    """The longest wait for that, after the last fault (the figures are taken anyway, and say so)."""
+    """The longest wait for that after the last fault, at least the time the slowest retry path takes
+    (a killed worker's delivery after its activity timeout); the figures are taken anyway, and say so."""
     gap: float = 4.0
     """Seconds between two faults."""
+    anchor_lead: float = 5.0
+    """The reports' common anchor (their "now") is this many seconds after publishing starts, plus 0.25 s
+    a report: every report is published before it."""
+    smtp_probe_seconds: float | None = None
+    """NCPI_SMTP_FAULT_PROBE_SECONDS for the workers (None: the product's default, 30 s)."""
+    order: tuple[str, ...] = ("kills", "temporal", "smtp", "database")
+    """The faults in the order they are injected, `gap` seconds apart."""
+    settle_poll: float = 2.0
+    """Seconds between two looks at the outbox while settling."""
 
 
 FULL = Plan("full", reports=43, recommendations=171, time_scale=200_000, workers=2, kills=10, kill_every=5.0,
             kill_spacing=56, kill_every_max=25.0,
-            kill_after_notifications=43, kill_at=8.0, kill_aim=3.0, smtp_outage=65, temporal_restart=True, db_down=30, pending_minutes=1.0,
-            reconcile_minutes=1.0, quiet_seconds=20, settle_limit=240)
-SHORT = Plan("short", reports=5, recommendations=20, time_scale=500_000, workers=1, kills=1, kill_every=0,
-             kill_spacing=0, kill_every_max=0,
-             kill_after_notifications=20, kill_at=2.0, kill_aim=10.0, smtp_outage=20, temporal_restart=False, db_down=15, pending_minutes=0.25,
-             reconcile_minutes=0.25, quiet_seconds=6, settle_limit=150, gap=2.0)
+            kill_after_notifications=43, kill_at=8.0, kill_aim=10.0, smtp_outage=65, temporal_restart=True, db_down=30, pending_minutes=1.0,
+            reconcile_minutes=1.0, quiet_seconds=10, settle_limit=240)
+SHORT = Plan("short", reports=5, recommendations=20, time_scale=1_000_000, workers=1, kills=1, kill_every=0,
+             kill_spacing=0, kill_every_max=0, kill_after_notifications=5, kill_at=0.0, kill_aim=30.0, smtp_outage=6,
+             temporal_restart=False, db_down=10, pending_minutes=0.1, reconcile_minutes=0.1, quiet_seconds=2,
+             settle_limit=90, gap=1.0, anchor_lead=2.0, smtp_probe_seconds=1.0, order=("smtp", "database", "kills"),
+             settle_poll=1.0)
+"""`make test`'s version (tests/test_chaos_short.py): one report per force for five forces, one worker, and
+the faults in the order that keeps the run short. A delivery held by the relay's outage is tried again a
+minute later (activities/delivery.py relay_retry_seconds; the reconciler, whatever its interval, runs
+at most once a minute: its claims are per minute), so the outage comes first, as soon as the reports'
+first notices are recorded, and short; the database crash follows, in the plan's densest burst, and the
+kill comes last, in the burst of deliveries that catch up after it, its in-flight deliveries retried
+after their heartbeat timeout while the held ones wait their minute."""
 
 
 BASELINE = replace(FULL, label="baseline", kills=0, smtp_outage=0, temporal_restart=False, db_down=0)
@@ -168,11 +191,11 @@ class Processes:
             except subprocess.TimeoutExpired:
                 self.kill(process)
 
-    def stop_all(self) -> None:
+    def stop_all(self, how: int = signal.SIGTERM) -> None:
         for process in reversed(self.running):
             if process.poll() is None:
                 try:
-                    os.killpg(process.pid, signal.SIGTERM)
+                    os.killpg(process.pid, how)
                 except ProcessLookupError:
                     continue
         deadline = time.monotonic() + 20
@@ -188,10 +211,39 @@ class Processes:
         self.running.clear()
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for one of our servers (Temporal, the capture), below the kernel's ephemeral range and
+    never given twice in this process. A port from bind(0) is one the kernel hands out again at once:
+    the Temporal dev server takes several "random free ports" for itself as it starts, and another run
+    started at the same moment picks its own, and either could take a port chosen here before its
+    server has bound it (seen: a capture that could not bind, its port served by someone else). Below
+    the ephemeral range nothing takes a port unless it asks for that port."""
+    import random
+
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(500):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port for the chaos suite's servers")
 
 
 def listening(port: int) -> bool:
@@ -200,6 +252,45 @@ def listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _tcp_rows() -> list[list[str]]:
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows += [line.split() for line in Path(table).read_text().splitlines()[1:]]
+        except OSError:
+            continue
+    return rows
+
+
+def listening_by(pid: int, port: int) -> bool:
+    """Whether process `pid` itself listens on `port` (not merely someone: /proc)."""
+    inodes = _socket_inodes(pid)
+    return any(len(r) > 9 and r[9] in inodes and r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port
+               for r in _tcp_rows())
+
+
+def smtp_connections(pid: int, port: int) -> list[int]:
+    """The local ports of the established TCP connections of process `pid` to the SMTP port (/proc)."""
+    inodes = _socket_inodes(pid)
+    return [int(r[1].rsplit(":", 1)[1], 16) for r in _tcp_rows()
+            if len(r) > 9 and r[9] in inodes and r[3] == "01" and int(r[2].rsplit(":", 1)[1], 16) == port]
 
 
 async def wait_until(check, seconds: float, what: str, every: float = 0.2):
@@ -213,32 +304,6 @@ async def wait_until(check, seconds: float, what: str, every: float = 0.2):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not within {seconds:.0f} s")
         await asyncio.sleep(every)
-
-
-def smtp_connections(pid: int, port: int) -> list[int]:
-    """The local ports of the established TCP connections of process `pid` to the SMTP port (/proc)."""
-    inodes = set()
-    try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        return []
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 9 and parts[9] in inodes and parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == port:
-                ports.append(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 # ------------------------------------------------------------------ the parts
@@ -267,7 +332,8 @@ class TemporalServer:
 
     async def start(self) -> None:
         self.process = self.procs.start(self.args, self.folder / "temporal.log")
-        await wait_until(lambda: listening(self.port) or self.process.poll() is not None, 90, "the Temporal dev server")
+        await wait_until(lambda: listening_by(self.process.pid, self.port) or self.process.poll() is not None, 90,
+                         "the Temporal dev server")
         if self.process.poll() is not None:
             raise RuntimeError(f"the Temporal dev server exited: {(self.folder / 'temporal.log').read_text()[-2000:]}")
         from ncpi_workflow.temporal import connect
@@ -294,7 +360,8 @@ class SmtpCapture:
     async def start(self) -> None:
         self.process = self.procs.start([sys.executable, "-m", "bench.chaos_smtp", str(self.port), str(self.folder)],
                                         self.folder.parent / "smtp.log")
-        await wait_until(lambda: listening(self.port) or self.process.poll() is not None, 30, "the SMTP capture")
+        await wait_until(lambda: listening_by(self.process.pid, self.port) or self.process.poll() is not None, 30,
+                         "the SMTP capture")
         if self.process.poll() is not None:
             raise RuntimeError(f"the SMTP capture exited: {(self.folder.parent / 'smtp.log').read_text()[-2000:]}")
 
@@ -317,30 +384,31 @@ class SmtpCapture:
         index = self.folder / "index.jsonl"
         return index.read_bytes().count(b"\n") if index.exists() else 0
 
-    async def accepted_from(self, pid: int, seconds: float) -> bool:
-        """Wait until the server has just accepted a message from process `pid` (on one of its
-        connections): True, within a few milliseconds of the index line; False after `seconds`."""
-        index = self.folder / "index.jsonl"
-        offset = index.stat().st_size if index.exists() else 0
+    async def kill_on_next_message(self, pid: int, kill: int, seconds: float) -> dict | None:
+        """Ask the capture (bench/chaos_smtp.py) to SIGKILL process `pid` as soon as the next message
+        arrives on one of its SMTP connections, once stored and before the server's 250: what the
+        capture did (when, on which connection, which message, and the connections asked about), or
+        None when no message came from it within `seconds` (the request is withdrawn)."""
+        request, done = self.folder / "kill-request.json", self.folder / f"kill-{kill}.json"
         deadline = time.monotonic() + seconds
-        ports, ports_at = set(), 0.0
+        asked: list[str] = []
         while time.monotonic() < deadline:
-            if time.monotonic() - ports_at > 0.2:
-                ports, ports_at = {f"127.0.0.1:{p}" for p in smtp_connections(pid, self.port)}, time.monotonic()
-            if ports and index.exists() and index.stat().st_size > offset:
-                with index.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                offset += len(complete)
-                for line in complete.splitlines():
-                    try:
-                        if json.loads(line)["peer"] in ports:
-                            return True
-                    except ValueError:
-                        continue
-            await asyncio.sleep(0.003)
-        return False
+            if done.exists():
+                return dict(json.loads(done.read_text()), connections=asked)
+            ports = sorted(f"127.0.0.1:{p}" for p in smtp_connections(pid, self.port))
+            if ports and ports != asked:
+                # The connections are those of this moment: a worker may open another at any time.
+                tmp = request.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"id": kill, "pid": pid, "peers": ports}))
+                tmp.replace(request)
+                asked = ports
+            await asyncio.sleep(0.02)
+        request.unlink(missing_ok=True)
+        await asyncio.sleep(0.5)  # the capture may have taken it at the last moment
+        return dict(json.loads(done.read_text()), connections=asked) if done.exists() else None
+
+    def received_between(self, start: float, end: float) -> int:
+        return sum(1 for r in self.received() if start <= r["t"] <= end)
 
 
 class Database:
@@ -361,14 +429,35 @@ class Database:
             self.crash_how = ("another process takes the write lock (BEGIN EXCLUSIVE), writes, holds it and is killed "
                               "with SIGKILL in the middle of its transaction")
         else:
-            from bench.common import create_database, postgres_or_reason
+            from bench.common import create_database
 
-            self.cluster, reason = await asyncio.to_thread(postgres_or_reason)
-            if self.cluster is None:
-                raise RuntimeError(reason)
+            await asyncio.to_thread(self._new_cluster)
             self.url = await create_database(self.cluster, "ncpi_chaos")
             self.crash_how = "pg_ctl stop -m immediate, then pg_ctl start on the same port"
         await db.upgrade(self.url)
+
+    def _new_cluster(self) -> None:
+        """A throwaway cluster as tests/postgres.py makes one, on a port of free_port()'s: it must get
+        the same port back after its crash."""
+        from tests.postgres import PostgresCluster, find_pg_bin
+
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL binaries (initdb) not found on PATH or under /usr/lib/postgresql")
+        root = Path(tempfile.mkdtemp(prefix="ncpi-chaos-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        self.cluster = PostgresCluster(bin_dir, root, free_port())
+        done = subprocess.run(self.cluster._as_owner(str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres",
+                                                     "--auth=trust", "-E", "UTF8", "--no-sync"), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb: {done.stderr.strip()[-500:]}")
+        self._pg_start()
+
+    def _pg_start(self) -> None:
+        self._pg_ctl("-l", str(self.cluster.root / "server.log"), "-w", "-t", "60", "-o",
+                     f"-p {self.cluster.port} -k {self.cluster.root} -c listen_addresses=127.0.0.1 "
+                     "-c fsync=off -c full_page_writes=off", "start")
 
     async def crash(self, seconds: float) -> dict:
         if self.kind == "sqlite":
@@ -382,14 +471,12 @@ class Database:
         started = now()
         await asyncio.to_thread(self._pg_ctl, "-m", "immediate", "stop")
         await asyncio.sleep(seconds)
-        await asyncio.to_thread(self._pg_ctl, "-l", str(self.cluster.root / "server.log"), "-w", "-o",
-                                f"-p {self.cluster.port} -k {self.cluster.root} -c listen_addresses=127.0.0.1 "
-                                "-c fsync=off -c full_page_writes=off", "start")
+        await asyncio.to_thread(self._pg_start)
         return {"start": started, "end": now()}
 
     def _pg_ctl(self, *args: str) -> None:
         command = self.cluster._as_owner(str(self.cluster.bin_dir / "pg_ctl"), "-D", str(self.cluster.root / "data"), *args)
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 and "stop" not in args:
             raise RuntimeError(f"pg_ctl {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
 
@@ -444,6 +531,8 @@ class Workers:
         self.procs, self.folder, self.env, self.code = procs, folder, env, code
         self.processes: list[subprocess.Popen | None] = [None] * count
         self.starts = [0] * count
+        self.pids: list[tuple[int, int]] = []
+        """(worker slot, pid) of every process started: the identity ("pid@host") of its Temporal tasks."""
 
     def alive_file(self, i: int) -> Path:
         return self.folder / f"worker-{i}.alive"
@@ -454,6 +543,7 @@ class Workers:
         env = dict(self.env, NCPI_WORKER_ALIVE_FILE=str(self.alive_file(i)))
         self.processes[i] = self.procs.start(ncpi_args(self.code, "worker"), self.folder / f"worker-{i}-{self.starts[i]}.log", env,
                                              cwd=self.code)
+        self.pids.append((i, self.processes[i].pid))
 
     async def up(self, i: int, seconds: float = 90) -> None:
         process = self.processes[i]
@@ -463,9 +553,6 @@ class Workers:
 
     def log_tail(self, i: int) -> str:
         return (self.folder / f"worker-{i}-{self.starts[i]}.log").read_text(errors="replace")[-3000:]
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(asyncio.to_thread(self.procs.terminate, p, 40) for p in self.processes if p is not None))
 
     def logs(self) -> list[Path]:
         return sorted(self.folder.glob("worker-*.log"))
@@ -508,7 +595,8 @@ class Run:
         try:
             return await self._run()
         finally:
-            await asyncio.to_thread(self.procs.stop_all)
+            # The figures are taken (or the run failed): nothing of it needs to end gracefully.
+            await asyncio.to_thread(self.procs.stop_all, signal.SIGKILL)
             if self.database is not None:
                 await asyncio.to_thread(self.database.stop)
 
@@ -518,14 +606,20 @@ class Run:
 
         plan = self.plan
         self.database = Database(self.kind, self.procs, self.folder)
-        await self.database.start()
         self.temporal = TemporalServer(self.procs, self.folder)
         self.smtp = SmtpCapture(self.procs, self.folder / "mail")
-        await asyncio.gather(self.temporal.start(), self.smtp.start())
+        # At once (each waits for its own readiness); every start ends before any failure is raised, so
+        # that nothing is left starting behind the clean-up.
+        started = await asyncio.gather(self.database.start(), self.temporal.start(), self.smtp.start(), return_exceptions=True)
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
         values = dict(database_url=self.database.url, task_queue=f"ncpi-chaos-{self.kind}", data_dir=self.folder / "data",
                       smtp_host="127.0.0.1", smtp_port=self.smtp.port, temporal_address=self.temporal.address,
                       outbox_pending_minutes=plan.pending_minutes, reconcile_minutes=plan.reconcile_minutes,
                       shutdown_grace_seconds=5, time_scale=plan.time_scale)
+        if plan.smtp_probe_seconds is not None:
+            values["smtp_fault_probe_seconds"] = plan.smtp_probe_seconds
         self.settings = Settings(**values)
         self.code = self.folder / "code"
         self.code.mkdir()
@@ -554,7 +648,8 @@ class Run:
             finally:
                 monitor.cancel()
             figures = await self._figures(self.published_files, settled)
-        await self.workers.stop_all()
+        figures["worker_logs"] = self._log_figures()
+        figures["timing"]["total_seconds"] = round(now() - self.t0, 1)
         return figures
 
     async def _publish(self, files: list[Path]) -> None:
@@ -573,7 +668,7 @@ class Run:
         errors = []
         # One anchor for every report, a little ahead: their reminders fall due at the same instants,
         # a burst of notifications at each (each report publishes "now" at that instant).
-        anchor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5 + 0.25 * len(files))
+        anchor = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.plan.anchor_lead + 0.25 * len(files))
         self.anchor = anchor.timestamp()
         late = 0
         for file in files:
@@ -622,27 +717,46 @@ class Run:
         return fault
 
     async def _faults(self) -> None:
+        """The faults one after another, in the plan's order, the first once the burst is under way."""
         plan = self.plan
         await wait_until(lambda: self.anchor is not None and now() >= self.anchor + plan.kill_at
                          and self._latest()["rows"] >= plan.kill_after_notifications, 180,
                          f"{plan.kill_after_notifications} notifications recorded", every=0.5)
+        steps = {"kills": self._kills, "temporal": self._temporal_restart, "smtp": self._smtp_outage,
+                 "database": self._database_crash}
+        for n, name in enumerate(plan.order):
+            if n:
+                await asyncio.sleep(plan.gap)
+            await steps[name]()
+
+    async def _kills(self) -> None:
+        plan = self.plan
+        if not plan.kills:
+            return
+        # Each kill is aimed just after a message: with SMTP traffic, in the burst.
         for k in range(1, plan.kills + 1):
             i = (k - 1) % plan.workers
             await self.workers.up(i)
             process = self.workers.processes[i]
-            # Aimed at the one window no design closes: just after the server accepted a message from it.
-            aimed = await self.smtp.accepted_from(process.pid, plan.kill_aim)
-            ports = smtp_connections(process.pid, self.smtp.port)
-            connections = len(ports)
-            at = now()
-            os.kill(process.pid, signal.SIGKILL)
+            # Aimed at the one window no design closes: the capture kills the worker once it has stored
+            # a message from it, before its 250 (bench/chaos_smtp.py); if none comes, killed from here.
+            shot = await self.smtp.kill_on_next_message(process.pid, k, plan.kill_aim)
+            if shot is not None:
+                at, ports = shot["t"], shot["connections"]
+            else:
+                ports = sorted(f"127.0.0.1:{p}" for p in smtp_connections(process.pid, self.smtp.port))
+                at = now()
+                os.kill(process.pid, signal.SIGKILL)
             await asyncio.to_thread(process.wait)
             self.workers.start(i)
-            fault = self._fault("kill", f"kill {k}", at, worker=i, pid=process.pid, smtp_connections=connections,
-                                connections=[f"127.0.0.1:{p}" for p in ports], just_after_a_message_it_sent=aimed,
-                                rows=self._latest()["rows"])
-            self.say(f"kill -9 worker {i} (pid {process.pid}, {connections} SMTP connection(s) open"
-                     + (", just after the server accepted a message from it)" if aimed else ")"))
+            latest = self._latest()
+            fault = self._fault("kill", f"kill {k}", at, worker=i, pid=process.pid, smtp_connections=len(ports),
+                                connections=ports, just_after_a_message_it_sent=shot is not None,
+                                message_in_flight=shot and shot["message_id"], rows=latest["rows"],
+                                pending=latest["pending"], received_in_the_2_s_before=self.smtp.received_between(at - 2, at))
+            self.say(f"kill -9 worker {i} (pid {process.pid}, {len(ports)} SMTP connection(s) open, "
+                     f"{fault['received_in_the_2_s_before']} messages received in the 2 s before, {latest['pending']} pending"
+                     + (", the relay holding a message it sent, before its 250)" if shot else ")"))
             asyncio.create_task(self._restarted(i, fault))
             if k < plan.kills:
                 await asyncio.sleep(plan.kill_every)
@@ -653,40 +767,62 @@ class Run:
                 except RuntimeError:
                     pass  # the burst thins out: kill anyway
         await asyncio.gather(*(self.workers.up(i) for i in range(plan.workers)))
-        if plan.kills:
-            self.kill_window = (self.faults[0]["start"], self.faults[-1]["start"])
+        kills = [f["start"] for f in self.faults if f["kind"] == "kill"]
+        self.kill_window = (kills[0], kills[-1])
 
-        if plan.smtp_outage:
-            await asyncio.sleep(plan.gap)
-            start = now()
-            await self.smtp.stop()
-            self.say(f"SMTP down for {plan.smtp_outage:g} s")
-            await asyncio.sleep(plan.smtp_outage)
-            await self.smtp.start()
-            self._fault("smtp", "SMTP outage", start, now(), seconds=round(now() - start, 1))
-            self.say("SMTP up")
+    async def _temporal_restart(self) -> None:
+        plan = self.plan
+        if not plan.temporal_restart:
+            return
+        before, old_pid = await self._running_workflows(), self.temporal.process.pid
+        start = now()
+        await self.temporal.stop()
+        exit_code = self.temporal.process.returncode
+        self.say(f"Temporal dev server stopped (pid {old_pid}, exit {exit_code}; {before} workflows running)")
+        await self.temporal.start()
+        end = now()
+        after = await self._running_workflows()
+        self._fault("temporal", "Temporal restart", start, end, seconds=round(end - start, 1), pid_before=old_pid,
+                    pid_after=self.temporal.process.pid, exit_code=exit_code, running_before=before, running_after=after)
+        self.say(f"Temporal dev server up again after {end - start:.1f} s (pid {self.temporal.process.pid}; "
+                 f"{after} workflows running)")
 
-        if plan.temporal_restart:
-            await asyncio.sleep(plan.gap)
-            start = now()
-            await self.temporal.stop()
-            self.say("Temporal dev server stopped")
-            await self.temporal.start()
-            self._fault("temporal", "Temporal restart", start, now(), seconds=round(now() - start, 1))
-            self.say(f"Temporal dev server up again after {now() - start:.1f} s")
+    async def _smtp_outage(self) -> None:
+        plan = self.plan
+        if not plan.smtp_outage:
+            return
+        start = now()
+        await self.smtp.stop()
+        self.say(f"SMTP down for {plan.smtp_outage:g} s")
+        await asyncio.sleep(plan.smtp_outage)
+        await self.smtp.start()
+        self._fault("smtp", "SMTP outage", start, now(), seconds=round(now() - start, 1))
+        self.say("SMTP up")
 
-        if plan.db_down:
-            await asyncio.sleep(plan.gap)
-            self.say(f"database crash ({self.database.crash_how}) for {plan.db_down:g} s")
-            window = await self.database.crash(plan.db_down)
-            self._fault("database", "database crash", window["start"], window["end"], how=self.database.crash_how,
-                        seconds=round(window["end"] - window["start"], 1))
-            self.say("database back")
+    async def _database_crash(self) -> None:
+        plan = self.plan
+        if not plan.db_down:
+            return
+        self.say(f"database crash ({self.database.crash_how}) for {plan.db_down:g} s")
+        window = await self.database.crash(plan.db_down)
+        self._fault("database", "database crash", window["start"], window["end"], how=self.database.crash_how,
+                    seconds=round(window["end"] - window["start"], 1))
+        self.say("database back")
+
+    async def _running_workflows(self) -> int | None:
+        from ncpi_workflow.temporal import connect
+
+        try:
+            client = await connect(self.temporal.address, "default")
+            return len([w async for w in client.list_workflows(
+                f'TaskQueue="{self.settings.task_queue}" AND ExecutionStatus="Running"')])
+        except Exception:  # noqa: BLE001 - recorded as unknown
+            return None
 
     async def _recover(self) -> None:
         """After a fault step failed: every part up again, as far as it goes."""
-        for part, up in ((self.smtp, lambda: listening(self.smtp.port)), (self.temporal, lambda: listening(self.temporal.port))):
-            if not up():
+        for part in (self.smtp, self.temporal):
+            if part.process is None or part.process.poll() is not None or not listening_by(part.process.pid, part.port):
                 try:
                     await part.start()
                 except Exception as exc:  # noqa: BLE001
@@ -713,42 +849,46 @@ class Run:
         span = (timeline.messages[-1].at - timeline.published_at).total_seconds() / self.plan.time_scale
         return (self.anchor or now()) + span
 
+    async def _state(self) -> dict | None:
+        """What the end of the run is judged on, now: rows, pending rows, planned messages not yet
+        recorded (nor superseded), messages received; None while the database does not answer."""
+        try:
+            outbox = await asyncio.wait_for(self._outbox_light(), 20)
+        except Exception:  # noqa: BLE001 - the database is away: no state this time
+            return None
+        return {"rows": len(outbox), "pending": sum(1 for n in outbox if n["status"] == "pending"),
+                "missing": self._plan_figures(self.published_files, outbox)["plan"]["missing"],
+                "received": self.smtp.count()}
+
     async def _settle(self) -> dict:
+        """Wait for what the figures judge, not for a while: until every planned message is recorded
+        (or superseded by design), nothing is pending, and that has held, with no new notification and
+        no new message, for `quiet_seconds`. With nothing pending nothing can be sent again (a retry
+        finds the row sent), so no duplicate is still to come. Bounded: at most `settle_limit` after the
+        faults, or longer where the slowest retry path needs it (a delivery cut short by a kill is
+        retried after its activity timeout); past that the figures are taken as they are, and say so."""
         plan = self.plan
         faults_cleared = now()
         plan_end = self._plan_end()
-        limit = faults_cleared + plan.settle_limit
-        quiet_since, last = now(), None
-        while now() < limit:
-            sample = self._latest()
-            key = (sample["rows"], sample["received"])
-            if key != last:
-                quiet_since, last = now(), key
-            if now() >= plan_end and now() - quiet_since >= plan.quiet_seconds:
-                break
-            await asyncio.sleep(1.0)
-        quiesced = now()
-        self.say(f"quiet: {last[0]} notifications, {last[1]} messages received; waiting for pending rows")
-        # Pending rows: delivered by their workflows' retries (a kill's in-flight deliveries after the
-        # activity's 2-minute timeout, held ones a minute after the relay is back), or by the reconciler
-        # once they are a policy age old; "pending for ever" is what is left after both had their chance.
         last_kill = max((f["start"] for f in self.faults if f["kind"] == "kill"), default=faults_cleared)
-        deadline = max(quiesced + plan.pending_minutes * 60 + 2 * plan.reconcile_minutes * 60 + 20,
-                       last_kill + DELIVERY_TIMEOUT_SECONDS + 30, faults_cleared + HELD_RETRY_SECONDS + 30)
-        deadline = min(deadline, quiesced + plan.settle_limit)
-        while now() < deadline:
-            sample = self._latest()
-            if sample["pending"] == 0 and now() - quiet_since >= plan.quiet_seconds:
-                break
-            key = (sample["rows"], sample["received"])
-            if key != last:
-                quiet_since, last = now(), key
-            await asyncio.sleep(1.0)
-        await asyncio.sleep(2.0)  # the last "sent" marks
-        done = now()
-        self.say(f"settled: {self._latest()['pending']} pending")
-        return {"faults_cleared": faults_cleared, "quiesced": quiesced, "settled": done,
-                "quiet_reached": quiesced < limit, "plan_end": plan_end}
+        limit = max(faults_cleared + plan.settle_limit, last_kill + DELIVERY_TIMEOUT_SECONDS + 30)
+        held_since, last, state = None, None, None
+        while now() < limit:
+            state = await self._state()
+            if state is not None:
+                done = now() >= plan_end and state["pending"] == 0 and state["missing"] == 0
+                key = (state["rows"], state["received"])
+                if not done or key != last:
+                    held_since, last = (now() if done else None), key
+                elif now() - held_since >= plan.quiet_seconds:
+                    break
+            await asyncio.sleep(plan.settle_poll)
+        settled = now()
+        reached = state is not None and held_since is not None and settled < limit
+        self.say(f"settled: {state and state['pending']} pending, {state and state['missing']} planned not recorded"
+                 + ("" if reached else f" (not settled within {limit - faults_cleared:.0f} s of the last fault)"))
+        return {"faults_cleared": faults_cleared, "quiesced": settled, "settled": settled,
+                "quiet_reached": reached, "plan_end": plan_end, "limit": limit}
 
     # -------------------------------------------------------------- figures
 
@@ -763,10 +903,9 @@ class Run:
                                    "fault_error": self.fault_error, "code": self.code_version}
         figures.update(self._mail_figures(outbox, received))
         figures.update(self._plan_figures(files, outbox))
-        figures.update(await self._temporal_figures(client))
-        figures["reconciler"] = await self._reconciler_figures()
-        figures["health"] = await self._health()
-        figures["worker_logs"] = self._log_figures()
+        temporal, figures["reconciler"], figures["health"] = await asyncio.gather(
+            self._temporal_figures(client, outbox, received), self._reconciler_figures(), self._health())
+        figures.update(temporal)
         kill_start, kill_end = self.kill_window
         burst_end = kill_end
         figures["burst"] = {
@@ -782,6 +921,11 @@ class Run:
                 "p50": pick(0.5), "p95": pick(0.95), "max": round(latencies[-1], 1),
                 "over_60_s": sum(1 for x in latencies if x > 60), "over_115_s": sum(1 for x in latencies if x > 115),
             }
+        figures["last_sent"] = [
+            {"id": n["id"], "kind": n["kind"], "recorded_at": round(n["created"] - self.t0, 1),
+             "sent_at": round(n["sent_at"] - self.t0, 1), "attempts": n["attempts"]}
+            for n in sorted((n for n in outbox if n["sent_at"]), key=lambda n: n["sent_at"])[-10:]
+        ]
         figures["faults"] = [self._relative(f) for f in self.faults]
         figures["timing"] = {
             "published_seconds": round(self.published["end"] - self.published["start"], 1),
@@ -830,6 +974,21 @@ class Run:
         out["start"] = round(fault["start"] - self.t0, 2)
         out["end"] = round(fault["end"] - self.t0, 2)
         return out
+
+    async def _outbox_light(self) -> list[dict]:
+        """What `_state` needs of every row, without the rendered messages (a few KB each): asked every
+        second or two while the workers catch up, it must not weigh on the database they use."""
+        from sqlalchemy import select
+
+        from ncpi_workflow.models import Notification
+
+        async with self.sessions() as session:
+            rows = (await session.execute(select(
+                Notification.id, Notification.status, Notification.kind, Notification.inspection_id,
+                Notification.recommendation_id, Notification.context))).all()
+        return [{"id": i, "status": status, "kind": kind, "inspection_id": inspection, "recommendation_id": rec,
+                 "deadline": (context or {}).get("deadline"), "working_days": (context or {}).get("working_days")}
+                for i, status, kind, inspection, rec, context in rows]
 
     async def _outbox(self) -> list[dict]:
         from sqlalchemy import select
@@ -937,25 +1096,15 @@ class Run:
           limit with the revisit's opening (its notices come before it); messages of a
           ladder that are not recorded before it are superseded: of several messages already due,
           only the latest is sent (by design, README: Time)."""
-        from ncpi_workflow.clocks import MessageKind, calendar_for_report, plan_report
-        from ncpi_workflow.policy import load_policy
-        from ncpi_workflow.report import load_report
+        from ncpi_workflow.clocks import MessageKind
 
         one_offs = {MessageKind.PUBLISHED.value, MessageKind.REVISIT_OPENED.value, MessageKind.EVIDENCE_REQUEST.value}
-        policy = load_policy(self.settings.policy)
-        planned_once: Counter = Counter()
-        planned_ladders: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
-        for file in files:
-            report = load_report(file, known_forces=None, max_bytes=1 << 20).report
-            calendar = calendar_for_report(policy, report.published)
-            timeline = plan_report(report.published, [(r.ref, r.timeframe) for r in report.recommendations], policy, calendar)
-            for m in timeline.messages:
-                name, _, ref = m.deadline_key.partition(":")
-                about = ref or "report"
-                if m.kind.value in one_offs:
-                    planned_once[(report.inspection_id, m.kind.value, "report" if m.kind is not MessageKind.EVIDENCE_REQUEST else about)] += 1
-                else:
-                    planned_ladders[(report.inspection_id, about, name)].append((m.kind.value, m.working_days))
+        cached = getattr(self, "_planned_cache", None)
+        if cached is not None and cached[0] == [f.name for f in files]:
+            planned_once, planned_ladders = cached[1], cached[2]
+        else:
+            planned_once, planned_ladders = self._planned(files, one_offs)
+            self._planned_cache = ([f.name for f in files], planned_once, planned_ladders)
         recorded_once: Counter = Counter()
         recorded_ladders: dict[tuple, set[tuple[str, int]]] = defaultdict(set)
         for n in outbox:
@@ -999,7 +1148,29 @@ class Run:
             "recorded_not_planned": len(extra), "recorded_not_planned_list": extra[:50],
         }}
 
-    async def _temporal_figures(self, client) -> dict:
+    def _planned(self, files: list[Path], one_offs: set[str]) -> tuple[Counter, dict]:
+        """Every report's planned messages (`plan_report`): the one-offs, and each deadline's ladder."""
+        from ncpi_workflow.clocks import MessageKind, calendar_for_report, plan_report
+        from ncpi_workflow.policy import load_policy
+        from ncpi_workflow.report import load_report
+
+        policy = load_policy(self.settings.policy)
+        planned_once: Counter = Counter()
+        planned_ladders: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
+        for file in files:
+            report = load_report(file, known_forces=None, max_bytes=1 << 20).report
+            calendar = calendar_for_report(policy, report.published)
+            timeline = plan_report(report.published, [(r.ref, r.timeframe) for r in report.recommendations], policy, calendar)
+            for m in timeline.messages:
+                name, _, ref = m.deadline_key.partition(":")
+                about = ref or "report"
+                if m.kind.value in one_offs:
+                    planned_once[(report.inspection_id, m.kind.value, "report" if m.kind is not MessageKind.EVIDENCE_REQUEST else about)] += 1
+                else:
+                    planned_ladders[(report.inspection_id, about, name)].append((m.kind.value, m.working_days))
+        return planned_once, planned_ladders
+
+    async def _temporal_figures(self, client, outbox: list[dict], received: list[dict]) -> dict:
         from temporalio.api.enums.v1 import TimeoutType, WorkflowTaskFailedCause
 
         from ncpi_workflow.jobs import stuck_workflows
@@ -1013,6 +1184,10 @@ class Run:
         failing_examples: list[dict] = []
         activity_timeouts = 0
         events_total = 0
+        restart = next((f for f in self.faults if f["kind"] == "temporal"), None)
+        after_restart: Counter = Counter()
+        progressed_after_restart: set[str] = set()
+        identities: Counter = Counter()
 
         async def one(execution) -> None:
             nonlocal activity_timeouts, events_total
@@ -1020,10 +1195,19 @@ class Run:
                 handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
                 async for event in handle.fetch_history_events():
                     events_total += 1
+                    at = event.event_time.seconds + event.event_time.nanos / 1e9
+                    if restart is not None and at > restart["end"]:
+                        for name in ("workflow_task_completed", "activity_task_completed", "timer_fired"):
+                            if event.HasField(f"{name}_event_attributes"):
+                                after_restart[name] += 1
+                                progressed_after_restart.add(execution.id)
+                    if event.HasField("workflow_task_started_event_attributes"):
+                        identities[event.workflow_task_started_event_attributes.identity] += 1
+                    elif event.HasField("activity_task_started_event_attributes"):
+                        identities[event.activity_task_started_event_attributes.identity] += 1
                     if event.HasField("workflow_task_timed_out_event_attributes"):
                         kind = TimeoutType.Name(event.workflow_task_timed_out_event_attributes.timeout_type)
                         timeouts[kind.removeprefix("TIMEOUT_TYPE_")] += 1
-                        at = event.event_time.seconds + event.event_time.nanos / 1e9
                         phases[self._phase(at)] += 1
                     elif event.HasField("workflow_task_failed_event_attributes"):
                         attrs = event.workflow_task_failed_event_attributes
@@ -1041,6 +1225,13 @@ class Run:
         await asyncio.gather(*(one(e) for e in executions))
         stuck = await stuck_workflows(client, self.settings)
         status = Counter(e.status.name if e.status else "UNKNOWN" for e in executions)
+        queries = await self._query_running(client, [e for e in executions if e.status and e.status.name == "RUNNING"])
+        nondeterminism += [{"workflow": q["workflow"], "run": None, "cause": "query", "message": q["error"]}
+                           for q in queries["failed"] if "ondetermin" in q["error"] or "TMPRL1100" in q["error"]]
+        pids = {str(pid): f"worker {i}" for i, pid in self.workers.pids}
+        by_worker: Counter = Counter()
+        for identity, count in identities.items():
+            by_worker[pids.get(identity.split("@", 1)[0], identity)] += count
         return {"temporal": {
             "executions": len(executions), "status": dict(status), "history_events": events_total,
             "workflow_task_timeouts": sum(timeouts.values()), "workflow_task_timeouts_by_type": dict(timeouts),
@@ -1048,9 +1239,44 @@ class Run:
             "workflow_task_failures_by_cause": dict(failures), "workflow_task_failure_examples": failing_examples,
             "nondeterminism_errors": len(nondeterminism), "nondeterminism": nondeterminism[:20],
             "activity_timeouts": activity_timeouts,
+            "state_queries_at_the_end": queries,
+            "tasks_by_worker": dict(sorted(by_worker.items())),
+            "worker_processes": len(self.workers.pids),
+            "after_the_temporal_restart": None if restart is None else {
+                "workflow_tasks_completed": after_restart["workflow_task_completed"],
+                "activities_completed": after_restart["activity_task_completed"],
+                "timers_fired": after_restart["timer_fired"],
+                "workflows_that_progressed": len(progressed_after_restart),
+                "notifications_recorded": sum(1 for n in outbox if n["created"] > restart["end"]),
+                "emails_received": sum(1 for r in received if r["t"] > restart["end"]),
+            },
             "stuck": [{"workflow": s.workflow_id, "type": s.workflow_type, "attempts": s.attempts, "error": s.error}
                       for s in stuck],
         }}
+
+    async def _query_running(self, client, running: list) -> dict:
+        """A query to every running workflow, answered by the workers ("state" of the follow-up workflows,
+        the SDK's stack trace of the others): a workflow no longer in a worker's cache is replayed from
+        its history to answer, so a non-determinism error shows here too."""
+        gate = asyncio.Semaphore(8)
+        failed: list[dict] = []
+
+        async def one(execution) -> None:
+            async with gate:
+                for attempt in (1, 2):
+                    try:
+                        # Our follow-up workflows answer "state"; any workflow answers the SDK's stack trace.
+                        name = "state" if execution.workflow_type in STATE_QUERY_TYPES else "__stack_trace"
+                        await client.get_workflow_handle(execution.id, run_id=execution.run_id).query(
+                            name, rpc_timeout=dt.timedelta(seconds=30))
+                        return
+                    except Exception as exc:  # noqa: BLE001 - recorded: a workflow that cannot answer twice is a finding
+                        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                    await asyncio.sleep(2.0)
+                failed.append({"workflow": execution.id, "error": error})
+
+        await asyncio.gather(*(one(e) for e in running))
+        return {"asked": len(running), "answered": len(running) - len(failed), "failed": failed[:20]}
 
     async def _health(self) -> dict:
         done = await asyncio.to_thread(subprocess.run, ncpi_args(self.code, "health"), env=self.env, cwd=self.code,
@@ -1092,6 +1318,7 @@ async def run_plan(plan: Plan, database: str, folder: Path, echo=print) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     figures = await Run(plan, database, folder, echo).run()
     figures["plan"]["time_scale"] = plan.time_scale
+    figures["plan"]["kills_span_at_least"] = max(0, plan.kills - 1) * plan.kill_spacing
     return figures
 
 
@@ -1121,6 +1348,22 @@ def verdict(f: dict) -> list[str]:
         out.append(f"stuck: {s['workflow']} ({s['type']}), workflow task tried {s['attempts']} times: {s['error']}")
     for e in f["temporal"]["nondeterminism"]:
         out.append(f"non-determinism: {e['workflow']} run {e['run']}: {e['message']}")
+    need = f["plan"].get("kills_span_at_least", 0)
+    if need and f["burst"]["notifications_recorded_during_kills"] < need:
+        out.append(f"the kills spanned {f['burst']['notifications_recorded_during_kills']} notifications recorded, not the "
+                   f"{need} the plan asks (the burst thinned out before the last kill)")
+    for q in f["temporal"].get("state_queries_at_the_end", {}).get("failed", ()):
+        out.append(f"no answer to a query at the end: {q['workflow']}: {q['error']}")
+    restart = next((x for x in f.get("faults", ()) if x["kind"] == "temporal"), None)
+    if restart is not None:
+        after = f["temporal"].get("after_the_temporal_restart") or {}
+        if restart.get("pid_after") == restart.get("pid_before"):
+            out.append("the Temporal dev server was not restarted (same process)")
+        if restart.get("running_before") is not None and restart.get("running_after") != restart.get("running_before"):
+            out.append(f"the Temporal restart changed the running workflows: {restart.get('running_before')} before, "
+                       f"{restart.get('running_after')} after")
+        if not after.get("workflow_tasks_completed"):
+            out.append("no workflow task completed after the Temporal restart")
     d = f["duplicates"]
     allowed = d["allowed_by_kill"]
     for name, count in sorted(d["by_fault"].items(), key=lambda kv: _fault_order(kv[0])):
@@ -1157,6 +1400,16 @@ def _fault_order(name: str) -> tuple:
     if name.startswith("kill "):
         return (0, int(name.split()[1]))
     return (1, name)
+
+
+def _after_restart(f: dict) -> str:
+    a = f["temporal"].get("after_the_temporal_restart")
+    if not a:
+        return "no restart"
+    restart = next(x for x in f["faults"] if x["kind"] == "temporal")
+    return (f"{a['workflows_that_progressed']} ({restart.get('running_after')} running at the restart); {_n(a['workflow_tasks_completed'])}, "
+            f"{_n(a['activities_completed'])}, {_n(a['timers_fired'])}; {_n(a['notifications_recorded'])}, "
+            f"{_n(a['emails_received'])} (down {restart['seconds']} s)")
 
 
 def _beyond(f: dict) -> str:
@@ -1200,6 +1453,12 @@ def table(results: dict) -> str:
         f"{k.lower().replace('_', '-')} {v}" for k, v in sorted(f["temporal"]["workflow_task_timeouts_by_type"].items())) + "; " + ", ".join(
         f"{k} {v}" for k, v in f["temporal"]["workflow_task_timeouts_by_phase"].items()) + ")")
     row("non-determinism errors", lambda f: str(f["temporal"]["nondeterminism_errors"]))
+    row("after the Temporal restart (same state file and port): workflows that progressed; workflow tasks, "
+        "activities, timers completed; notifications recorded, emails received", _after_restart)
+    row("running workflows answering a query at the end (their state; a delivery its stack trace)", lambda f: (
+        f"{f['temporal']['state_queries_at_the_end']['answered']} of {f['temporal']['state_queries_at_the_end']['asked']}"))
+    row("two workers at once: worker processes started (kills included); tasks by worker slot",
+        lambda f: f"{f['temporal']['worker_processes']}; " + ", ".join(f"{k} {_n(v)}" for k, v in f["temporal"]["tasks_by_worker"].items()))
     row("delivery time, recorded to sent: p50 / p95 / max; over 115 s", lambda f: (
         f"{f['delivery_seconds']['p50']} / {f['delivery_seconds']['p95']} / {f['delivery_seconds']['max']} s; "
         f"{_n(f['delivery_seconds']['over_115_s'])}") if f.get("delivery_seconds") else "-")
@@ -1212,8 +1471,10 @@ def markdown(results: dict) -> str:
     plan = results["plan"]
     return (table(results) + f"\nMeasured by `make chaos` on {results['date']}: {results['machine']['cpus']} CPUs, "
             f"{plan['reports']} reports, {plan['recommendations']} recommendations at time scale "
-            f"{plan['time_scale']:,.0f}, {plan['kills']} kills, SMTP down {plan['smtp_outage']:g} s, database down "
-            f"{plan['db_down']:g} s, {plan['workers']} workers; {results['seconds']} s in all.\n")
+            f"{plan['time_scale']:,.0f}, {plan['kills']} kills, "
+            + ("a Temporal dev server restart, " if plan.get("temporal_restart") else "")
+            + f"SMTP down {plan['smtp_outage']:g} s, database down {plan['db_down']:g} s, {plan['workers']} workers; "
+            f"{results['seconds']} s in all.\n")
 
 
 def write_readme(text: str) -> None:
@@ -1236,7 +1497,10 @@ def summary(name: str, f: dict) -> str:
             f"{dict(d['by_fault'])} identical {d['identical']}, beyond the window {d['beyond_one_per_connection_per_kill'] or 'none'}; "
             f"stuck {len(f['temporal']['stuck'])}; workflow-task timeouts {f['temporal']['workflow_task_timeouts']}; "
             f"non-determinism {f['temporal']['nondeterminism_errors']}; burst {f['burst']['notifications_recorded_during_kills']} "
-            f"notifications during the kills; {f['timing']['total_seconds']} s")
+            f"notifications during the kills; queries answered {f['temporal']['state_queries_at_the_end']['answered']} of "
+            f"{f['temporal']['state_queries_at_the_end']['asked']}"
+            + (f"; after the Temporal restart: {_after_restart(f)}" if f["temporal"].get("after_the_temporal_restart") else "")
+            + f"; settled {'yes' if f['timing']['quiet_reached'] else 'NO'} at {f['timing']['settled_at']} s; {f['timing']['total_seconds']} s")
 
 
 async def main(argv: list[str]) -> dict:

@@ -2,7 +2,11 @@
 (ncpi_workflow.smtp_capture, aiosmtpd in a thread of this process) over one reused connection
 (ncpi_workflow.mailer.Mailer) against a baseline of one connection per message (aiosmtplib.send),
 run in the same invocation; and the full delivery path (DeliveryActivities.deliver_notification:
-database read, template rendering, send, row marked sent) for a quarter as many notifications.
+database read, template rendering, send, row marked sent) for a quarter as many notifications,
+on SQLite and, when PostgreSQL's binaries are installed, on a throwaway PostgreSQL cluster
+(tests/postgres.py). The delivery path holds the SMTP connection from a message's send until it is
+marked sent (at most the message in flight is at risk when a worker dies), so its rate includes the
+mark-sent round trip of every message in turn.
 
 `.venv/bin/python -m bench.email [--quick]` prints JSON (2,000 messages; quick: 200).
 """
@@ -72,9 +76,8 @@ async def _one_per_message(port: int, messages: list) -> float:
     return time.perf_counter() - started
 
 
-async def _delivery_path(port: int, count: int, workdir: Path) -> dict:
+async def _delivery_path(port: int, count: int, url: str) -> dict:
     """As tests/test_email_delivery.py (_records, _outbox, _delivery): the Cumbria report, `count` pending reminders."""
-    url = f"sqlite+aiosqlite:///{workdir / 'delivery.db'}"
     await db.upgrade(url)
     forces = load_forces(ROOT / "config" / "forces.yaml")
     loaded = load_report(CUMBRIA, known_forces=set(forces), max_bytes=1 << 20)
@@ -137,15 +140,46 @@ async def run(results: dict, quick: bool) -> None:
         }
         smtp.messages.clear()
         with tempfile.TemporaryDirectory(prefix="ncpi-bench-email-") as tmp:
-            path = await _delivery_path(port, max(count // 4, 1), Path(tmp))
+            path = await _delivery_path(port, max(count // 4, 1), f"sqlite+aiosqlite:///{Path(tmp) / 'delivery.db'}")
         results["delivery_path"] = {
             **path,
+            "database": "sqlite",
             "baseline": f"Mailer.send alone over a reused connection: {round(reused_rate, 1)} msg/s",
             "ratio": round(path["per_second"] / reused_rate, 3),
             "ratio_means": "deliver_notification rate / bare Mailer.send rate",
         }
+        pg = await _on_postgresql(port, max(count // 4, 1))
+        if pg is not None:
+            results["delivery_path_postgresql"] = {
+                **pg,
+                "database": "postgresql",
+                "baseline": f"Mailer.send alone over a reused connection: {round(reused_rate, 1)} msg/s",
+                "ratio": round(pg["per_second"] / reused_rate, 3),
+                "ratio_means": "deliver_notification rate / bare Mailer.send rate",
+            }
     finally:
         controller.stop()
+
+
+async def _on_postgresql(port: int, count: int) -> dict | None:
+    """The delivery path on a throwaway PostgreSQL cluster, or None without PostgreSQL's binaries."""
+    from tests.postgres import PostgresCluster, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        return None
+    cluster = await asyncio.to_thread(PostgresCluster.start, bin_dir)
+    try:
+        import asyncpg
+
+        connection = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user="postgres", database="postgres")
+        try:
+            await connection.execute('CREATE DATABASE "bench_email"')
+        finally:
+            await connection.close()
+        return await _delivery_path(port, count, cluster.url("bench_email"))
+    finally:
+        await asyncio.to_thread(cluster.stop)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,40 @@ def table(results: dict) -> str:
         rows.append(f"| email: the whole delivery activity (outbox row, templates, send, mark sent), {_n(d['notifications'])} "
                     f"notifications | {d['per_second']} msg/s | `Mailer.send` alone: {email['smtp_send']['reused_connection_per_second']} msg/s | "
                     f"{d['ratio']} |")
+    rows.extend(web_rows(results.get("web") or {}))
     return "\n".join(rows) + "\n"
+
+
+def _pp(p: dict) -> str:
+    return f"{p['p50_ms']} / {p['p95_ms']} ms"
+
+
+def web_rows(web: dict) -> list[str]:
+    """The web benchmark's rows (bench/web.py): the all-forces page per database, a recommendation page."""
+    rows = []
+    for name in ("sqlite", "postgresql"):
+        figures = web.get(name)
+        if not figures:
+            continue
+        label = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[name]
+        if "skipped" in figures:
+            rows.append(f"| web: the all-forces page, {label} | skipped: {figures['skipped']} | - | - |")
+            continue
+        page, query, before, bare = (figures["dashboard_page"], figures["dashboard_query"], figures["dashboard_query_before"],
+                                     figures["baseline_query"])
+        rows.append(
+            f"| web: the all-forces page, {label}, {_n(figures['recommendations'])} recommendations, server time "
+            f"(p50 / p95 of {page['samples']}; its aggregate alone {_pp(query)}, before the projected columns "
+            f"{_pp(before)}) | {_pp(page)} | the bare aggregate (open recommendations counted per force): {_pp(bare)} | "
+            f"{round(bare['p50_ms'] / page['p50_ms'], 3) if page['p50_ms'] else '-'} (p50) |")
+    rec = web.get("recommendation")
+    if rec:
+        page, show, startup = rec["recommendation_page"], rec["cli_show_json"], rec["cli_startup"]
+        rows.append(
+            f"| web: a recommendation page (its records, the live Query, the template), SQLite, server time "
+            f"(p50 / p95 of {page['samples']}) | {_pp(page)} | `ncpi show ID --json` end to end: {_pp(show)} "
+            f"(`ncpi --help`, start-up alone: {_pp(startup)}) | {round(show['p50_ms'] / page['p50_ms'], 3) if page['p50_ms'] else '-'} (p50) |")
+    return rows
 
 
 README = HERE.parent / "README.md"
@@ -104,13 +137,13 @@ def embed_in_readme(markdown: str) -> None:
 
 
 async def main(quick: bool) -> dict:
-    from bench import email, listing, temporal_bench
+    from bench import email, listing, temporal_bench, web
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "quick": quick,
                      "date": datetime.date.today().isoformat()}
     started = time.perf_counter()
     results.update(await temporal_bench.bench(quick))
-    for module, key in ((listing, "listing"), (email, "email")):
+    for module, key in ((listing, "listing"), (email, "email"), (web, "web")):
         section: dict = {}
         await module.run(section, quick)
         results[key] = section

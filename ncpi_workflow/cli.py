@@ -27,6 +27,13 @@ from ncpi_workflow.cli_web import users_app, web  # noqa: E402  (the web app's c
 
 app.add_typer(users_app, name="users")
 app.command()(web)
+from ncpi_workflow.cli_links import links_app  # noqa: E402  (access links in force-facing emails)
+
+app.add_typer(links_app, name="links")
+from ncpi_workflow.inbound.cli import inbound_app, inbox  # noqa: E402  (replies by email)
+
+app.add_typer(inbound_app, name="inbound")
+app.command()(inbox)
 
 EXIT_INVALID = 1
 EXIT_INTERNAL = 70
@@ -76,22 +83,18 @@ def _load(file: Path):
 @app.command()
 def validate(files: List[Path] = typer.Argument(..., help="Report files (YAML) to check.")) -> None:
     """Check report files against the format; print one line per problem. Writes nothing."""
-    from ncpi_workflow.report import ReportInvalid
+    from ncpi_workflow.app.publishing import check_file
 
+    settings = _settings()
     bad = 0
     for file in files:
-        try:
-            loaded = _load(file)
-        except ReportInvalid as exc:
+        checked = check_file(settings, file)
+        if not checked.ok:
             bad += 1
-            for problem in exc.problems:
+            for problem in checked.problems:
                 typer.echo(f"ncpi: {_line(problem)}", err=True)
             continue
-        except UserError as exc:
-            bad += 1
-            typer.echo(f"ncpi: {_line(exc)}", err=True)
-            continue
-        report = loaded.report
+        report = checked.loaded.report
         typer.echo(f"{_line(file)}: valid: {report.inspection_id}, {len(report.recommendations)} recommendations")
     if bad:
         raise typer.Exit(EXIT_INVALID)
@@ -261,35 +264,12 @@ from ncpi_workflow.app.temporal_calls import (  # noqa: E402
     connect_reason as _connect_reason,
     database_errors as _database_errors,
     one_line as _one_line,
-    query_state as _query_state,
-    send_update as _send_update,
+    parse_inspection as _inspection,
+    parse_recommendation as _recommendation,
+    parse_target as _target,
     temporal_errors as _temporal_errors,
     unreachable as _unreachable,
-    view_type as _view_type,
 )
-
-
-def _target(text: str) -> tuple[str, str]:
-    """('recommendation' | 'inspection', business ID) from an ID or a workflow ID."""
-    from ncpi_workflow.lifecycle import parse_inspection_id, parse_recommendation_id
-
-    for kind, parse in (("recommendation", parse_recommendation_id), ("inspection", parse_inspection_id)):
-        try:
-            return kind, parse(text.strip())
-        except ValueError:
-            continue
-    raise UserError(
-        f"{text!r} is not an inspection ID such as CUM-2017-01-26 or a recommendation ID such as CUM-2017-01-26-R1"
-    )
-
-
-def _recommendation(text: str) -> str:
-    from ncpi_workflow.lifecycle import parse_recommendation_id
-
-    try:
-        return parse_recommendation_id(text.strip())
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
 
 
 # Values given on the command line are checked here with the rules (and limits) the workflows' Update
@@ -338,21 +318,13 @@ def _in_row_range(number: int) -> bool:
     return 0 < number <= ROW_ID_MAX
 
 
-def _inspection(text: str) -> str:
-    from ncpi_workflow.lifecycle import parse_inspection_id
-
-    try:
-        return parse_inspection_id(text.strip())
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _update(kind: str, business_id: str, update: str, request: Any, result_type: Any = None) -> Any:
+def _call(use_case, *args: Any, **kwargs: Any) -> Any:
+    """Connect to Temporal and run one use case of the application layer (ncpi_workflow.app): an
+    async function taking (settings, client, ...). The command has checked its arguments first."""
     settings = _settings()
 
     async def go():
-        client = await _client(settings)
-        return await _send_update(settings, client, kind, business_id, update, request, result_type or _view_type(kind))
+        return await use_case(settings, await _client(settings), *args, **kwargs)
 
     return run(go())
 
@@ -375,23 +347,13 @@ def publish(
     ),
 ) -> None:
     """Publish a report: write its records and start its follow-up workflow. Publishing it again starts nothing."""
-    from ncpi_workflow import publishing
-    from ncpi_workflow.report import ReportInvalid
+    from ncpi_workflow.app.publishing import check_file, publish_file
 
-    settings = _settings()
-    try:
-        _load(file)  # refuse a bad file before touching Temporal or the database
-    except ReportInvalid as exc:
-        fail(exc.problems[0])
+    checked = check_file(_settings(), file)  # refuse a bad file before touching Temporal or the database
+    if not checked.ok:
+        fail(checked.problems[0])
     anchor = datetime.now(timezone.utc) if anchor_now else None
-
-    async def go():
-        client = await _client(settings)
-        with _temporal_errors(settings, str(file)):
-            return await publishing.publish(settings, client, file, anchor=anchor)
-
-    with _database_errors(settings):
-        result = run(go())
+    result = _call(publish_file, file, anchor=anchor, checked=checked)
     if result.started:
         typer.echo(
             f"published {result.inspection_id}: workflow {result.workflow_id}, {result.recommendations} recommendations"
@@ -409,11 +371,9 @@ def status(
 
     A follow-up whose workflow task keeps failing (as the reconciler last found it) is marked
     "STUCK: <error>"; in --json its record has a "stuck" (or "inspection_stuck") key, present only then."""
-    from sqlalchemy import select
-
     from ncpi_workflow import db
-    from ncpi_workflow.models import StuckWorkflow
-    from ncpi_workflow.views import render_status, status_json, status_records, status_rows
+    from ncpi_workflow.app import read_models
+    from ncpi_workflow.views import render_status, status_json, status_records
 
     settings = _settings()
     known = _forces()
@@ -425,9 +385,7 @@ def status(
 
     async def fetch():
         async with db.open_database(settings.database_url) as sessions:
-            async with sessions() as session:
-                stuck = dict((await session.execute(select(StuckWorkflow.workflow_id, StuckWorkflow.error))).all())
-                return await status_rows(session, code), stuck
+            return await read_models.status(sessions, code), await read_models.stuck_workflows(sessions)
 
     with _database_errors(settings):
         rows, stuck = run(fetch())
@@ -446,16 +404,11 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="The workflow's whole view as JSON."),
 ) -> None:
     """The live state of one follow-up, from its workflow: phase, deadlines and revisions, next action, evidence, history."""
+    from ncpi_workflow.app import read_models
     from ncpi_workflow.views import dump, render_inspection, render_recommendation
 
-    kind, business_id = _target(id)
-    settings = _settings()
-
-    async def go():
-        client = await _client(settings)
-        return await _query_state(settings, client, kind, business_id)
-
-    view = run(go())
+    _target(id)  # a bad ID is refused before Temporal is asked
+    kind, view = _call(read_models.show, id)
     if as_json:
         _echo_json(dump(view))
     else:
@@ -474,14 +427,14 @@ def progress(
     by: str = typer.Option(..., "--by", help="Who reports it."),
 ) -> None:
     """Record the force's progress on a recommendation (its own claim, apart from the inspectorate's judgement)."""
-    from ncpi_workflow.lifecycle import ProgressRequest
+    from ncpi_workflow.app.force_responses import submit_progress
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
     _word_arg(claim, "--claim")
     _text_arg(text, "--text")
     _name_arg(by)
-    view = _update("recommendation", rec, "submit_progress", ProgressRequest(claim=claim, text=text, by=by))
+    view = _call(submit_progress, rec, claim, text, by)
     s = view.state
     typer.echo(f"{rec}: progress recorded (force claims {words(s.force_claim)}); {words(s.phase)}, {view.register_status}")
 
@@ -494,36 +447,17 @@ def evidence(
     description: Optional[str] = typer.Option(None, "--description", help="What the file shows."),
 ) -> None:
     """Submit a file of evidence for a recommendation: kept by its SHA-256, then recorded by the workflow."""
-    from ncpi_workflow.evidence_files import content_type, hash_file, keep_file, stored_path
-    from ncpi_workflow.lifecycle import EvidenceRequestInput, RecommendationView, check_evidence, check_filename, printable
+    from ncpi_workflow.app.force_responses import check_evidence_file, submit_evidence
+    from ncpi_workflow.lifecycle import check_filename, printable
 
     rec = _recommendation(rec_id)
     _name_arg(by)
     _text_arg(description, "--description", required=False)
     _valid(check_filename, file.name, "--file: the file name")
-    settings = _settings()
-    limit = settings.evidence_max_bytes
-    sha256, size = hash_file(file, limit)  # a regular file only: never a link, a FIFO or a device
-
-    def request_for(sha: str, size_bytes: int, path: Path) -> EvidenceRequestInput:
-        return EvidenceRequestInput(
-            filename=file.name, sha256=sha, size_bytes=size_bytes, storage_path=str(path.resolve()),
-            content_type=content_type(file.name), by=by, description=description,
-        )
-
-    async def go():
-        client = await _client(settings)
-        # Ask first, so that a submission the workflow would refuse leaves nothing in the store.
-        current = await _query_state(settings, client, "recommendation", rec)
-        try:
-            check_evidence(current.state, request_for(sha256, size, stored_path(settings.evidence_dir, sha256)), limit)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        stored = keep_file(file, settings.evidence_dir, limit)
-        request = request_for(stored.sha256, stored.size_bytes, stored.storage_path)
-        return await _send_update(settings, client, "recommendation", rec, "submit_evidence", request, RecommendationView), stored
-
-    view, stored = run(go())
+    # The file's own checks need no Temporal: a bad file (a link, a FIFO, too big, ...) is refused first.
+    with check_evidence_file(_settings(), file) as checked:
+        submitted = _call(submit_evidence, rec, file, by, description, checked=checked)
+    stored, view = submitted.stored, submitted.view
     typer.echo(
         f"{rec}: evidence {printable(stored.filename)} recorded ({stored.size_bytes:,} bytes, sha256 {stored.sha256[:12]}); "
         f"{view.state.phase.value.replace('_', ' ')}, {view.register_status}"
@@ -536,12 +470,12 @@ def revisit(
     by: str = typer.Option(..., "--by", help="The inspector opening the revisit."),
 ) -> None:
     """Open the revisit (post-inspection review) now: every open recommendation is asked for evidence or reviewed."""
-    from ncpi_workflow.lifecycle import RevisitResult, TriggerRevisitRequest
+    from ncpi_workflow.app.inspector_actions import trigger_revisit
     from ncpi_workflow.views import when
 
     insp = _inspection(inspection_id)
     _name_arg(by)
-    result = _update("inspection", insp, "trigger_revisit", TriggerRevisitRequest(by=by), RevisitResult)
+    result = _call(trigger_revisit, insp, by)
     typer.echo(f"revisit of {insp} opened {when(result.opened_at)} (cycle {result.cycle}, {result.trigger}, by {result.by})")
 
 
@@ -553,14 +487,14 @@ def decide(
     by: str = typer.Option(..., "--by", help="Who decides."),
 ) -> None:
     """Record the inspectorate's decision on a recommendation under review: it closes or starts a further cycle."""
-    from ncpi_workflow.lifecycle import DecisionRequest
+    from ncpi_workflow.app.inspector_actions import record_decision
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
     _word_arg(outcome, "--outcome")
     _text_arg(rationale, "--rationale")
     _name_arg(by)
-    view = _update("recommendation", rec, "record_decision", DecisionRequest(outcome=outcome, rationale=rationale, by=by))
+    view = _call(record_decision, rec, outcome, rationale, by)
     s = view.state
     if s.phase.value == "closed":
         typer.echo(f"{rec}: {words(outcome)}; closed ({view.register_status})")
@@ -575,13 +509,13 @@ def reopen(
     by: str = typer.Option(..., "--by", help="Who re-opens it."),
 ) -> None:
     """Re-open a closed recommendation: a new follow-up cycle with a new deadline."""
-    from ncpi_workflow.lifecycle import ReasonRequest
+    from ncpi_workflow.app.inspector_actions import reopen as reopen_recommendation
     from ncpi_workflow.views import words
 
     rec = _recommendation(rec_id)
     _text_arg(reason, "--reason")
     _name_arg(by)
-    view = _update("recommendation", rec, "reopen", ReasonRequest(reason=reason, by=by))
+    view = _call(reopen_recommendation, rec, reason, by)
     s = view.state
     typer.echo(f"{rec}: re-opened; cycle {s.cycle}, {words(s.phase)}, due {s.deadline.due.isoformat()}")
 
@@ -593,12 +527,12 @@ def withdraw(
     by: str = typer.Option(..., "--by", help="Who withdraws it."),
 ) -> None:
     """Withdraw a recommendation: it closes with the outcome 'withdrawn'."""
-    from ncpi_workflow.lifecycle import ReasonRequest
+    from ncpi_workflow.app.inspector_actions import withdraw as withdraw_recommendation
 
     rec = _recommendation(rec_id)
     _text_arg(reason, "--reason")
     _name_arg(by)
-    view = _update("recommendation", rec, "withdraw", ReasonRequest(reason=reason, by=by))
+    view = _call(withdraw_recommendation, rec, reason, by)
     typer.echo(f"{rec}: withdrawn; closed ({view.register_status})")
 
 
@@ -615,13 +549,13 @@ def register_set(
 ) -> None:
     """Set a recommendation's public register status: a dated, attributed step of its trail. The force's own
     claim never sets it; "no further action needed" comes with a closing decision."""
-    from ncpi_workflow.lifecycle import RegisterStatusRequest
+    from ncpi_workflow.app.inspector_actions import set_register_status
 
     rec = _recommendation(rec_id)
     _word_arg(status, "--status")
     _text_arg(comment, "--comment")
     _name_arg(by)
-    view = _update("recommendation", rec, "set_register_status", RegisterStatusRequest(status=status, comment=comment, by=by))
+    view = _call(set_register_status, rec, status, comment, by)
     typer.echo(f"{rec}: register status {view.register_status!r} set by {view.state.register[-1].by}")
 
 
@@ -637,24 +571,16 @@ def revise_deadline(
     by: str = typer.Option(..., "--by", help="Who moves it."),
 ) -> None:
     """Move a deadline. Its original date is kept; the revision is recorded with the reason and who made it."""
-    from ncpi_workflow.lifecycle import ReviseDeadlineRequest
+    from ncpi_workflow.app.inspector_actions import parse_due, revise_deadline as revise
 
-    kind, business_id = _target(id)
+    _target(id)
     _word_arg(deadline, "--deadline")
     _text_arg(reason, "--reason")
     _name_arg(by)
-    try:
-        new_due = date.fromisoformat(to.strip())
-    except ValueError:
-        fail(f"--to: {to!r} is not a date such as 2026-12-31")
-    view = _update(kind, business_id, "revise_deadline", ReviseDeadlineRequest(deadline=deadline, new_due=new_due, reason=reason, by=by))
-    if kind == "recommendation":
-        moved = view.state.deadline if deadline == "recommendation" else view.state.evidence_deadline
-    else:
-        moved = next(d for d in view.state.deadlines if d.key == deadline)
-    previous = moved.revisions[-1].previous_due
+    new_due = parse_due(to, "--to")
+    moved = _call(revise, id, deadline, new_due, reason, by)
     typer.echo(
-        f"{business_id}: {deadline} deadline moved from {previous.isoformat()} to {moved.due.isoformat()} "
+        f"{moved.business_id}: {deadline} deadline moved from {moved.previous_due.isoformat()} to {moved.due.isoformat()} "
         f"(originally {moved.original_due.isoformat()})"
     )
 
@@ -667,14 +593,14 @@ def deliver(
     note: str = typer.Option("", "--note", help="A note, e.g. how it arrived."),
 ) -> None:
     """Record that the force (or PCC) delivered a report-level item: its deadline is met and its reminders stop."""
-    from ncpi_workflow.lifecycle import DeliveryRequest
+    from ncpi_workflow.app.inspector_actions import record_delivery
     from ncpi_workflow.views import when, words
 
     insp = _inspection(inspection_id)
     _word_arg(item, "ITEM")
     _name_arg(by)
     _text_arg(note, "--note", required=False)
-    view = _update("inspection", insp, "record_delivery", DeliveryRequest(item=item, by=by, note=note))
+    view = _call(record_delivery, insp, item, by, note)
     met = next(d for d in view.state.deadlines if d.key == item)
     typer.echo(f"{insp}: {words(item)} received {when(met.met_at)} (was due {met.due.isoformat()})")
 
@@ -785,65 +711,19 @@ def _health_lines(p) -> List[str]:
 calendar_app = typer.Typer(help="The working-day calendar of running follow-ups.", no_args_is_help=True)
 app.add_typer(calendar_app, name="calendar")
 
-FOLLOW_UP_TYPES = ("InspectionFollowUp", "RecommendationFollowUp")
-REFRESH_SIGNAL = "refresh_calendar"
-SIGNALS_AT_ONCE = 50
-
-
 @calendar_app.command("refresh")
 def calendar_refresh() -> None:
     """Push the bank holidays known now (the `holidays` package and the policy's extra_bank_holidays)
     to every running follow-up workflow on this task queue."""
-    from temporalio.service import RPCError, RPCStatusCode
+    from ncpi_workflow.app.inspector_actions import calendar_refresh, refresh_calendars
 
-    from ncpi_workflow.clocks import refresh_for
-
-    settings = _settings()
-    calendar_policy = _policy().calendar
-    refresh = refresh_for(calendar_policy, datetime.now(timezone.utc).astimezone(_zone(calendar_policy.timezone)).date())
-
-    async def signal_one(client, workflow_id: str, gate: asyncio.Semaphore) -> bool:
-        async with gate:
-            try:
-                await asyncio.wait_for(
-                    client.get_workflow_handle(workflow_id).signal(REFRESH_SIGNAL, refresh), CALL_TIMEOUT_SECONDS
-                )
-            except RPCError as exc:
-                if exc.status is RPCStatusCode.NOT_FOUND:  # finished since it was listed
-                    return False
-                raise
-            return True
-
-    async def go() -> dict[str, int]:
-        client = await _client(settings)
-        gate = asyncio.Semaphore(SIGNALS_AT_ONCE)
-        counts = {}
-        with _temporal_errors(settings, "the running follow-ups"):
-            for workflow_type in FOLLOW_UP_TYPES:
-                query = (
-                    f'ExecutionStatus="Running" AND WorkflowType="{workflow_type}" '
-                    f'AND TaskQueue="{settings.task_queue}"'
-                )
-                ids = [w.id async for w in client.list_workflows(query)]
-                sent = await asyncio.gather(*(signal_one(client, i, gate) for i in ids))
-                counts[workflow_type] = sum(sent)
-        return counts
-
-    counts = run(go())
+    refresh = calendar_refresh(_settings())  # a bad policy is refused before Temporal is asked
+    counts = _call(refresh_calendars, refresh)
     typer.echo(
         f"signalled {sum(counts.values())} workflows ("
         + ", ".join(f"{n} {t}" for t, n in counts.items())
         + f"): {len(refresh.bank_holidays)} bank holidays known through {refresh.covers_until.isoformat()}"
     )
-
-
-def _zone(name: str):
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(name)
-
-
-OUTBOX_STATUSES = ("pending", "sent", "failed")
 
 
 outbox_app = typer.Typer(help="The email outbox.", invoke_without_command=True)
@@ -859,23 +739,17 @@ def outbox(
     """The email outbox: every notification the follow-ups have produced (times in Europe/London)."""
     if ctx.invoked_subcommand is not None:
         return
-    from sqlalchemy import select
-
     from ncpi_workflow import db
-    from ncpi_workflow.models import Notification
+    from ncpi_workflow.app.outbox import OutboxFilter, list_notifications
     from ncpi_workflow.views import outbox_records, render_outbox
 
     settings = _settings()
-    if status is not None and status not in OUTBOX_STATUSES:
-        fail(f"--status: {status!r} is not one of: {', '.join(OUTBOX_STATUSES)}")
+    where = OutboxFilter(status=status)
+    where.check("--status")
 
     async def fetch():
         async with db.open_database(settings.database_url) as sessions:
-            async with sessions() as session:
-                query = select(Notification)
-                if status is not None:
-                    query = query.where(Notification.status == status)
-                return list(await session.scalars(query.order_by(Notification.scheduled_for, Notification.id)))
+            return await list_notifications(sessions, where)
 
     with _database_errors(settings):
         records = outbox_records(run(fetch()))
@@ -886,9 +760,6 @@ def outbox(
         typer.echo("the outbox is empty" if status is None else f"no {status} notifications")
         return
     _echo_lines(render_outbox(records))
-
-
-MAX_ID = 2**63 - 1
 
 
 def _notification_id(text: str) -> int:
@@ -923,14 +794,8 @@ def outbox_resend(
     """Send a failed (or stuck pending) notification again, or with --failed every failed one, to the
     contacts' current addresses. The message goes out as it was first rendered: the same bytes and
     Message-ID (only the To header follows a corrected address)."""
-    from sqlalchemy import func, select
-    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-    from temporalio.exceptions import WorkflowAlreadyStartedError
-
     from ncpi_workflow import db
-    from ncpi_workflow.models import Notification
-    from ncpi_workflow.store import append_audit, resolve_recipients
-    from ncpi_workflow.lifecycle import resend_workflow_id
+    from ncpi_workflow.app.outbox import resend, resend_failed
 
     if failed == (notification_id is not None):
         fail("give either one notification ID or --failed")
@@ -941,61 +806,13 @@ def outbox_resend(
     if kind is not None and not kind.strip():
         fail("--kind: give a kind such as reminder (the third column of `ncpi outbox`)")
     settings = _settings()
-    inspectorate = {"inspectors": settings.inspectors_email, "lead_hm_inspector": settings.lead_hm_inspector_email}
-
-    async def resend_one(client, sessions, row_id: int, bulk: bool) -> list[str] | None:
-        async with sessions() as session:
-            await session.begin()
-            row = await session.get(Notification, row_id, with_for_update=True)
-            if row is None:
-                raise UserError(f"no notification {row_id} in the outbox")
-            if row.status == "sent":
-                if bulk:
-                    return None  # sent since it was listed
-                raise UserError(f"notification {row_id} was already sent ({row.sent_at:%Y-%m-%d %H:%M} UTC)")
-            try:
-                # A digest or alert belongs to no inspection: only the inspectorate's addresses apply.
-                owner = row.inspection_id or "ALL"
-                row.recipients = await resolve_recipients(session, owner, row.recipients.get("roles", []), inspectorate)
-            except LookupError as exc:
-                raise UserError(str(exc)) from None
-            previous = row.last_error
-            row.status = "pending"
-            await append_audit(session, actor=by, action="notification.resend", entity_type="notification",
-                               entity_id=str(row.id), detail={"previous_error": previous, "to": row.recipients["to"]})
-            with _temporal_errors(settings, f"notification {row_id}"):
-                try:
-                    await client.start_workflow(
-                        "NotificationDelivery", row_id, id=resend_workflow_id(row_id),
-                        task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    )
-                except WorkflowAlreadyStartedError:
-                    if bulk:
-                        await session.rollback()
-                        return None
-                    raise UserError(f"a re-send of notification {row_id} is already under way") from None
-            await session.commit()
-            return row.recipients["to"]
 
     async def go() -> list[tuple[int, list[str]]]:
         client = await _client(settings)
         async with db.open_database(settings.database_url) as sessions:
             if wanted is not None:
-                return [(wanted, await resend_one(client, sessions, wanted, bulk=False))]
-            query = select(Notification.id).where(Notification.status == "failed")
-            if after is not None:
-                query = query.where(func.coalesce(Notification.last_attempt_at, Notification.created_at) >= after)
-            if kind is not None:
-                query = query.where(Notification.kind == kind.strip())
-            async with sessions() as session:
-                ids = list((await session.scalars(query.order_by(Notification.id))).all())
-            done = []
-            for row_id in ids:
-                to = await resend_one(client, sessions, row_id, bulk=True)
-                if to is not None:
-                    done.append((row_id, to))
-            return done
+                return [(wanted, await resend(settings, client, sessions, wanted, by))]
+            return await resend_failed(settings, client, sessions, by, since=after, kind=kind)
 
     with _database_errors(settings):
         sent = run(go())

@@ -26,6 +26,8 @@ from ncpi_workflow.users import ensure_demo_inspector
 from ncpi_workflow.web.server import running_web
 
 EXAMPLE = PROJECT_ROOT / "examples" / "cumbria-2017.yaml"
+DEMO_REPLY_TO = "ncpi-replies@localhost"
+"""`ncpi dev`'s reply address, unless NCPI_REPLY_TO is set: its replies reach the inbound SMTP server."""
 
 
 def _listening(host: str, port: int) -> bool:
@@ -64,6 +66,9 @@ async def run_dev(settings: Settings, echo=print) -> None:
 
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
+    if settings.reply_to == Settings.model_fields["reply_to"].default:
+        # The demonstration's replies go to its own inbound SMTP server (NCPI_REPLY_TO set: used as it is).
+        settings = settings.model_copy(update={"reply_to": DEMO_REPLY_TO})
     host, _, port_text = settings.temporal_address.rpartition(":")
     port = int(port_text)
     stop = asyncio.Event()
@@ -119,6 +124,20 @@ async def run_dev(settings: Settings, echo=print) -> None:
         lines.append(f"Worker          task queue {settings.task_queue}, with the digest and reconciliation jobs")
         web_address = await stack.enter_async_context(running_web(settings))
         lines.append(f"Web app         {web_address}  (sign in as {demo_email}, password {demo_password})")
+        if _listening(settings.inbound_smtp_host, settings.inbound_smtp_port):
+            lines.append(f"Inbound SMTP    already listening on {settings.inbound_smtp_host}:{settings.inbound_smtp_port} "
+                         "(used as it is)")
+        else:
+            from ncpi_workflow.inbound.processing import Receiver
+            from ncpi_workflow.inbound.smtp_server import start_server
+
+            inbound_sessions = await stack.enter_async_context(db.open_database(settings.database_url))
+            inbound, _ = await start_server(Receiver(settings, inbound_sessions, client),
+                                            settings.inbound_smtp_host, settings.inbound_smtp_port)
+            stack.push_async_callback(inbound.wait_closed)
+            stack.callback(inbound.close)
+            lines.append(f"Inbound SMTP    {settings.inbound_smtp_host}:{settings.inbound_smtp_port}: replies to "
+                         f"{settings.reply_to} (plus-addressed) are recorded; `ncpi inbox` lists the others")
 
         if not await published_ids(settings):
             demo = settings.model_copy(update={"time_scale": settings.dev_time_scale})
@@ -139,6 +158,7 @@ async def run_dev(settings: Settings, echo=print) -> None:
         echo("  .venv/bin/ncpi status                      every recommendation, from the database")
         echo("  .venv/bin/ncpi show CUM-2017-01-26         the report's follow-up, from its workflow")
         echo("  .venv/bin/ncpi outbox                      every email sent (files in " + str(mail_dir) + ")")
+        echo("  .venv/bin/ncpi inbox                       replies by email that were not recorded")
         echo("  .venv/bin/ncpi revisit CUM-2017-01-26 --by you     open the revisit early")
         echo("  .venv/bin/temporal workflow list --query 'ForceCode=\"CUM\"'")
         echo("Ctrl-C stops everything; `make run` again resumes.")

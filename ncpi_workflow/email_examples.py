@@ -74,7 +74,25 @@ _CUMBRIA_DEADLINES = {
 }
 
 _INSPECTION_ID = "CUM-2017-01-26"
-_REPLY_TO = "ncpi-followup@inspectorate.example"
+_REPLY_TO = "ncpi-replies@inspectorate.example"
+_EXAMPLE_LINK_EXPIRES = {
+    # By notification reference: NCPI_LINK_DAYS_AFTER_DEADLINE (30) days after the latest deadline of
+    # what each email is about, or after the day it is sent when that is later.
+    "101": date(2017, 8, 25),  # published: the whole report (the six-month recommendations, 26 July)
+    "109": date(2017, 4, 8),  # the action plan, 9 March
+    "115": date(2017, 5, 26),  # R2, 26 April
+    "140": date(2017, 6, 17),  # R2 overdue: sent 18 May
+    "118": date(2017, 6, 3),  # sent 4 May
+    "131": date(2017, 6, 10),  # sent 11 May
+    "152": date(2017, 6, 24),  # sent 25 May
+    "214": date(2017, 11, 19),  # R4's new deadline, 20 October
+    "181": date(2017, 8, 12),  # R2's evidence, 13 July
+    "205": date(2017, 11, 19),  # R2's new deadline, 20 October
+    "206": date(2017, 11, 19),
+    "241": date(2018, 3, 7),  # R1 re-opened, due 5 February 2018
+    "220": date(2017, 11, 19),  # the recommendations decided; R2 and R4 due again 20 October
+    "132": date(2017, 6, 12),  # a fresh link for R2 (the portal's "ask for a fresh link"), sent 12 May
+}
 _INSPECTOR = "A. Example, HM Inspectorate (NCPI team)"
 _FORCE_CONTACTS = ("liaison_officer",)
 
@@ -94,8 +112,29 @@ def _recommendation(ref: str, **changes: Any) -> RecommendationFacts:
     raise KeyError(ref)
 
 
+_EXAMPLE_LINK_KEY = b"docs/emails example key: not a real token"
+_PUBLIC_URL = "https://followup.inspectorate.example"
+
+
+def _example_token(reference: str, purpose: str) -> str:
+    """A token as real ones look (ncpi_workflow.access_links), from an example key: it opens nothing."""
+    from ncpi_workflow.access_links import derive_token
+
+    for salt in range(256):  # the first made of letters and digits only: easier to read in the examples
+        token = derive_token(_EXAMPLE_LINK_KEY + purpose.encode(), int(reference), f"{salt:02x}" * 16)
+        if token.isalnum():
+            return token
+    raise AssertionError("no alphanumeric example token")
+
+
 def _cumbria(kind: str, subject: str, scheduled_for: datetime, reference: str, **values: Any) -> EmailContext:
     values.setdefault("recipients", list(_FORCE_CONTACTS))
+    if any(role in ("liaison_officer", "chief_officer", "pcc") for role in values["recipients"]):
+        # Force-facing: the portal link and the plus-addressed reply address, as delivery issues them.
+        local, _, domain = _REPLY_TO.rpartition("@")
+        values.setdefault("reply_to", f"{local}+{_example_token(reference, 'reply')}@{domain}")
+        values.setdefault("portal_url", f"{_PUBLIC_URL}/portal/{_example_token(reference, 'portal')}")
+        values.setdefault("link_expires", _EXAMPLE_LINK_EXPIRES[reference])
     values.setdefault("reply_to", _REPLY_TO)
     values.setdefault("report_deadlines", dict(_CUMBRIA_DEADLINES))
     return EmailContext(
@@ -201,6 +240,34 @@ def escalation_examples() -> dict[str, EmailContext]:
             decision=_r4_decision(),
         ),
     }
+
+
+def _reply_acknowledgement() -> EmailContext:
+    """The liaison officer replied to the R2 reminder (12 May 2017): the text recorded as progress,
+    one file as evidence, one refused. Built as ncpi_workflow/inbound/acknowledgement.py builds it:
+    no Reply-To and no portal link (replying to it reaches no token), the inbound key as reference."""
+    import dataclasses
+
+    at = _at(2017, 5, 12, 15, 5)
+    ctx = _cumbria(
+        "reply_acknowledgement",
+        f"Received: your update on recommendation R2 ({_INSPECTION_ID})",
+        at,
+        "ncpi/inbound/17/acknowledgement",
+        recipients=[],
+        recommendation=_recommendation("R2", phase="in_progress"),
+        acknowledgement={
+            "ref": "R2", "about": "recommendation R2", "item": None,
+            "received": formatting.short_datetime(at) + " (UK time)",
+            "original_subject": f"Re: Overdue: recommendation R2, 15 working days [{_INSPECTION_ID}-R2]",
+            "progress": True, "claim": "in progress",
+            "recorded": [{"filename": "cse-problem-profile-2017.pdf", "size": "412 KB"}],
+            "refused": [{"filename": "district-procedures.pdf",
+                         "reason": "the name says a PDF document but the content is a Windows program (EXE); send PDF, "
+                                   "Word (DOCX), Excel (XLSX), OpenDocument (ODT, ODS), PNG, JPEG, GIF, plain text or CSV"}],
+        },
+    )
+    return dataclasses.replace(ctx, recipients=["liaison_officer"], reply_to=None)
 
 
 def example_contexts() -> dict[str, EmailContext]:
@@ -354,6 +421,14 @@ def example_contexts() -> dict[str, EmailContext]:
             ],
             outcomes=dict(_OUTCOMES),
         ),
+        "portal_link": _cumbria(
+            "portal_link",
+            f"Your link to answer the inspectorate: recommendation R2 ({_INSPECTION_ID})",
+            _at(2017, 5, 12, 14, 20),
+            "132",
+            recommendation=_recommendation("R2", phase="in_progress"),
+        ),
+        "reply_acknowledgement": _reply_acknowledgement(),
         "delivery_failed": _cumbria(
             "delivery_failed",
             f"Email not delivered: escalation to Cumbria Constabulary ({_INSPECTION_ID})",

@@ -100,6 +100,13 @@ class EmailContext:
     digest: dict[str, list[DigestItem]] = field(default_factory=dict)
     """digest: {"revisits_due": [...], "overdue": [...], "decisions_awaited": [...]}."""
     reply_to: str | None = None
+    """Where a reply goes: for a force-facing email, the follow-up mailbox plus-addressed with the
+    email's reply link (ncpi_workflow/access_links.py)."""
+    portal_url: str | None = None
+    """Force-facing emails: the force portal's page for exactly what the email is about (its token is
+    a placeholder until the email is sent; see access_links)."""
+    link_expires: date | None = None
+    """The last day (Europe/London) the portal link works."""
     reference: str | None = None
     """The notification's reference (the outbox row id), shown in the footer."""
     triggered_by: str | None = None
@@ -110,6 +117,10 @@ class EmailContext:
     """reopened: why an inspector re-opened the closed recommendation."""
     reopened_by: str | None = None
     reopened_at: datetime | None = None
+    acknowledgement: dict[str, Any] | None = None
+    """reply_acknowledgement: what a reply recorded ({"ref", "about", "item", "received",
+    "original_subject", "progress", "claim", "recorded": [{"filename", "size"}], "refused":
+    [{"filename", "reason"}]}; ncpi_workflow/inbound/acknowledgement.py)."""
 
 
 @dataclass
@@ -136,6 +147,8 @@ KINDS = (
     "revisit_outcome",
     "delivery_failed",
     "digest",
+    "portal_link",
+    "reply_acknowledgement",
 )
 """Every value of EmailContext.kind; each has KIND.txt.j2 and KIND.html.j2."""
 
@@ -227,6 +240,37 @@ def clean_subject(subject: str) -> str:
     return " ".join(subject.split())
 
 
+def reference_of(ctx: EmailContext) -> str | None:
+    """The short, stable reference an email's subject ends with: the recommendation's ID
+    (`CUM-2017-01-26-R2`) for an email about one recommendation, else the inspection's ID; None for
+    an email about no inspection (the digest). A liaison officer can quote it, an inspector can give
+    it to `ncpi show`, and the inbound parser (`inbound.parsing.subject_reference`) reads it back when
+    a mail system has stripped the reply token from the address (a reply is still only recorded with
+    a valid token: the reference only tells triage what the reply is about)."""
+    if not ctx.inspection_id:
+        return None
+    if ctx.recommendation is not None and ctx.recommendation.ref:
+        return f"{ctx.inspection_id}-{ctx.recommendation.ref}"
+    return ctx.inspection_id
+
+
+def subject_with_reference(subject: str, reference: str | None) -> str:
+    """The subject ending with "[REFERENCE]": a trailing "(INSPECTION-ID)" (the older convention)
+    becomes the tag; a subject already ending with the tag is kept as it is."""
+    subject = clean_subject(subject)
+    if not reference:
+        return subject
+    tag = f"[{reference}]"
+    if subject.endswith(tag):
+        return subject
+    inspection_id = reference if not re.search(r"-R\d+$", reference) else reference.rsplit("-", 1)[0]
+    for old in (f" ({inspection_id})", f" ({reference})"):
+        if subject.endswith(old):
+            subject = subject[: -len(old)]
+            break
+    return f"{subject} {tag}" if subject else tag
+
+
 _HANGING = re.compile(r"^(\s*(?:[-*]\s+|[A-Z][A-Za-z' ]{0,15}:\s+)?)")
 """What a wrapped line's continuation lines align under: a '- ' bullet, or a short 'Label:   ' column."""
 
@@ -285,7 +329,7 @@ def render_email(ctx: EmailContext, templates_dir: Path | None = None) -> Render
     if ctx.kind not in KINDS:
         raise EmailTemplateError(f"unknown email kind {ctx.kind!r}; known: {', '.join(KINDS)}")
     env = environment(templates_dir)
-    subject = clean_subject(ctx.subject)
+    subject = subject_with_reference(ctx.subject, reference_of(ctx))
     values = {f.name: getattr(ctx, f.name) for f in fields(ctx)}
     values["subject"] = subject
     parts = {}

@@ -515,6 +515,11 @@ class DeliveryRequest:
     """action_plan, pcc_response or immediate_update."""
     by: str
     note: str = ""
+    sha256: str | None = None
+    """The document received, kept by SHA-256 in the evidence store (the portal's or an email's upload)."""
+    filename: str | None = None
+    url: str | None = None
+    """Or the address it is published at."""
 
 
 @dataclass
@@ -723,9 +728,23 @@ def check_trigger_revisit(request: TriggerRevisitRequest) -> None:
     check_name(request.by, "who triggers the revisit (by)")
 
 
+DELIVERY_URL_MAX = 2_000
+
+
 def check_delivery(request: DeliveryRequest) -> None:
     check_name(request.by, "who records it (by)")
     check_text(request.note, "the note", required=False)
+    sha256, filename, url = getattr(request, "sha256", None), getattr(request, "filename", None), getattr(request, "url", None)
+    if (sha256 is None) != (filename is None):
+        raise ValueError("a document needs both its file name and its SHA-256")
+    if sha256 is not None:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("the document's SHA-256 must be 64 lowercase hexadecimal characters")
+        check_filename(filename, "the document's file name")
+    if url is not None:
+        check_text(url, "the document's address", limit=DELIVERY_URL_MAX)
+        if not url.lower().startswith(("https://", "http://")) or any(ch.isspace() for ch in url):
+            raise ValueError("the document's address must be a web address starting https://")
 
 
 def revisit_deadline(state: InspectionState) -> TrackedDeadline:

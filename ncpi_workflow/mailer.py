@@ -277,48 +277,74 @@ class Mailer:
         """Send one message; raises PermanentDeliveryError or TransientDeliveryError (RelayFault among them)."""
         await self._send(lambda client: client.send_message(message), not_after)
 
-    async def send_bytes(self, data: bytes, sender: str, recipients: list[str], *, not_after: float | None = None) -> None:
+    async def send_bytes(self, data: bytes, sender: str, recipients: list[str], *, not_after: float | None = None,
+                         turn: "SmtpTurn | None" = None) -> None:
         """Send a message exactly as these bytes (see `flatten`), to these envelope recipients.
 
         `not_after` (time.monotonic()): give up, transiently, if the connection only becomes free
-        later than that (the caller's lease on the message would have run out)."""
-        await self._send(lambda client: client.sendmail(sender, recipients, data), not_after)
+        later than that (the caller's lease on the message would have run out). With `turn` (see
+        `turn`), on the connection the caller already holds, which it keeps afterwards."""
+        transmit = lambda client: client.sendmail(sender, recipients, data)  # noqa: E731
+        if turn is not None:
+            turn.check(self)
+            await self._transmit(transmit)
+            return
+        await self._send(transmit, not_after)
+
+    async def turn(self, *, not_after: float | None = None) -> "SmtpTurn":
+        """The connection, for this caller alone until it calls `release()`.
+
+        A sender that must make the outcome of its message durable (marked sent in the database)
+        before the connection carries another message holds its turn until it has: a worker killed
+        at any moment then leaves at most the one message in flight on the connection accepted by
+        the relay but not recorded. Waiting for the turn can be cancelled; `not_after` as in
+        `send_bytes`."""
+        await self._lock.acquire()
+        if not_after is not None and time.monotonic() > not_after:
+            self._lock.release()
+            raise TransientDeliveryError("waited too long for the SMTP connection; it will be retried")
+        return SmtpTurn(self)
 
     async def _send(self, transmit, not_after: float | None) -> None:
-        async with self._lock:
-            if not_after is not None and time.monotonic() > not_after:
-                raise TransientDeliveryError("waited too long for the SMTP connection; it will be retried")
-            self._hold_if_failing()
-            if self.config.rate_limit > 0:
-                wait = self._last_sent + 1.0 / self.config.rate_limit - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+        turn = await self.turn(not_after=not_after)
+        try:
+            await self._transmit(transmit)
+        finally:
+            turn.release()
+
+    async def _transmit(self, transmit) -> None:
+        """One message over the connection; the caller holds the lock."""
+        self._hold_if_failing()
+        if self.config.rate_limit > 0:
+            wait = self._last_sent + 1.0 / self.config.rate_limit - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        try:
             try:
-                try:
-                    client = await self._connection()
-                except RelayFault as fault:
-                    self._failing(fault)
-                    raise
-                try:
-                    refused, _ = await transmit(client)
-                except SMTP_ERRORS as exc:
-                    classified = _classify(exc, self.config)
-                    if isinstance(classified, RelayFault):
-                        self._failing(classified)
-                    if isinstance(classified, TransientDeliveryError):
-                        await self._drop()  # a broken connection is not reused
-                    else:
-                        await self._reset()
-                    raise classified from None
-            finally:
-                self._last_sent = time.monotonic()
-            self._working()
-            self._schedule_idle_close()
-            if refused:
-                # Some recipients took it and some were refused: a retry would repeat it to the first,
-                # so this is final, and the answer says who did not get it.
-                answers = "; ".join(f"{address}: {r.code} {r.message}" for address, r in refused.items())
-                raise PermanentDeliveryError(f"refused for {answers} (delivered to the other recipients)")
+                client = await self._connection()
+            except RelayFault as fault:
+                self._failing(fault)
+                raise
+            try:
+                refused, _ = await transmit(client)
+            except SMTP_ERRORS as exc:
+                classified = _classify(exc, self.config)
+                if isinstance(classified, RelayFault):
+                    self._failing(classified)
+                if isinstance(classified, TransientDeliveryError):
+                    await self._drop()  # a broken connection is not reused
+                else:
+                    await self._reset()
+                raise classified from None
+        finally:
+            self._last_sent = time.monotonic()
+        self._working()
+        self._schedule_idle_close()
+        if refused:
+            # Some recipients took it and some were refused: a retry would repeat it to the first,
+            # so this is final, and the answer says who did not get it.
+            answers = "; ".join(f"{address}: {r.code} {r.message}" for address, r in refused.items())
+            raise PermanentDeliveryError(f"refused for {answers} (delivered to the other recipients)")
 
     async def _reset(self) -> None:
         # After a refused message the session must be reset before the next one.
@@ -357,6 +383,25 @@ class Mailer:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+class SmtpTurn:
+    """One sender's turn on the Mailer's connection (`Mailer.turn`): messages sent with it
+    (`Mailer.send_bytes(..., turn=...)`) go over the shared connection, and no other sender's does
+    until `release()`."""
+
+    def __init__(self, mailer: Mailer):
+        self._mailer = mailer
+        self._held = True
+
+    def check(self, mailer: Mailer) -> None:
+        if mailer is not self._mailer or not self._held:
+            raise RuntimeError("this turn on the SMTP connection is not held (released, or another Mailer's)")
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._mailer._lock.release()
 
 
 def _cte(text: str) -> str | None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ncpi_workflow.clocks import DeadlineKind, Timeframe
@@ -111,6 +113,11 @@ class Inspection(Base):
     next_action: Mapped[str | None] = mapped_column(String(200))
     next_action_at: Mapped[datetime | None]
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (
+        # Follow-ups whose workflow has not projected yet (the dashboard reads their deadlines directly).
+        Index("ix_inspections_unprojected", "force_code",
+              sqlite_where=sql_text("projection_version = 0"), postgresql_where=sql_text("projection_version = 0")),
+    )
     findings: Mapped[list["Finding"]] = relationship(back_populates="inspection", cascade="all, delete-orphan")
     recommendations: Mapped[list["Recommendation"]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan", order_by="Recommendation.id"
@@ -140,6 +147,11 @@ class Recommendation(Base):
         _check("force_claim", ForceClaim, nullable=True),
         _check("outcome", Outcome, nullable=True),
         _check("register_status", RegisterStatus),
+        # The all-forces dashboard's aggregate (ncpi_workflow/app/read_models.py): open ones only.
+        Index("ix_recommendations_open_clock", "force_code", "clock_due", "phase",
+              sqlite_where=sql_text("phase != 'closed'"), postgresql_where=sql_text("phase != 'closed'")),
+        Index("ix_recommendations_unprojected", "inspection_id",
+              sqlite_where=sql_text("force_code IS NULL"), postgresql_where=sql_text("force_code IS NULL")),
     )
     id: Mapped[str] = mapped_column(String(48), primary_key=True)  # e.g. CUM-2017-01-26-R1
     inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
@@ -159,6 +171,11 @@ class Recommendation(Base):
     next_action: Mapped[str | None] = mapped_column(String(200))
     next_action_at: Mapped[datetime | None] = mapped_column(index=True)
     projection_version: Mapped[int] = mapped_column(Integer, default=0)
+    clock_due: Mapped[date | None] = mapped_column(Date)
+    """Projected: the due date of the clock that runs now (its own deadline, or its evidence deadline),
+    NULL when none runs; kept by the projection and deadline writes (read_models.refresh_recommendation_clocks)."""
+    force_code: Mapped[str | None] = mapped_column(String(3))
+    """Projected with `clock_due`: its inspection's force (NULL until the first refresh)."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     inspection: Mapped[Inspection] = relationship(back_populates="recommendations")
 
@@ -167,7 +184,12 @@ class Deadline(Base):
     """A clock: its original date is kept for ever; every change is a DeadlineRevision."""
 
     __tablename__ = "deadlines"
-    __table_args__ = (UniqueConstraint("inspection_id", "key", "cycle"), _check("kind", DeadlineKind))
+    __table_args__ = (
+        UniqueConstraint("inspection_id", "key", "cycle"),
+        _check("kind", DeadlineKind),
+        Index("ix_deadlines_waiting", "force_code", "waiting_due", "key", "inspection_id",
+              sqlite_where=sql_text("waiting_due IS NOT NULL"), postgresql_where=sql_text("waiting_due IS NOT NULL")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
     recommendation_id: Mapped[str | None] = mapped_column(ForeignKey("recommendations.id"), index=True)
@@ -177,6 +199,11 @@ class Deadline(Base):
     original_due: Mapped[date] = mapped_column(Date)
     current_due: Mapped[date] = mapped_column(Date)
     met_at: Mapped[datetime | None]
+    waiting_due: Mapped[date | None] = mapped_column(Date)
+    """Projected, report-level items only: `current_due` while the item is still awaited (not received,
+    or a revisit limit whose revisit is not open), NULL otherwise (read_models.refresh_report_items)."""
+    force_code: Mapped[str | None] = mapped_column(String(3))
+    """Projected with `waiting_due` (report-level rows): its inspection's force (NULL until the first refresh)."""
     inspection: Mapped[Inspection] = relationship(back_populates="deadlines")
     revisions: Mapped[list["DeadlineRevision"]] = relationship(
         back_populates="deadline", cascade="all, delete-orphan", order_by="DeadlineRevision.id"
@@ -329,6 +356,34 @@ class Notification(Base):
     lease_until: Mapped[datetime | None]
 
 
+class AccessLink(Base):
+    """A link in an email that lets a force act without an account (ncpi_workflow/access_links.py):
+    scoped to one force and exactly the items its email concerns, expiring, revocable.
+
+    The raw token is never stored: it is derived from the secret key, the row's id and its salt when
+    the email is sent, and only its SHA-256 is kept here, so the database alone gives no token."""
+
+    __tablename__ = "access_links"
+    __table_args__ = (CheckConstraint("purpose IN ('portal', 'reply')", name="purpose_valid"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 (hex) of the raw token."""
+    salt: Mapped[str] = mapped_column(String(32))
+    """16 random bytes (hex): the link's share of randomness in its token."""
+    force_code: Mapped[str] = mapped_column(ForeignKey("forces.code"), index=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    recommendation_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    items: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Report-level items it covers: action_plan, pcc_response, immediate_update."""
+    notification_id: Mapped[int | None] = mapped_column(ForeignKey("notifications.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+    last_used_at: Mapped[datetime | None]
+
+
 class RelayStatus(Base):
     """What each worker process last found of the SMTP relay, for `ncpi health` in another process.
 
@@ -394,3 +449,43 @@ class JobRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class InboundOutcome(StrEnum):
+    """What became of an email that came in to the reply address (ncpi_workflow/inbound/)."""
+
+    PROCESSING = "processing"
+    """Claimed by a receiver that is recording it now (or was interrupted doing so)."""
+    RECORDED = "recorded"
+    TRIAGED = "triaged"
+    AUTOMATIC = "automatic"
+
+
+class InboundMessage(Base):
+    """One email received at the reply address, once per Message-ID (the same email delivered twice
+    is one row). `triaged` and `automatic` rows are the inspectors' triage list (`ncpi inbox`,
+    /inbox); a `recorded` one names what was recorded. Reply tokens are never stored: the addresses
+    are kept with their plus part removed, and the text with any token masked."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (_check("outcome", InboundOutcome),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(300), unique=True)
+    """The Message-ID header (a digest of the message when it has none, or one too long)."""
+    channel: Mapped[str] = mapped_column(String(16))
+    """smtp or imap."""
+    mail_from: Mapped[str] = mapped_column(String(320))
+    to_addresses: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    force_code: Mapped[str | None] = mapped_column(String(3))
+    link_id: Mapped[int | None] = mapped_column(Integer)
+    recommendation_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    attachments: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """[{"filename", "size_bytes", "outcome": recorded | refused | not_recorded, "reason"}]"""
+    text_excerpt: Mapped[str] = mapped_column(Text, default="")
+    """The reply's own text (quoted original removed), at most INBOUND_TEXT_KEPT characters."""
+    acknowledgement_id: Mapped[int | None] = mapped_column(Integer)
+    """The outbox row of the acknowledgement sent for it."""

@@ -1,12 +1,14 @@
-"""Publishing a report: its records in one transaction and one follow-up workflow, or nothing."""
+"""Publishing a report: its records in one transaction, committed, then its one follow-up workflow."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -18,7 +20,7 @@ from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import InspectionInput, RecommendationRef, inspection_workflow_id
 from ncpi_workflow.models import Inspection
 from ncpi_workflow.policy import load_policy
-from ncpi_workflow.report import load_report
+from ncpi_workflow.report import LoadedReport, load_report
 from ncpi_workflow.settings import Settings
 from ncpi_workflow.store import insert_report, load_reference_forces, recommendation_id
 
@@ -38,11 +40,56 @@ def time_scale_for(settings: Settings, calendar_origin: datetime, anchor: dateti
     return TimeScale(settings.time_scale, calendar_origin, anchor or datetime.now(calendar_origin.tzinfo))
 
 
-async def publish(settings: Settings, client: Client, file: Path, anchor: datetime | None = None, by: str = "cli") -> Publication:
+START_RPC_TIMEOUT = timedelta(seconds=30)
+
+
+async def _workflow_exists(client: Client, workflow_id: str) -> bool:
+    """Whether Temporal holds any run (running or closed) under this workflow ID."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        await client.get_workflow_handle(workflow_id).describe(rpc_timeout=START_RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class _Published:
+    sha256: str
+    projection_version: int
+
+
+async def _published(sessions, inspection_id: str) -> _Published | None:
+    async with sessions() as session:
+        row = await session.get(Inspection, inspection_id)
+        return None if row is None else _Published(row.report_sha256, row.projection_version)
+
+
+async def publish(
+    settings: Settings,
+    client: Client,
+    file: Path,
+    anchor: datetime | None = None,
+    by: str = "cli",
+    loaded: LoadedReport | None = None,
+) -> Publication:
     """Validate, write, start. A report that fails validation writes nothing and starts nothing;
-    a start that fails rolls the records back; the same report again starts nothing."""
+    the same report again starts nothing; a different file for a published report is refused.
+
+    The records (the force's contacts among them) are committed before the workflow starts: its
+    first activities read them (the publication notice resolves the liaison officer's address), and
+    a worker may run them the moment the workflow exists. No database transaction is held open
+    across a Temporal call. A workflow already under the report's ID while the database has no record
+    of the report is refused before anything is written. Should the start fail once the records are
+    committed, they stay: publishing the same file again starts the follow-up (so does the
+    reconciler), for as long as it has never run. `loaded` is the report when the caller has just
+    checked `file`."""
     forces = load_forces(settings.forces_file)
-    loaded = load_report(file, known_forces=set(forces), max_bytes=settings.report_max_bytes)
+    if loaded is None:
+        loaded = load_report(file, known_forces=set(forces), max_bytes=settings.report_max_bytes)
     report = loaded.report
     policy = load_policy(settings.policy)
     calendar = calendar_for_report(policy, report.published)
@@ -50,55 +97,64 @@ async def publish(settings: Settings, client: Client, file: Path, anchor: dateti
     workflow_id = inspection_workflow_id(report.inspection_id)
     published_at = calendar.next_send_time(calendar.at(report.published, time(0, 0)))
     scale = time_scale_for(settings, published_at, anchor)
+    force = forces[report.force]
+    publication = functools.partial(Publication, report.inspection_id, workflow_id, recommendations=len(report.recommendations))
 
     async with db.open_database(settings.database_url) as sessions:
-        async with sessions() as session:
-            await session.begin()
-            existing = await session.get(Inspection, report.inspection_id)
-            if existing is not None:
-                if existing.report_sha256 != loaded.sha256:
-                    raise UserError(
-                        f"{file}: {report.inspection_id} is already published from a different file "
-                        f"(sha256 {existing.report_sha256[:12]}); a published report is not replaced"
-                    )
-                return Publication(report.inspection_id, workflow_id, False, len(report.recommendations))
-            await load_reference_forces(session, forces)
-            await insert_report(session, loaded, timeline, actor=by, workflow_id=workflow_id)
-            force = forces[report.force]
-            try:
-                handle = await client.start_workflow(
-                    "InspectionFollowUp",
-                    InspectionInput(
-                        inspection_id=report.inspection_id,
-                        force_code=report.force,
-                        force_name=force.name,
-                        programme=report.programme,
-                        title=report.title,
-                        published=report.published,
-                        recommendations=[
-                            RecommendationRef(recommendation_id(report.inspection_id, r.ref), r.ref, r.timeframe.value)
-                            for r in report.recommendations
-                        ],
-                        policy=policy,
-                        calendar=calendar,
-                        time_scale=scale,
-                    ),
-                    id=workflow_id,
-                    task_queue=settings.task_queue,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                )
-            except WorkflowAlreadyStartedError:
+        existing = await _published(sessions, report.inspection_id)
+        created = False
+        if existing is None:
+            if await _workflow_exists(client, workflow_id):
                 raise UserError(
                     f"{report.inspection_id}: a follow-up workflow {workflow_id} exists but the database has no record "
                     "of this report (was the database replaced?); nothing was written"
-                ) from None
-            # Leaving the block without commit rolls everything back (validation or start failed).
+                )
             try:
-                await session.commit()
-            except Exception:
-                await handle.terminate(reason="publication records could not be written")
-                raise
-        return Publication(report.inspection_id, workflow_id, True, len(report.recommendations))
+                async with sessions.begin() as session:  # committed on leaving the block, before any start
+                    await load_reference_forces(session, forces)
+                    created = (await insert_report(session, loaded, timeline, actor=by, workflow_id=workflow_id)).created
+            except IntegrityError:
+                if await _published(sessions, report.inspection_id) is None:
+                    raise  # not the report committed meanwhile by another caller
+                created = False
+            if not created:  # published meanwhile by another caller
+                existing = await _published(sessions, report.inspection_id)
+        if existing is not None:
+            if existing.sha256 != loaded.sha256:
+                raise UserError(
+                    f"{file}: {report.inspection_id} is already published from a different file "
+                    f"(sha256 {existing.sha256[:12]}); a published report is not replaced"
+                )
+            if existing.projection_version > 0:
+                return publication(started=False)  # its follow-up has run: nothing to start
+    try:
+        await client.start_workflow(
+            "InspectionFollowUp",
+            InspectionInput(
+                inspection_id=report.inspection_id,
+                force_code=report.force,
+                force_name=force.name,
+                programme=report.programme,
+                title=report.title,
+                published=report.published,
+                recommendations=[
+                    RecommendationRef(recommendation_id(report.inspection_id, r.ref), r.ref, r.timeframe.value)
+                    for r in report.recommendations
+                ],
+                policy=policy,
+                calendar=calendar,
+                time_scale=scale,
+            ),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            rpc_timeout=START_RPC_TIMEOUT,
+        )
+    except WorkflowAlreadyStartedError:
+        # Started since the check above, from these records (another publisher of the same file, or
+        # the reconciler): the follow-up runs on them.
+        return publication(started=created)
+    return publication(started=True)
 
 
 async def published_ids(settings: Settings) -> list[str]:

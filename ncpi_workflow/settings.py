@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     stuck_task_attempts: int = Field(default=5, ge=2, description=(
         "A running workflow whose workflow task has been attempted this many times without success is "
         "reported as stuck by the reconciler, `ncpi health` and `ncpi status`."))
-    reply_to: str | None = "ncpi-followup-replies@inspectorate.example"
+    reply_to: str | None = "ncpi-replies@inspectorate.example"
+    """The follow-up mailbox. Force-facing emails reply to it plus-addressed with a reply token
+    (local+TOKEN@domain, ncpi_workflow/access_links.py), so its local part is at most 20 characters:
+    with the 44 of "+TOKEN" it stays within the 64 of RFC 5321."""
     templates_dir: Path | None = None
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, description="On SIGTERM, how long in-flight activities may finish.")
     log_format: str = Field(default="text", pattern="^(text|json)$")
@@ -79,6 +82,14 @@ class Settings(BaseSettings):
     time_scale: float = Field(default=1.0, gt=0, description="Compression of every policy duration; 1 is real time.")
     evidence_max_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     report_max_bytes: int = Field(default=1024 * 1024, gt=0)
+    # -- uploads (ncpi_workflow/uploads.py): every file a force sends, by the portal, by email or the CLI
+    upload_scan_command: str | None = None
+    """A command that gets each uploaded file's path as its last argument (e.g. `clamdscan --no-summary`);
+    a non-zero exit refuses the file with the first line it printed. Unset: no scan."""
+    upload_scan_timeout: float = Field(default=120.0, gt=0)
+    upload_zip_max_entries: int = Field(default=2_000, gt=0, description="A DOCX/XLSX/ODT holds at most this many entries.")
+    upload_zip_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0, description="... and at most this much uncompressed.")
+    upload_zip_max_ratio: float = Field(default=100.0, gt=1, description="... and no entry over 1 MiB compressed more than this.")
 
     @field_validator("database_url")
     @classmethod
@@ -148,6 +159,51 @@ class Settings(BaseSettings):
     @property
     def web_url(self) -> str:
         return (self.public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+
+    # -- access links in force-facing emails (ncpi_workflow/access_links.py)
+    link_days_after_deadline: int = Field(default=30, ge=1, le=3650, description=(
+        "A link in a force-facing email expires at the end of this many days after the latest deadline of "
+        "the items it covers (and never sooner than this many days after it was sent)."))
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_takes_a_token(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        local, at, domain = value.rpartition("@")
+        if not at or not local or not domain or any(ch.isspace() for ch in value):
+            raise ValueError(f"expected an address such as ncpi-replies@inspectorate.example, got {value!r}")
+        if len(local) > 20:
+            raise ValueError(f"the part before @ is {len(local)} characters; at most 20, so that the reply "
+                             f"address with its 44-character +token fits the 64 of RFC 5321")
+        return value
+
+    # -- replies by email (`ncpi inbound smtp|imap`, ncpi_workflow/inbound/)
+    inbound_smtp_host: str = "127.0.0.1"
+    inbound_smtp_port: int = Field(default=2525, ge=1, le=65535)
+    inbound_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description=(
+        "The largest reply accepted (the whole message as sent, attachments base64-encoded); each file "
+        "within it is then held to the upload checks (NCPI_EVIDENCE_MAX_BYTES)."))
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    """Default 993 with NCPI_IMAP_TLS (implicit TLS), else 143."""
+    imap_username: str | None = None
+    imap_password: str | None = Field(default=None, repr=False)
+    imap_mailbox: str = "INBOX"
+    imap_processed_mailbox: str | None = None
+    """Where a processed message is moved (created if missing); unset: it stays, flagged \\Seen."""
+    imap_tls: bool = True
+    """Implicit TLS (IMAPS); false: a plain connection (loopback or a trusted network only)."""
+    imap_ca_file: Path | None = None
+    """PEM CA certificates the IMAP server's certificate must chain to (like NCPI_SMTP_CA_FILE)."""
+    imap_poll_seconds: float = Field(default=60.0, gt=0)
+    imap_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("imap_host", "imap_username", "imap_password", "imap_port", "imap_processed_mailbox",
+                     "imap_ca_file", mode="before")
+    @classmethod
+    def _imap_empty_is_none(cls, value):
+        return None if value == "" else value
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from ncpi_workflow.lifecycle import (
     InspectionView,
     RecommendationView,
     TrackedDeadline,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def render_recommendation(view: RecommendationView) -> list[str]:
     if s.evidence:
         for e in s.evidence:
             lines.append(
-                f"  {e.filename} ({e.size_bytes:,} bytes, sha256 {e.sha256[:12]}), cycle {e.cycle}, by {e.by}, {when(e.at)}"
+                f"  {printable(e.filename)} ({e.size_bytes:,} bytes, sha256 {e.sha256[:12]}), cycle {e.cycle}, by {e.by}, {when(e.at)}"
             )
     else:
         lines.append("  -")
@@ -358,10 +359,14 @@ def outbox_records(notifications: Iterable[Any]) -> list[dict[str, Any]]:
 def render_outbox(records: list[dict[str, Any]]) -> list[str]:
     """One line per notification; one more, indented, with its last error when it has one (a
     failure's answer, or why a pending one is held)."""
+    from ncpi_workflow.emails import KINDS
+
+    # The kind column fits every kind there is (and any longer one listed), so the columns after it line up.
+    kind_width = max([len(k) for k in KINDS] + [len(r["kind"]) for r in records])
     lines = []
     for r in records:
         scheduled = short_datetime(datetime.fromisoformat(r["scheduled_for"])) if r["scheduled_for"] else "-"
-        line = f"{r['id']:>5}  {scheduled:<22} {r['kind']:<17} {r['status']:<8} {', '.join(r['to'])}  {r['subject']}"
+        line = f"{r['id']:>5}  {scheduled:<22} {r['kind']:<{kind_width}} {r['status']:<8} {', '.join(r['to'])}  {r['subject']}"
         lines.append(line.replace("\r", " ").replace("\n", " "))
         if r.get("last_error"):
             lines.append(f"{'':>7}last error: {' '.join(r['last_error'].split())}")

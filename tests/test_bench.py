@@ -99,3 +99,39 @@ def test_the_readme_shows_the_table_between_its_markers(tmp_path, monkeypatch):
     text = (Path(__file__).parent.parent / "README.md").read_text()
     assert text.count(bench_run.README_START) == 1 and text.count(bench_run.README_END) == 1
     json.dumps(SAMPLE)  # the sample is what latest.json holds: plain JSON
+
+
+WEB_SAMPLE = {
+    "sqlite": {"recommendations": 100000, "dashboard_page": {"p50_ms": 60.1, "p95_ms": 70.2, "samples": 40},
+               "dashboard_query": {"p50_ms": 40.0, "p95_ms": 45.0, "samples": 20},
+               "dashboard_query_before": {"p50_ms": 300.0, "p95_ms": 320.0, "samples": 5},
+               "baseline_query": {"p50_ms": 20.0, "p95_ms": 22.0, "samples": 20}},
+    "postgresql": {"skipped": "PostgreSQL binaries (initdb) not found"},
+    "recommendation": {"recommendation_page": {"p50_ms": 25.0, "p95_ms": 30.0, "samples": 40},
+                       "cli_show_json": {"p50_ms": 900.0, "p95_ms": 950.0, "samples": 5},
+                       "cli_startup": {"p50_ms": 280.0, "p95_ms": 290.0, "samples": 5}},
+}
+
+
+def test_the_web_rows_give_each_page_with_its_baseline():
+    table = bench_run.table({"web": WEB_SAMPLE})
+    rows = [line for line in table.splitlines() if line.startswith("| web")]
+    assert len(rows) == 3, table
+    assert all(row.count("|") == 5 for row in rows), rows
+    assert "| 60.1 / 70.2 ms | the bare aggregate" in rows[0] and "before the projected columns 300.0 / 320.0 ms" in rows[0]
+    assert "| 0.333 (p50) |" in rows[0]
+    assert "web: the all-forces page, PostgreSQL | skipped: PostgreSQL binaries" in rows[1]
+    assert "`ncpi show ID --json` end to end: 900.0 / 950.0 ms" in rows[2] and "| 36.0 (p50) |" in rows[2]
+
+
+async def test_the_web_benchmark_runs_at_a_tiny_size():
+    """bench/web.py end to end on 200 recommendations: SQLite and PostgreSQL loaded, the new aggregate
+    checked against the old statement, the pages signed in and served, `ncpi show` on a real workflow."""
+    from bench import web
+
+    results: dict = {}
+    await web.run(results, quick=True, rows=200)
+    assert results["sqlite"]["recommendations"] == 200 and results["sqlite"]["dashboard_page"]["samples"] > 0
+    assert results["recommendation"]["cli_show_json"]["samples"] > 0
+    assert "dashboard_page" in results["postgresql"] or "skipped" in results["postgresql"]
+    assert "| web: the all-forces page, SQLite, 200 recommendations" in bench_run.table({"web": results})

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from ncpi_workflow.clocks import WorkingCalendar, calendar_for_report
 from ncpi_workflow.formatting import long_date
 from ncpi_workflow.lifecycle import (
+    EvidenceRequestInput,
     InspectionView,
     RecommendationView,
     inspection_workflow_id,
@@ -506,6 +507,18 @@ async def test_progress_evidence_deliveries_and_deadline_revisions(cli):
         (("evidence", r2, "--file", source, "--by", "liaison officer"),
          "this file (action-plan.pdf) was already submitted for this recommendation"),
     ], watched)
+
+    # A file name the workflow accepted from another front end (its validator allows what a file
+    # system does, terminal escapes and line breaks too) is printed escaped by `ncpi show`, on its line.
+    odd = "scan\x1b[2J\nof the plan.pdf"
+    await h.recommendation(r3).execute_update("submit_evidence", EvidenceRequestInput(
+        filename=odd, sha256=hashlib.sha256(odd.encode()).hexdigest(), size_bytes=99,
+        storage_path="/evidence/odd", content_type="application/pdf", by="liaison officer",
+    ), result_type=RecommendationView)
+    shown = await cli.ok("show", r3)
+    assert "\x1b" not in shown
+    [line] = [line for line in shown.splitlines() if line.startswith("  scan")]  # the Evidence section's
+    assert line.startswith("  scan\\x1b[2J\\nof the plan.pdf (99 bytes, sha256 "), line
 
 
 # ---------------------------------------------------------------- the inspectorate's side: revisit, decisions, re-opening

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -415,3 +416,109 @@ async def test_a_stuck_workflow_is_reported_by_the_reconciler_health_and_status(
                     await h.terminate(reason="test finished")
                 except Exception:
                     pass
+
+
+# ---------------------------------------------------------------- the connection held until the outcome is durable
+
+
+async def test_the_connection_carries_no_message_until_the_previous_one_is_marked_sent(sessions, migrated_database_url):
+    """A burst over one connection, marking "sent" slow for real (a trigger, ~150 ms a commit): each
+    message reaches the relay only once every message before it on the connection is marked sent,
+    so a worker killed at any moment leaves at most the one in flight accepted and not recorded."""
+    from tests.test_delivery_kill import _slow_marks
+
+    await _cumbria_records(sessions)
+    ids = [await _notify(sessions, f"r2/c1/reminder/held/{i}", "reminder", REMINDER) for i in range(6)]
+    await _slow_marks(migrated_database_url, on=True)
+    loop = asyncio.get_running_loop()
+    unmarked_at_arrival: list[int] = []
+
+    async def sent_rows() -> int:
+        async with sessions() as session:
+            return len([r for r in (await session.scalars(select(Notification))).all() if r.status == "sent"])
+
+    with _capture() as (port, smtp):
+        real_handle = smtp.handle_DATA
+
+        async def check_then_accept(server, session, envelope):
+            # In the capture's own thread: ask the test's loop how many rows are marked sent now.
+            marked = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sent_rows(), loop))
+            unmarked_at_arrival.append(len(smtp.messages) - marked)
+            return await real_handle(server, session, envelope)
+
+        smtp.handle_DATA = check_then_accept
+        mailer = mailer_for(port)
+        activities = delivery(sessions, mailer)
+        assert await asyncio.gather(*(activities.deliver_notification(i) for i in ids)) == ["sent"] * 6
+        await mailer.close()
+    assert len(smtp.messages) == 6 and mailer.connections_opened == 1
+    assert unmarked_at_arrival == [0] * 6  # none accepted before it and not yet marked sent
+
+
+# ---------------------------------------------------------------- heartbeats while waiting for the connection
+
+
+@workflow.defn(name="ShortHeartbeatDelivery")
+class ShortHeartbeatDelivery:
+    """The delivery activity under a heartbeat timeout far shorter than its wait for the connection."""
+
+    @workflow.run
+    async def run(self, notification_id: int) -> str:
+        return await workflow.execute_activity(
+            "deliver_notification", notification_id, start_to_close_timeout=timedelta(minutes=1),
+            heartbeat_timeout=timedelta(seconds=2), retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1)),
+            result_type=str,
+        )
+
+
+async def test_a_delivery_waiting_for_a_slow_relay_heartbeats_and_is_not_timed_out(dev_server_env, sessions):
+    """The relay takes 5 s over each message; two deliveries share the connection, so the second
+    waits 5 s for it and then 5 s more: against a 2 s heartbeat timeout both finish in their first
+    attempt (the activity heartbeats while it waits and sends), each message sent once."""
+    await _cumbria_records(sessions)
+    ids = [await _notify(sessions, f"r2/c1/reminder/slow/{i}", "reminder", REMINDER) for i in range(2)]
+    with _capture() as (port, smtp):
+        real_handle = smtp.handle_DATA
+
+        async def slow(server, session, envelope):
+            await asyncio.sleep(5.0)
+            return await real_handle(server, session, envelope)
+
+        smtp.handle_DATA = slow
+        mailer = mailer_for(port)
+        activities = delivery(sessions, mailer)
+        queue = f"reliability-{os.getpid()}-{next(_queues)}"
+        async with Worker(dev_server_env.client, task_queue=queue, workflows=[ShortHeartbeatDelivery],
+                          activities=activities.all(), workflow_runner=UnsandboxedWorkflowRunner()):
+            handles = [await dev_server_env.client.start_workflow(
+                "ShortHeartbeatDelivery", i, id=f"test/{uuid.uuid4()}", task_queue=queue,
+                execution_timeout=timedelta(minutes=2)) for i in ids]
+            assert [await h.result() for h in handles] == ["sent", "sent"]
+            attempts = [[e.activity_task_started_event_attributes.attempt async for e in h.fetch_history_events()
+                         if e.HasField("activity_task_started_event_attributes")] for h in handles]
+        await mailer.close()
+    assert attempts == [[1], [1]]
+    assert sorted(m.message["X-NCPI-Reference"] for m in smtp.messages) == sorted(
+        [(await row(sessions, i)).idempotency_key for i in ids])
+
+
+async def test_a_new_delivery_has_a_heartbeat_timeout_behind_its_patch(dev_server_env, sessions):
+    """NotificationDelivery schedules the activity with DELIVERY_HEARTBEAT_TIMEOUT behind its patch."""
+    from workflows.common import DELIVERY_HEARTBEAT_PATCH, DELIVERY_HEARTBEAT_TIMEOUT
+
+    await _cumbria_records(sessions)
+    notification_id = await _notify(sessions, "r2/c1/reminder/options", "reminder", REMINDER)
+    with _capture() as (port, smtp):
+        mailer = mailer_for(port)
+        async with delivery_worker(dev_server_env, delivery(sessions, mailer)) as queue:
+            handle = await dev_server_env.client.start_workflow(
+                "NotificationDelivery", notification_id, id=f"test/{uuid.uuid4()}", task_queue=queue,
+                execution_timeout=timedelta(minutes=2))
+            assert await handle.result() == "sent"
+            events = [e async for e in handle.fetch_history_events()]
+        await mailer.close()
+    [scheduled] = [e.activity_task_scheduled_event_attributes for e in events
+                   if e.HasField("activity_task_scheduled_event_attributes")]
+    assert scheduled.heartbeat_timeout.ToTimedelta() == DELIVERY_HEARTBEAT_TIMEOUT
+    markers = [e.marker_recorded_event_attributes for e in events if e.HasField("marker_recorded_event_attributes")]
+    assert any(DELIVERY_HEARTBEAT_PATCH in str(m) for m in markers)  # the patch's marker (old histories have none)

@@ -52,7 +52,7 @@ def test_there_is_an_example_and_both_templates_for_every_kind():
 @pytest.mark.parametrize("name,ctx", all_examples(), ids=[name for name, _ in all_examples()])
 def test_every_example_renders_both_parts(name, ctx):
     email = render_email(ctx)
-    assert email.subject == ctx.subject
+    assert email.subject == emails.subject_with_reference(ctx.subject, emails.reference_of(ctx))
     assert email.text.strip() and email.html.strip()
     assert email.html.startswith("<!DOCTYPE html>")
     assert "HM Inspectorate of Constabulary and Fire &amp; Rescue Services — Inspection follow-up" in email.html
@@ -163,8 +163,43 @@ def test_subject_is_one_line():
     ctx = example_contexts()["reminder"]
     ctx.subject = "Reminder:\r\n force action plan\n due"
     email = render_email(ctx)
-    assert email.subject == "Reminder: force action plan due"
-    assert "<title>Reminder: force action plan due</title>" in email.html
+    assert email.subject == "Reminder: force action plan due [CUM-2017-01-26]"
+    assert "<title>Reminder: force action plan due [CUM-2017-01-26]</title>" in email.html
+
+
+@pytest.mark.parametrize("name,ctx", all_examples(), ids=[name for name, _ in all_examples()])
+def test_every_subject_ends_with_a_short_reference_the_inbound_parser_reads(name, ctx):
+    from ncpi_workflow.inbound.parsing import references, subject_reference
+
+    subject = render_email(ctx).subject
+    assert len(subject) <= 110, subject  # readable in a mail client's list; one folded header line at most
+    if ctx.kind == "digest":
+        assert "[" not in subject  # about no inspection: nothing to refer to
+        return
+    expected = f"{ctx.inspection_id}-{ctx.recommendation.ref}" if ctx.recommendation else ctx.inspection_id
+    assert subject.endswith(f" [{expected}]"), subject
+    assert subject.count(ctx.inspection_id) == 1, subject  # the older "(CUM-...)" suffix became the tag
+    reply = f"RE: [EXTERNAL] {subject}"  # as a force's mail system may send it back
+    assert subject_reference(reply) == (ctx.inspection_id, expected if ctx.recommendation else None)
+    inspections, refs = references(reply)
+    assert inspections == {ctx.inspection_id}
+    if ctx.recommendation:
+        assert ctx.recommendation.ref in refs
+
+
+def test_real_workflow_subjects_gain_the_reference():
+    """The workflows' subjects (lifecycle.message_subject) carry no inspection ID: rendering adds it."""
+    from ncpi_workflow.lifecycle import message_subject
+
+    ctx = example_contexts()["due_today"]
+    ctx.subject = message_subject("due_today", "Recommendation R2", date(2017, 4, 26), "Cumbria Constabulary")
+    assert render_email(ctx).subject == "Due today: Recommendation R2 (Wednesday 26 April 2017) [CUM-2017-01-26-R2]"
+    ctx = example_contexts()["reminder"]
+    ctx.subject = message_subject("reminder", "Force action plan", date(2017, 3, 9), "Cumbria Constabulary")
+    assert render_email(ctx).subject == "Reminder: Force action plan due Thursday 9 March 2017 [CUM-2017-01-26]"
+    assert emails.subject_with_reference("Already tagged [CUM-2017-01-26]", "CUM-2017-01-26") == "Already tagged [CUM-2017-01-26]"
+    assert emails.subject_with_reference("Old style (CUM-2017-01-26)", "CUM-2017-01-26-R3") == "Old style [CUM-2017-01-26-R3]"
+    assert emails.subject_with_reference("Digest", None) == "Digest"
 
 
 # --- escalations, decisions, revisits --------------------------------------------------------------

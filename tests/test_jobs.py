@@ -457,3 +457,49 @@ async def test_the_reconciler_delivers_a_pending_row_its_workflow_never_delivere
         assert [m.message["X-NCPI-Reference"] for m in h.smtp.messages].count("ncpi/ESS/2017-03-02/R1/never-delivered") == 1
         assert (await deployment_problems(h.sessions, None, h.settings)).pending_past_age == 1  # the one in progress
         assert await reconcile(h.sessions, h.client, h.settings) == []
+
+
+# ---------------------------------------------------------------- the database restarted between passes
+
+
+def _restart_postgres(cluster) -> None:
+    """`pg_ctl stop -m immediate` (a crash: every client connection dies), then started again on its port."""
+    import subprocess
+
+    pg_ctl, data = str(cluster.bin_dir / "pg_ctl"), str(cluster.root / "data")
+    subprocess.run(cluster._as_owner(pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"), check=True, capture_output=True)
+    subprocess.run(cluster._as_owner(
+        pg_ctl, "-D", data, "-l", str(cluster.root / "server.log"), "-w", "-o",
+        f"-p {cluster.port} -k {cluster.root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off", "start",
+    ), check=True, capture_output=True)
+
+
+async def test_the_reconciler_recovers_its_connections_after_postgresql_restarts(dev_server_env, postgres_cluster, tmp_path):
+    """Issue 11: the reconciler's pool kept the connections of the server that crashed, and its next
+    pass failed on them. Now the pass after the restart runs, and does its work."""
+    import os
+
+    from ncpi_workflow.settings import Settings
+    from tests.conftest import _create_pg_database
+
+    url = await _create_pg_database(postgres_cluster)
+    await db.upgrade(url)
+    settings = Settings(database_url=url, task_queue=f"reconciler-restart-{os.getpid()}", data_dir=tmp_path / "data")
+    async with db.open_database(url) as sessions:
+        assert await reconcile(sessions, dev_server_env.client, settings) == []  # the pool now holds a connection
+        _restart_postgres(postgres_cluster)
+        async with db.open_database(url) as fresh, fresh.begin() as session:
+            # A digest whose delivery never started, past the policy age: work for the next pass.
+            await insert_if_absent(
+                session, Notification, ["idempotency_key"], idempotency_key="digest/2017-03-06/restart", kind="digest",
+                inspection_id=None, recommendation_id=None, recipients={"to": [INSPECTORS], "roles": ["inspectors"]},
+                subject="Inspection follow-up: daily digest for Monday 6 March 2017",
+                context={"date": "2017-03-06", "revisits_due": [], "overdue": [], "decisions_awaited": []},
+                status="pending", attempts=0, scheduled_for=datetime(2017, 3, 6, 8, tzinfo=timezone.utc),
+                created_at=utcnow() - timedelta(minutes=16),
+            )
+        repairs = await reconcile(sessions, dev_server_env.client, settings)
+        assert len(repairs) == 1 and repairs[0].startswith("re-delivering pending notification ") and repairs[0].endswith(" (digest)")
+        async with sessions() as session:
+            [redelivered] = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "notification.redelivered"))).all()
+        assert redelivered.actor == "reconciler"

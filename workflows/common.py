@@ -200,6 +200,17 @@ async def wait_until(time_scale: TimeScale, condition: Callable[[], bool], until
 DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=10))
 DELIVERY_TIMEOUT = timedelta(minutes=2)
 DELIVERY_PATIENCE = timedelta(minutes=1)
+# The delivery activity heartbeats every 5 s while it waits for the SMTP connection, sends and records:
+# a killed worker's deliveries are retried elsewhere after this, not after DELIVERY_TIMEOUT. Histories
+# from before it scheduled the activity without one (and replay so).
+DELIVERY_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+DELIVERY_HEARTBEAT_PATCH = "delivery-heartbeat-timeout"
+
+
+def delivery_options() -> dict:
+    """The delivery activity's options (in the Outbox and the resend workflow)."""
+    heartbeat = DELIVERY_HEARTBEAT_TIMEOUT if workflow.patched(DELIVERY_HEARTBEAT_PATCH) else None
+    return dict(start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY, heartbeat_timeout=heartbeat)
 
 
 class Outbox:
@@ -217,7 +228,7 @@ class Outbox:
     def _deliver(self, notification_id: int) -> None:
         self.deliveries = {i: d for i, d in self.deliveries.items() if not d.done()}
         self.deliveries[notification_id] = workflow.start_activity(
-            "deliver_notification", notification_id, start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY
+            "deliver_notification", notification_id, **delivery_options()
         )
 
     async def notify(self, request: NotificationRequest) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.common import DELIVERY_RETRY, DELIVERY_TIMEOUT
+from workflows.common import DELIVERY_RETRY, DELIVERY_TIMEOUT, delivery_options  # noqa: F401
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.lifecycle import resend_workflow_id  # noqa: F401  (kept importable from here)
@@ -15,7 +15,6 @@ class DeliveryWorkflow:
     @workflow.run
     async def run(self, notification_id: int) -> str:
         return await workflow.execute_activity(
-            "deliver_notification", notification_id, start_to_close_timeout=DELIVERY_TIMEOUT, retry_policy=DELIVERY_RETRY,
-            result_type=str,
+            "deliver_notification", notification_id, **delivery_options(), result_type=str,
         )
 

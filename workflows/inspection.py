@@ -74,6 +74,9 @@ REVISIT_LIMIT_PATCH = "revisit-limit-told"
 # Histories from before this change projected the inspection only from its own steps, not when a
 # recommendation was decided, withdrawn or re-opened.
 PROJECT_ON_SETTLEMENT_PATCH = "inspection-projected-on-settlement"
+# Histories from before this change continued-as-new with a handler that came in during the settling
+# of deliveries still running (UnfinishedSignalHandlersWarning for recommendation_reopened).
+HANDLERS_BEFORE_CAN_PATCH = "handlers-finish-before-continue-as-new"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -155,6 +158,11 @@ class InspectionWorkflow:
             if self.restart:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.state.undelivered = await self.outbox.settle()
+                # A signal (a re-opening) or an Update that came in while the deliveries settled
+                # finishes first, its deliveries with it: its work goes to the next run, never half done.
+                while not workflow.all_handlers_finished() and workflow.patched(HANDLERS_BEFORE_CAN_PATCH):
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             s = self.state
             if s.phase is InspectionPhase.CLOSED:
@@ -438,12 +446,16 @@ class InspectionWorkflow:
             deadline = self._deadline(request.item)
             deadline.met_at = now
             await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
+            # The document received, when the request names one (the portal's, an email's): with the
+            # record, never a new command, so histories from before it replay unchanged.
+            document = {k: v for k in ("filename", "sha256", "url") if (v := getattr(request, k, None)) is not None}
             await run_activity(
                 "audit",
                 AuditRecord(update_key(self.workflow_id), request.by, f"{request.item}.received", "inspection",
-                            self.inp.inspection_id, {"note": request.note}),
+                            self.inp.inspection_id, {"note": request.note, **document}),
             )
-            history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, request.note)
+            shown = "; ".join(x for x in (request.note, document.get("filename") or document.get("url") or "") if x)
+            history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, shown)
             await self._project()
             self.wake = True
             return self.view()

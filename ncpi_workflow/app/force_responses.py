@@ -7,13 +7,15 @@ leaves nothing in the evidence store; then the file is kept by its SHA-256 and t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 from ncpi_workflow.app.temporal_calls import RECOMMENDATION, parse_recommendation, query_state, send_update
 from ncpi_workflow.errors import UserError
-from ncpi_workflow.evidence_files import StoredFile, content_type, hash_file, keep_file, stored_path
+from ncpi_workflow.evidence_files import StoredFile, hash_file, keep_file, stored_path
 from ncpi_workflow.lifecycle import EvidenceRequestInput, ProgressRequest, RecommendationView, check_evidence
+from ncpi_workflow.uploads import CheckedUpload, check_upload
 
 
 async def submit_progress(settings, client, recommendation_id: str, claim: str, text: str, by: str) -> RecommendationView:
@@ -29,6 +31,17 @@ class EvidenceSubmitted:
     view: RecommendationView
 
 
+def check_evidence_file(settings, file: Path, filename: str | None = None) -> CheckedUpload:
+    """The checks of the file itself, which need neither Temporal nor the database (a front end may
+    run them before connecting, so that a bad file is refused first): a missing, irregular or
+    oversized file is refused naming its path; then the same checks as every upload (type by
+    content, zip bombs, the name, the scan). Returns the checked private copy, which
+    `submit_evidence` keeps and discards (discard it yourself if you do not submit it)."""
+    file = Path(file)
+    hash_file(file, settings.evidence_max_bytes)
+    return check_upload(file, filename or file.name, settings)
+
+
 async def submit_evidence(
     settings,
     client,
@@ -37,29 +50,35 @@ async def submit_evidence(
     by: str,
     description: str | None = None,
     filename: str | None = None,
+    checked: CheckedUpload | None = None,
 ) -> EvidenceSubmitted:
     """Check, keep, record: a file of evidence for a recommendation. `filename` is the name to record
-    (an upload's own name) when `file` is a temporary copy."""
+    (an upload's own name) when `file` is a temporary copy; `checked` is `check_evidence_file`'s
+    result when the caller has run it already."""
     rec = parse_recommendation(recommendation_id)
-    file = Path(file)
-    name = filename or file.name
     limit = settings.evidence_max_bytes
-    sha256, size = hash_file(file, limit)
-
-    def request_for(sha: str, size_bytes: int, path: Path) -> EvidenceRequestInput:
-        return EvidenceRequestInput(
-            filename=name, sha256=sha, size_bytes=size_bytes, storage_path=str(Path(path).resolve()),
-            content_type=content_type(name), by=by, description=description,
-        )
-
-    # Ask first, so that a submission the workflow would refuse leaves nothing in the store.
-    current = await query_state(settings, client, RECOMMENDATION, rec)
+    # The checked private copy is what is kept, so nothing can change between the check and the store.
+    if checked is None:
+        checked = await asyncio.to_thread(check_evidence_file, settings, file, filename)
     try:
-        check_evidence(current.state, request_for(sha256, size, stored_path(settings.evidence_dir, sha256)), limit)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    stored = keep_file(file, settings.evidence_dir, limit)
+        name, sha256, size = checked.filename, checked.sha256, checked.size_bytes
+
+        def request_for(sha: str, size_bytes: int, path: Path) -> EvidenceRequestInput:
+            return EvidenceRequestInput(
+                filename=name, sha256=sha, size_bytes=size_bytes, storage_path=str(Path(path).resolve()),
+                content_type=checked.content_type, by=by, description=description,
+            )
+
+        # Ask first, so that a submission the workflow would refuse leaves nothing in the store.
+        current = await query_state(settings, client, RECOMMENDATION, rec)
+        try:
+            check_evidence(current.state, request_for(sha256, size, stored_path(settings.evidence_dir, sha256)), limit)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        stored = keep_file(checked.path, settings.evidence_dir, limit)
+    finally:
+        checked.discard()
     request = request_for(stored.sha256, stored.size_bytes, stored.storage_path)
     view = await send_update(settings, client, RECOMMENDATION, rec, "submit_evidence", request, RecommendationView)
-    kept = StoredFile(name, stored.sha256, stored.size_bytes, stored.storage_path, content_type(name), stored.created)
+    kept = StoredFile(name, stored.sha256, stored.size_bytes, stored.storage_path, checked.content_type, stored.created)
     return EvidenceSubmitted(rec, kept, view)

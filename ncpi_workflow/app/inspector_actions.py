@@ -1,6 +1,8 @@
 """What inspectors do to a running follow-up: each is one Temporal Update, so its validator (the
 same `check_*` rule in ncpi_workflow.lifecycle) refuses a bad request before anything is recorded,
-whichever front end asked. `by` is who acts: the CLI's --by, the web's signed-in user."""
+whichever front end asked. `by` is who acts: the CLI's --by, the web's signed-in user. Also the
+operator's push of newly known bank holidays to every running follow-up (a signal, `ncpi calendar
+refresh`)."""
 
 from __future__ import annotations
 
@@ -63,10 +65,15 @@ async def set_register_status(settings, client, recommendation_id: str, status: 
     return await send_update(settings, client, RECOMMENDATION, rec, "set_register_status", request)
 
 
-async def record_delivery(settings, client, inspection_id: str, item: str, by: str, note: str = "") -> InspectionView:
-    """The force (or PCC) delivered a report-level item: its deadline is met and its reminders stop."""
+async def record_delivery(
+    settings, client, inspection_id: str, item: str, by: str, note: str = "",
+    sha256: str | None = None, filename: str | None = None, url: str | None = None,
+) -> InspectionView:
+    """The force (or PCC) delivered a report-level item: its deadline is met and its reminders stop.
+    `sha256` and `filename` name the document received (kept in the evidence store), or `url` its address."""
     insp = parse_inspection(inspection_id)
-    return await send_update(settings, client, INSPECTION, insp, "record_delivery", DeliveryRequest(item=item, by=by, note=note))
+    request = DeliveryRequest(item=item, by=by, note=note, sha256=sha256, filename=filename, url=url)
+    return await send_update(settings, client, INSPECTION, insp, "record_delivery", request)
 
 
 @dataclass(frozen=True)
@@ -104,3 +111,57 @@ async def revise_deadline(settings, client, target_id: str, deadline: str, new_d
     return DeadlineMoved(
         business_id, kind, deadline, moved.revisions[-1].previous_due, moved.due, moved.original_due, view
     )
+
+
+# ---------------------------------------------------------------- the working-day calendar of running follow-ups
+
+FOLLOW_UP_TYPES = ("InspectionFollowUp", "RecommendationFollowUp")
+REFRESH_SIGNAL = "refresh_calendar"
+SIGNALS_AT_ONCE = 50
+
+
+def calendar_refresh(settings, today: date | None = None):
+    """The `refresh_calendar` signal's value: the bank holidays known now (the `holidays` package and
+    the policy's extra_bank_holidays). Needs neither Temporal nor the database."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from ncpi_workflow.clocks import refresh_for
+    from ncpi_workflow.policy import load_policy
+
+    policy = load_policy(settings.policy).calendar
+    return refresh_for(policy, today or datetime.now(timezone.utc).astimezone(ZoneInfo(policy.timezone)).date())
+
+
+async def refresh_calendars(settings, client, refresh=None) -> dict[str, int]:
+    """Signal `refresh` (by default `calendar_refresh(settings)`) to every running follow-up workflow
+    on this task queue. Returns how many of each type were signalled (one finished since it was
+    listed is not counted)."""
+    import asyncio
+
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from ncpi_workflow.app.temporal_calls import CALL_TIMEOUT_SECONDS, temporal_errors
+
+    refresh = refresh or calendar_refresh(settings)
+    gate = asyncio.Semaphore(SIGNALS_AT_ONCE)
+
+    async def signal_one(workflow_id: str) -> bool:
+        async with gate:
+            try:
+                await asyncio.wait_for(
+                    client.get_workflow_handle(workflow_id).signal(REFRESH_SIGNAL, refresh), CALL_TIMEOUT_SECONDS
+                )
+            except RPCError as exc:
+                if exc.status is RPCStatusCode.NOT_FOUND:  # finished since it was listed
+                    return False
+                raise
+            return True
+
+    counts = {}
+    with temporal_errors(settings, "the running follow-ups"):
+        for workflow_type in FOLLOW_UP_TYPES:
+            query = f'ExecutionStatus="Running" AND WorkflowType="{workflow_type}" AND TaskQueue="{settings.task_queue}"'
+            ids = [w.id async for w in client.list_workflows(query)]
+            counts[workflow_type] = sum(await asyncio.gather(*(signal_one(i) for i in ids)))
+    return counts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,6 +16,7 @@ from ncpi_workflow.views import outbox_records
 
 OUTBOX_STATUSES = tuple(s.value for s in NotificationStatus)
 RESEND_WORKFLOW = "NotificationDelivery"
+RESEND_RPC_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,10 @@ class OutboxFilter:
     inspection_id: str | None = None
     recommendation_id: str | None = None
 
-    def check(self) -> None:
+    def check(self, status_field: str = "status") -> None:
+        """Refuse an unknown status, naming the field it came from (the CLI's is --status)."""
         if self.status is not None and self.status not in OUTBOX_STATUSES:
-            raise UserError(f"status: {self.status!r} is not one of: {', '.join(OUTBOX_STATUSES)}")
+            raise UserError(f"{status_field}: {self.status!r} is not one of: {', '.join(OUTBOX_STATUSES)}")
 
 
 def _query(where: OutboxFilter):
@@ -72,15 +74,40 @@ async def kinds(sessions) -> list[str]:
         return list((await session.scalars(select(Notification.kind).distinct().order_by(Notification.kind))).all())
 
 
+async def _resend_running(settings, client, workflow_id: str) -> bool:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe(rpc_timeout=RESEND_RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
 async def _resend_one(settings, client, sessions, notification_id: int, by: str, bulk: bool) -> list[str] | None:
+    """The row made pending again (current addresses, audited) and committed, then its delivery
+    workflow started: the delivery's first activity reads the row, so it must find it committed, and
+    no transaction is held open across a Temporal call. A re-send already under way is refused (one
+    asked for by ID) or skipped (in bulk) before anything is written; should the start fail, the row
+    gets its status back."""
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
     from ncpi_workflow.store import append_audit, resolve_recipients
 
     inspectorate = {"inspectors": settings.inspectors_email, "lead_hm_inspector": settings.lead_hm_inspector_email}
-    async with sessions() as session:
-        await session.begin()
+    workflow_id = resend_workflow_id(notification_id)
+    under_way = UserError(f"a re-send of notification {notification_id} is already under way")
+    with temporal_errors(settings, f"notification {notification_id}"):
+        running = await _resend_running(settings, client, workflow_id)
+    if running:
+        if bulk:
+            return None
+        raise under_way
+    async with sessions.begin() as session:  # committed on leaving the block, before the start
         row = await session.get(Notification, notification_id, with_for_update=True)
         if row is None:
             raise UserError(f"no notification {notification_id} in the outbox")
@@ -94,24 +121,39 @@ async def _resend_one(settings, client, sessions, notification_id: int, by: str,
             row.recipients = await resolve_recipients(session, owner, row.recipients.get("roles", []), inspectorate)
         except LookupError as exc:
             raise UserError(str(exc)) from None
-        previous = row.last_error
+        previous_status, previous = row.status, row.last_error
         row.status = NotificationStatus.PENDING.value
+        to = list(row.recipients["to"])
         await append_audit(session, actor=by, action="notification.resend", entity_type="notification",
-                           entity_id=str(row.id), detail={"previous_error": previous, "to": row.recipients["to"]})
-        with temporal_errors(settings, f"notification {notification_id}"):
-            try:
-                await client.start_workflow(
-                    RESEND_WORKFLOW, notification_id, id=resend_workflow_id(notification_id),
-                    task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                )
-            except WorkflowAlreadyStartedError:
-                if bulk:
-                    await session.rollback()
-                    return None
-                raise UserError(f"a re-send of notification {notification_id} is already under way") from None
-        await session.commit()
-        return list(row.recipients["to"])
+                           entity_id=str(row.id), detail={"previous_error": previous, "to": to})
+    with temporal_errors(settings, f"notification {notification_id}"):
+        try:
+            await client.start_workflow(
+                RESEND_WORKFLOW, notification_id, id=workflow_id,
+                task_queue=settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL, rpc_timeout=RESEND_RPC_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            # Started since the check above by another re-send, which delivers the row as committed.
+            if bulk:
+                return None
+            raise under_way from None
+        except BaseException:
+            await _status_back(sessions, notification_id, previous_status)
+            raise
+    return to
+
+
+async def _status_back(sessions, notification_id: int, status: str) -> None:
+    """Undo the pending status of a re-send that did not start (unless a delivery has touched it since)."""
+    from sqlalchemy import update
+
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == notification_id, Notification.status == NotificationStatus.PENDING.value)
+            .values(status=status)
+        )
 
 
 async def resend(settings, client, sessions, notification_id: int, by: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 A bad report is refused with one line per problem, the same lines as `ncpi validate` (naming the
 file, the line, the field and the reason), and writes nothing and starts nothing. Publishing is
-`ncpi_workflow.publishing.publish`: the records and the follow-up workflow in one transaction.
+`ncpi_workflow.publishing.publish`: the records in one transaction, committed before the follow-up
+workflow starts (its first activities read them).
 """
 
 from __future__ import annotations
@@ -55,13 +56,17 @@ def check_file(settings, file: Path, display_name: str | None = None) -> Checked
     return Checked(name, loaded=loaded)
 
 
-async def publish_file(settings, client, file: Path, *, anchor: datetime | None = None, by: str = "cli") -> Publication:
-    """Validate, write, start. Raises ReportInvalid (its `problems` one line each) for a bad file."""
-    checked = check_file(settings, file)
+async def publish_file(
+    settings, client, file: Path, *, anchor: datetime | None = None, by: str = "cli", checked: Checked | None = None
+) -> Publication:
+    """Validate, write, start. Raises ReportInvalid (its `problems` one line each) for a bad file.
+    `checked` is `check_file`'s result when the caller has checked the file already (the CLI does,
+    before connecting to Temporal)."""
+    checked = checked or check_file(settings, file)
     if not checked.ok:
         raise ReportInvalid(checked.problems)
     with database_errors(settings), temporal_errors(settings, str(file)):
-        return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by)
+        return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by, loaded=checked.loaded)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -101,7 +106,7 @@ async def publish_upload(
             raise ReportInvalid(checked.problems)
         try:
             with database_errors(settings), temporal_errors(settings, name):
-                return await publishing.publish(settings, client, path, anchor=anchor, by=by)
+                return await publishing.publish(settings, client, path, anchor=anchor, by=by, loaded=checked.loaded)
         except ReportInvalid as exc:
             raise ReportInvalid(_renamed(exc.problems, path, name)) from None
         except UserError as exc:

@@ -18,20 +18,30 @@ The dashboard's policy (one definition, used by every front end):
   30 days;
 - **RAG**: red when anything is overdue; amber when a deadline or a revisit falls within 30 days;
   green otherwise.
+
+The aggregate reads projected columns, not the deadlines of every row: `recommendations.clock_due`
+(the due date of the clock that runs now) and `deadlines.waiting_due` (an awaited report-level
+item's), which every projection and deadline write refreshes (`refresh_recommendation_clocks`,
+`refresh_report_items`, run by activities/records.py). "Today" is the policy calendar's, at the
+product's clock, through the follow-ups' time scale (`calendar_today`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select
+from sqlalchemy import and_, case, exists, func, literal, literal_column, null, or_, select, update
 from sqlalchemy.orm import selectinload
 
 from ncpi_workflow.app.temporal_calls import parse_target, query_state
+from ncpi_workflow.clocks import TimeScale
 from ncpi_workflow.errors import UserError
-from ncpi_workflow.lifecycle import ForceClaim, InspectionPhase, Phase
+from ncpi_workflow.formatting import local_date
+from ncpi_workflow.lifecycle import ForceClaim, InspectionPhase, InspectionView, Phase, inspection_workflow_id
 from ncpi_workflow.models import (
     AuditEvent,
     Deadline,
@@ -140,103 +150,232 @@ def rag_for(overdue: int, next_deadline: date | None, revisits_due: int, today: 
     return GREEN
 
 
+# The projected columns the aggregate reads, and the statements that keep them. Every write that can
+# change one (a projection, a deadline opened, moved or met) runs the matching refresh in its own
+# transaction (activities/records.py); migration 0006 backfilled the rows written before them. Rows
+# never refreshed yet (a report just published, before its workflows' first projections) have no
+# `force_code`: the aggregate reads their deadlines directly, as it read every row before.
+
+
+def _running(r):
+    """Whether a recommendation's clock runs: its own deadline while published, force notified or in
+    progress and the force has not claimed it implemented; its evidence deadline while evidence is requested."""
+    return or_(
+        and_(r.c.phase.in_(RUNNING_PHASES), or_(r.c.force_claim.is_(None), r.c.force_claim != ForceClaim.IMPLEMENTED.value)),
+        r.c.phase == Phase.EVIDENCE_REQUESTED.value,
+    )
+
+
+def _clock_kind(r):
+    return case((r.c.phase == Phase.EVIDENCE_REQUESTED.value, "evidence"), else_="recommendation")
+
+
+def refresh_recommendation_clocks(*where):
+    """UPDATE of `recommendations.clock_due` (the due date of the clock that runs now, else NULL) and
+    `force_code` for the rows matching `where`, from their phase, claim and cycle, their deadline rows
+    and their inspection."""
+    r = Recommendation.__table__
+    d = Deadline.__table__
+    i = Inspection.__table__
+    due = (
+        select(func.min(d.c.current_due))
+        .where(d.c.recommendation_id == r.c.id, d.c.cycle == r.c.cycle, d.c.kind == _clock_kind(r))
+        .scalar_subquery()
+    )
+    force = select(i.c.force_code).where(i.c.id == r.c.inspection_id).scalar_subquery()
+    return update(r).where(*where).values(clock_due=case((_running(r), due), else_=null()), force_code=force)
+
+
+def _item_waiting(d, phase, cycle):
+    """Whether a report-level deadline row is awaited, given its inspection's phase and cycle."""
+    return and_(
+        phase != InspectionPhase.CLOSED.value,
+        or_(
+            and_(d.c.key.in_(REPORT_ITEMS), d.c.met_at.is_(None)),
+            and_(d.c.key == "revisit_by", d.c.cycle == cycle, phase == InspectionPhase.FOLLOWING_UP.value),
+        ),
+    )
+
+
+def refresh_report_items(*where):
+    """UPDATE of `deadlines.waiting_due` and `force_code` for the report-level rows matching `where`:
+    the due date while the item is awaited (an action plan, PCC response or update on immediate
+    recommendations not received; the revisit limit of the current cycle while the revisit is not
+    open), of an inspection not closed; NULL otherwise."""
+    d = Deadline.__table__
+    i = Inspection.__table__
+    phase = select(i.c.phase).where(i.c.id == d.c.inspection_id).scalar_subquery()
+    cycle = select(i.c.cycle).where(i.c.id == d.c.inspection_id).scalar_subquery()
+    force = select(i.c.force_code).where(i.c.id == d.c.inspection_id).scalar_subquery()
+    return (
+        update(d)
+        .where(d.c.key.in_((*REPORT_ITEMS, "revisit_by")), *where)
+        .values(waiting_due=case((_item_waiting(d, phase, cycle), d.c.current_due), else_=null()), force_code=force)
+    )
+
+
+def _sql_literal(value: str):
+    # A literal, not a bound parameter, so that both databases can use the partial indexes
+    # (`phase != 'closed'`) under a prepared statement's generic plan.
+    return literal_column(f"'{value}'")
+
+
 def dashboard_query(today: date, programme: str | None = None, phase: str | None = None):
-    """One statement: every force with its aggregates over the projection tables."""
+    """One statement: every force with its aggregates over the projected columns (`clock_due` of
+    open recommendations, `waiting_due` of report-level items, each with its force, each read
+    through a partial index without a join), plus the rows not projected yet, read the long way."""
     r = Recommendation.__table__
     i = Inspection.__table__
     d = Deadline.__table__
     f = Force.__table__
     soon = today + timedelta(days=SOON_DAYS)
 
-    def inspection_filter(inspection):
+    def inspection_filter(inspection, correlated: bool = False):
+        """The filters on an inspection: correlated (EXISTS per row) where few rows are read."""
         conditions = []
         if programme:
             conditions.append(inspection.c.programme == programme)
         if phase:
             rr = r.alias("in_phase")
-            conditions.append(exists().where(rr.c.inspection_id == inspection.c.id, rr.c.phase == phase))
+            conditions.append(
+                exists().where(rr.c.inspection_id == inspection.c.id, rr.c.phase == phase) if correlated
+                else inspection.c.id.in_(select(rr.c.inspection_id).where(rr.c.phase == phase))
+            )
         return conditions
 
-    # Open recommendations, each with the clock that runs now (its own or its evidence deadline).
-    clock = d.alias("clock")
-    running = or_(
-        and_(r.c.phase.in_(RUNNING_PHASES), or_(r.c.force_claim.is_(None), r.c.force_claim != ForceClaim.IMPLEMENTED.value)),
-        r.c.phase == Phase.EVIDENCE_REQUESTED.value,
-    )
-    rec_where = [r.c.phase != Phase.CLOSED.value, *inspection_filter(i)]
+    def of_filtered_inspections(column):
+        """The filters on the inspection a row names (`column`), checked per row (EXISTS on an index)."""
+        conditions = []
+        if programme:
+            fi = i.alias("filtered")
+            conditions.append(exists().where(fi.c.id == column, fi.c.programme == programme))
+        if phase:
+            rr = r.alias("in_phase")
+            conditions.append(exists().where(rr.c.inspection_id == column, rr.c.phase == phase))
+        return conditions
+
+    open_rec = r.c.phase != _sql_literal(Phase.CLOSED.value)
     if phase:
-        rec_where.append(r.c.phase == phase)
+        # A recommendation in the phase is of an inspection with one in it: only a programme narrows further.
+        rec_where = [open_rec, r.c.phase == phase]
+        if programme:
+            fi = i.alias("filtered")
+            rec_where.append(r.c.inspection_id.in_(select(fi.c.id).where(fi.c.programme == programme)))
+    elif programme:
+        fi = i.alias("filtered")
+        rec_where = [open_rec, r.c.inspection_id.in_(select(fi.c.id).where(fi.c.programme == programme))]
+    else:
+        rec_where = [open_rec]
     recs = (
         select(
-            i.c.force_code.label("force"),
+            r.c.force_code.label("force"),
             func.count().label("open"),
-            func.sum(case((and_(running, clock.c.current_due < today), 1), else_=0)).label("overdue"),
-            func.min(case((and_(running, clock.c.current_due >= today), clock.c.current_due))).label("next_due"),
-        )
-        .select_from(
-            r.join(i, i.c.id == r.c.inspection_id).outerjoin(
-                clock,
-                and_(
-                    clock.c.recommendation_id == r.c.id,
-                    clock.c.cycle == r.c.cycle,
-                    clock.c.kind.in_(("recommendation", "evidence")),  # lets PostgreSQL hash only these
-                    clock.c.kind == case((r.c.phase == Phase.EVIDENCE_REQUESTED.value, "evidence"), else_="recommendation"),
-                ),
-            )
+            func.sum(case((r.c.clock_due < today, 1), else_=0)).label("overdue"),
+            func.min(case((r.c.clock_due >= today, r.c.clock_due))).label("next_due"),
         )
         .where(*rec_where)
-        .group_by(i.c.force_code)
+        .group_by(r.c.force_code)
         .subquery("recs")
     )
 
-    # Report-level items not yet received, and revisit limits of revisits not open yet.
-    ii = i.alias("item_inspection")
     item = d.alias("item")
-    # Report-level keys only (a recommendation's are "recommendation:R1", "evidence:R1"), so that the
-    # (inspection_id, key, cycle) unique index finds them per inspection.
-    waiting_item = and_(item.c.key.in_(REPORT_ITEMS), item.c.met_at.is_(None))
-    waiting_revisit = and_(item.c.key == "revisit_by", item.c.cycle == ii.c.cycle, ii.c.phase == InspectionPhase.FOLLOWING_UP.value)
     items = (
         select(
-            ii.c.force_code.label("force"),
-            func.sum(case((item.c.current_due < today, 1), else_=0)).label("overdue"),
-            func.min(case((item.c.current_due >= today, item.c.current_due))).label("next_due"),
-            func.sum(case((and_(item.c.key == "revisit_by", item.c.current_due >= today, item.c.current_due <= soon), 1), else_=0)).label("revisits"),
+            item.c.force_code.label("force"),
+            func.sum(case((item.c.waiting_due < today, 1), else_=0)).label("overdue"),
+            func.min(case((item.c.waiting_due >= today, item.c.waiting_due))).label("next_due"),
+            func.sum(case((and_(item.c.key == "revisit_by", item.c.waiting_due >= today, item.c.waiting_due <= soon), 1),
+                          else_=0)).label("revisits"),
         )
-        .select_from(item.join(ii, ii.c.id == item.c.inspection_id))
-        .where(
-            ii.c.phase != InspectionPhase.CLOSED.value,
-            item.c.key.in_((*REPORT_ITEMS, "revisit_by")),
-            or_(waiting_item, waiting_revisit),
-            *inspection_filter(ii),
-        )
-        .group_by(ii.c.force_code)
+        .where(item.c.waiting_due.isnot(None), *of_filtered_inspections(item.c.inspection_id))
+        .group_by(item.c.force_code)
         .subquery("items")
     )
 
-    ci = i.alias("counted")
-    counted = (
-        select(ci.c.force_code.label("force"), func.count().label("inspections"))
-        .where(*inspection_filter(ci))
-        .group_by(ci.c.force_code)
-        .subquery("counted")
+    # Not refreshed yet: open recommendations without a force, each with its running clock's row.
+    fr = r.alias("fresh_rec")
+    fi = i.alias("fresh_rec_inspection")
+    clock = d.alias("clock")
+    fresh_where = [fr.c.force_code.is_(None), fr.c.phase != Phase.CLOSED.value, *inspection_filter(fi, correlated=True)]
+    if phase:
+        fresh_where.append(fr.c.phase == phase)
+    fresh_recs = (
+        select(
+            fi.c.force_code.label("force"),
+            func.count().label("open"),
+            func.sum(case((and_(_running(fr), clock.c.current_due < today), 1), else_=0)).label("overdue"),
+            func.min(case((and_(_running(fr), clock.c.current_due >= today), clock.c.current_due))).label("next_due"),
+        )
+        .select_from(
+            fr.join(fi, fi.c.id == fr.c.inspection_id).outerjoin(
+                clock, and_(clock.c.recommendation_id == fr.c.id, clock.c.cycle == fr.c.cycle, clock.c.kind == _clock_kind(fr))
+            )
+        )
+        .where(*fresh_where)
+        .group_by(fi.c.force_code)
+        .subquery("fresh_recs")
     )
+    # ... and the report-level items of inspections not projected yet.
+    ii = i.alias("fresh_inspection")
+    fitem = d.alias("fresh_item")
+    fresh_items = (
+        select(
+            ii.c.force_code.label("force"),
+            func.sum(case((fitem.c.current_due < today, 1), else_=0)).label("overdue"),
+            func.min(case((fitem.c.current_due >= today, fitem.c.current_due))).label("next_due"),
+            func.sum(case((and_(fitem.c.key == "revisit_by", fitem.c.current_due >= today, fitem.c.current_due <= soon), 1),
+                          else_=0)).label("revisits"),
+        )
+        .select_from(fitem.join(ii, ii.c.id == fitem.c.inspection_id))
+        .where(
+            ii.c.projection_version == literal_column("0"),
+            fitem.c.force_code.is_(None),
+            fitem.c.key.in_((*REPORT_ITEMS, "revisit_by")),
+            _item_waiting(fitem, ii.c.phase, ii.c.cycle),
+            *inspection_filter(ii, correlated=True),
+        )
+        .group_by(ii.c.force_code)
+        .subquery("fresh_items")
+    )
+
+    ci = i.alias("counted")
+    if phase:
+        # The inspections with a recommendation in the phase, from those recommendations.
+        cr = r.alias("counted_rec")
+        counted = (
+            select(ci.c.force_code.label("force"), func.count(cr.c.inspection_id.distinct()).label("inspections"))
+            .select_from(cr.join(ci, ci.c.id == cr.c.inspection_id))
+            .where(cr.c.phase == phase, *([ci.c.programme == programme] if programme else []))
+            .group_by(ci.c.force_code)
+            .subquery("counted")
+        )
+    else:
+        counted = (
+            select(ci.c.force_code.label("force"), func.count().label("inspections"))
+            .where(*inspection_filter(ci))
+            .group_by(ci.c.force_code)
+            .subquery("counted")
+        )
 
     zero = literal(0)
     return (
         select(
             f.c.code, f.c.name, f.c.region,
             func.coalesce(counted.c.inspections, zero),
-            func.coalesce(recs.c.open, zero),
-            func.coalesce(recs.c.overdue, zero),
-            func.coalesce(items.c.overdue, zero),
+            func.coalesce(recs.c.open, zero) + func.coalesce(fresh_recs.c.open, zero),
+            func.coalesce(recs.c.overdue, zero) + func.coalesce(fresh_recs.c.overdue, zero),
+            func.coalesce(items.c.overdue, zero) + func.coalesce(fresh_items.c.overdue, zero),
             recs.c.next_due,
             items.c.next_due,
-            func.coalesce(items.c.revisits, zero),
+            func.coalesce(items.c.revisits, zero) + func.coalesce(fresh_items.c.revisits, zero),
+            fresh_recs.c.next_due,
+            fresh_items.c.next_due,
         )
         .select_from(
             f.outerjoin(recs, recs.c.force == f.c.code)
             .outerjoin(items, items.c.force == f.c.code)
+            .outerjoin(fresh_recs, fresh_recs.c.force == f.c.code)
+            .outerjoin(fresh_items, fresh_items.c.force == f.c.code)
             .outerjoin(counted, counted.c.force == f.c.code)
         )
         .order_by(f.c.name)
@@ -268,8 +407,8 @@ async def dashboard(
         rows = (await connection.execute(dashboard_query(today, programme, phase))).all()
         programmes = list((await connection.execute(select(Inspection.programme).distinct().order_by(Inspection.programme))).scalars())
     forces = []
-    for code, name, region, inspections, open_, overdue, overdue_items, rec_next, item_next, revisits in rows:
-        candidates = [d for d in (_as_date(rec_next), _as_date(item_next)) if d is not None]
+    for code, name, region, inspections, open_, overdue, overdue_items, rec_next, item_next, revisits, *fresh in rows:
+        candidates = [d for d in map(_as_date, (rec_next, item_next, *fresh)) if d is not None]
         next_deadline = min(candidates) if candidates else None
         forces.append(
             ForceSummary(
@@ -280,6 +419,62 @@ async def dashboard(
         )
     forces.sort(key=SORT_KEYS[sort], reverse=descending)
     return Dashboard(today, forces, programmes, programme, phase, sort, descending)
+
+
+# ---------------------------------------------------------------- the dashboard's today
+
+SCALE_QUERY_TIMEOUT_SECONDS = 2.0
+"""How long the dashboard waits for a follow-up to tell its time scale before it reads the wall clock."""
+
+SCALE_RETRY_SECONDS = 60.0
+"""After a follow-up did not answer, the wall clock is used for this long before it is asked again."""
+
+_time_scales: dict[str, TimeScale] = {}
+"""Inspection ID -> the time scale its follow-up runs on (fixed for the life of the follow-up)."""
+_unanswered: dict[str, float] = {}
+"""Inspection ID -> when (time.monotonic) its follow-up last failed to answer."""
+
+
+async def follow_up_time_scale(sessions, client_for) -> TimeScale:
+    """The time scale of the newest follow-up not closed, from its workflow's live view (one Query,
+    once per follow-up); real time (the identity) when there is none, when its report was recorded
+    without a workflow, or while Temporal does not answer.
+
+    Under `NCPI_TIME_SCALE` (and `ncpi dev`, `--anchor-now`) a follow-up's calendar runs on its own
+    mapping from the clock, known only to its workflow; at real time every follow-up's is the identity."""
+    async with sessions() as session:
+        newest = (await session.execute(
+            select(Inspection.id, Inspection.workflow_id).where(Inspection.phase != InspectionPhase.CLOSED.value)
+            .order_by(Inspection.published_on.desc(), Inspection.id.desc()).limit(1)
+        )).first()
+    if newest is None or newest.workflow_id is None:
+        return TimeScale()
+    inspection_id = newest.id
+    if inspection_id in _time_scales:
+        return _time_scales[inspection_id]
+    failed = _unanswered.get(inspection_id)
+    if failed is not None and time.monotonic() - failed < SCALE_RETRY_SECONDS:
+        return TimeScale()
+    async def ask():
+        client = await client_for()
+        return await client.get_workflow_handle(inspection_workflow_id(inspection_id)).query("state", result_type=InspectionView)
+
+    try:
+        view = await asyncio.wait_for(ask(), SCALE_QUERY_TIMEOUT_SECONDS)  # connecting included
+    except Exception:  # Temporal away, no worker, the workflow gone: the wall clock, for a while
+        _unanswered[inspection_id] = time.monotonic()
+        return TimeScale()
+    scale = getattr(view, "time_scale", None) or TimeScale()
+    _time_scales[inspection_id] = scale
+    _unanswered.pop(inspection_id, None)
+    return scale
+
+
+async def calendar_today(sessions, client_for, now: datetime) -> date:
+    """The policy calendar's today (Europe/London) at the product's clock instant `now`, through the
+    follow-ups' time scale: what "overdue" and "within 30 days" on the dashboard count from."""
+    scale = await follow_up_time_scale(sessions, client_for)
+    return local_date(scale.to_calendar(now))
 
 
 # ---------------------------------------------------------------- a force

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -42,6 +43,43 @@ def _abort_if_unreachable(exc: Exception) -> None:
     """Temporal down: stop the pass (one failure recorded, not one per workflow); the next pass retries."""
     if isinstance(exc, RPCError) and exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
         raise exc
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """The database connection broke (a restarted server, a dropped socket), as opposed to a refusal
+    of what was asked: worth a fresh connection."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (InterfaceError, OperationalError, ConnectionError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+async def _fresh_connections(sessions: Sessions) -> None:
+    """Drop every pooled connection: after the database restarted, each of them is dead."""
+    bind = sessions.kw.get("bind")
+    if bind is not None:
+        await bind.dispose()
+
+
+async def _database_ready(sessions: Sessions) -> None:
+    """One `SELECT 1` before the pass (every few minutes, so cheap): a pool left stale by a database
+    restart is replaced here, not found out by the pass's first query."""
+    try:
+        async with sessions() as session:
+            await session.execute(select(1))
+        return
+    except (SQLAlchemyError, OSError) as exc:
+        if not _lost_connection(exc):
+            raise
+        log.warning("reconciler: the database connection was lost (%s): connecting again", " ".join(str(exc).split())[:200])
+    await _fresh_connections(sessions)
+    async with sessions() as session:
+        await session.execute(select(1))
 
 
 def _words(value: Any) -> str:
@@ -372,7 +410,23 @@ async def reconcile(sessions: Sessions, client: Client, settings: Settings) -> l
     cycle, next action) has the projection row repaired from its "state" query. A running workflow
     whose workflow task has been tried NCPI_STUCK_TASK_ATTEMPTS times is left alone and recorded
     as stuck, with the last failure from its history (`stuck_workflows`). Every notification
-    pending past NCPI_OUTBOX_PENDING_MINUTES that nobody is delivering is delivered again."""
+    pending past NCPI_OUTBOX_PENDING_MINUTES that nobody is delivering is delivered again.
+
+    The database may have restarted since the last pass: the pool is checked first, and a pass cut
+    short by a lost connection is run once more on fresh connections (every repair is idempotent)."""
+    await _database_ready(sessions)
+    try:
+        return await _one_pass(sessions, client, settings)
+    except (SQLAlchemyError, OSError) as exc:
+        if not _lost_connection(exc):
+            raise
+        log.warning("reconciler: the database connection was lost during the pass (%s): running it again",
+                    " ".join(str(exc).split())[:200])
+    await _fresh_connections(sessions)
+    return await _one_pass(sessions, client, settings)
+
+
+async def _one_pass(sessions: Sessions, client: Client, settings: Settings) -> list[str]:
     run = _Pass(sessions, client, settings)
     await run.inspections()
     await run.recommendations()

@@ -45,8 +45,11 @@ def record_activities(sessions, settings: Settings) -> RecordActivities:
 
 
 def delivery_activities(sessions, mailer: Mailer, settings: Settings) -> DeliveryActivities:
+    from ncpi_workflow.access_links import LinkSettings
+
     return DeliveryActivities(
-        sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir)
+        sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir,
+                                           links=LinkSettings.from_settings(settings))
     )
 
 

@@ -75,8 +75,11 @@ def create_app(
         absolute_seconds=ABSOLUTE_SESSION_SECONDS,
         secure_always=settings.web_secure_cookies,
         clock=clock,
-        skip_prefixes=("/govuk/", "/assets/", "/static/", "/healthz"),
+        skip_prefixes=("/govuk/", "/assets/", "/static/", "/healthz", "/portal"),  # the portal: no session, the link is the credential
     )
+    from ncpi_workflow.web.routes.portal import PortalHeaders
+
+    app.add_middleware(PortalHeaders)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired):
@@ -128,8 +131,11 @@ def create_app(
         return render(request, "error.html", 503, title="The service is not available",
                       message=message[:1].upper() + message[1:])
 
-    from ncpi_workflow.web.routes import account, dashboard, forces, inspections, outbox, publish, recommendations, staff
+    from ncpi_workflow.web.routes import account, dashboard, forces, inspections, outbox, portal, publish, recommendations, staff
 
-    for module in (account, dashboard, forces, inspections, recommendations, outbox, publish, staff):
+    for module in (account, dashboard, forces, inspections, recommendations, outbox, publish, staff, portal):
         app.include_router(module.router)
+    from ncpi_workflow.web.routes import inbox  # replies by email that were not recorded (ncpi_workflow/inbound/)
+
+    app.include_router(inbox.router)
     return app

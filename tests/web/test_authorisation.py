@@ -78,6 +78,8 @@ PAGES = [
     ("/outbox", "read"),
     ("/outbox?status=failed&kind=reminder&force=CUM", "read"),
     ("/evidence/{evidence}", "read"),
+    ("/inbox", "read"),
+    ("/inbox?show=all", "read"),
     ("/publish", "admin-read"),
     ("/users", "admin-read"),
 ]

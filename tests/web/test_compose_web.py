@@ -27,8 +27,9 @@ def test_web_service(tmp_path, monkeypatch):
     model = resolved(tmp_path)
     web, worker = model["services"]["web"], model["services"]["worker"]
     assert web["command"] == ["web"] and web["image"] == worker["image"]
-    assert {k: v for k, v in web["environment"].items() if not k.startswith(("NCPI_WEB_", "NCPI_PUBLIC_URL", "NCPI_SECRET_KEY"))} \
-        == worker["environment"], "the web service shares the workers' settings"
+    assert {k: v for k, v in web["environment"].items() if not k.startswith("NCPI_WEB_")} \
+        == worker["environment"], "the web service shares the workers' settings (with the public address and the key)"
+    assert worker["environment"]["NCPI_PUBLIC_URL"] == "http://127.0.0.1:8000" and "NCPI_SECRET_KEY" in worker["environment"]
     assert web["environment"]["NCPI_WEB_HOST"] == "0.0.0.0" and web["environment"]["NCPI_WEB_PORT"] == "8000"
     assert any(p["target"] == 8000 and p["host_ip"] == "127.0.0.1" for p in web["ports"])
     assert "/healthz" in " ".join(web["healthcheck"]["test"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
@@ -11,6 +12,7 @@ from ncpi_workflow.errors import UserError
 from ncpi_workflow.views import words
 from ncpi_workflow.web.auth import Principal, services, signed_in
 from ncpi_workflow.web.rendering import render
+from ncpi_workflow.web.services import london_today
 
 router = APIRouter()
 
@@ -36,9 +38,15 @@ async def all_forces(
     svc = services(request)
     programme = programme or None
     phase = phase or None
+    if svc.today is london_today:
+        # The product's clock (the app's), through the follow-ups' time scale: the calendar's today.
+        now = datetime.fromtimestamp(svc.clock(), timezone.utc)
+        today = await read_models.calendar_today(svc.sessions, svc.client, now)
+    else:
+        today = svc.today()  # fixed by the app's maker (tests, demonstrations)
     try:
         board = await read_models.dashboard(
-            svc.sessions, today=svc.today(), programme=programme, phase=phase, sort=sort, descending=order == "desc"
+            svc.sessions, today=today, programme=programme, phase=phase, sort=sort, descending=order == "desc"
         )
     except UserError as exc:
         return render(request, "error.html", 400, title="This page cannot be shown", message=str(exc))

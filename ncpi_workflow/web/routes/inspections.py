@@ -55,6 +55,9 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
     open_items = [d["key"] for d in deadlines if d["key"] in ITEM_NAMES and d["met_at"] is None]
     movable = [d["key"] for d in deadlines if d["met_at"] is None and (d["key"] in ITEM_NAMES or d["key"] == "revisit_by")]
     context = refusal.context() if refusal else {}
+    from ncpi_workflow.app import force_portal
+
+    context["links"] = await force_portal.links_for(svc.sessions, inspection_id)  # the force's links, each revocable
     return render(
         request, "inspection.html", status_code, title=f"{page.force.name}: inspection published {page.inspection.published_on:%-d %B %Y}",
         page=page, deadlines=deadlines, history=history, phase=phase, cycle=cycle, revisit=revisit,

@@ -65,8 +65,11 @@ async def _page(request: Request, rec_id: str, status_code: int = 200, refusal: 
         if short not in deadline_keys:
             deadline_keys.append(short)
     context = refusal.context() if refusal else {}
+    from ncpi_workflow.app import force_portal
+
+    links = await force_portal.links_for(svc.sessions, rec_id)  # the force's links, each revocable
     return render(
-        request, "recommendation.html", status_code, title=f"Recommendation {rec.ref}: {page.force.name}",
+        request, "recommendation.html", status_code, title=f"Recommendation {rec.ref}: {page.force.name}", links=links,
         page=page, state=state, deadlines=deadlines, history=history, live=view is not None, unavailable=unavailable,
         forms=forms, outcomes=OUTCOMES, outcome_hints=OUTCOME_HINTS, deadline_keys=deadline_keys or ["recommendation"],
         register_statuses=[str(s) for s in SETTABLE_REGISTER_STATUSES], **context,
