@@ -18,15 +18,23 @@ a permanent refusal is recorded as failed with the server's answer and the inspe
   on a connection of its own (no pool to queue in). If the database cannot take it, the attempt
   keeps trying for `mark_sent_patience` and then fails; its retry finds the outcome in the
   heartbeat details and records it, sending nothing again.
+- **One message at risk per connection.** The attempt keeps its turn on the worker's SMTP
+  connection (`Mailer.turn`) from the send until the row is marked sent (or the refusal recorded):
+  the connection carries no other message while one is accepted and not yet durable.
+- **Heartbeats.** Under the workflow's heartbeat timeout (20 s; none in histories from before it),
+  the attempt heartbeats every 5 s while it waits for the connection, sends and records, with the
+  outcome as its details once it has one: a killed worker's deliveries are retried after the
+  heartbeat timeout, not the 2-minute start-to-close timeout.
 - **Relay faults hold.** A relay-wide failure (`RelayFault`: login refused, TLS, unreachable) is
   never a failure of the message: the row stays pending with the reason as its last error, the
   activity fails retryably (one line, no traceback), and the relay's state is recorded in
   `relay_status` for `ncpi health`.
 
 The one window no design closes: the server accepts the message and the worker dies before the
-outcome reaches Temporal (the heartbeat is sent at once, so that is the time of one round trip).
+outcome is durable (the mark-sent commit; with the database away, the heartbeat reaching Temporal).
 The retried activity then sends again, byte for byte the same, with the same Message-ID (derived
-from the notification's idempotency key), so the repeat is recognisable as the same message.
+from the notification's idempotency key), so the repeat is recognisable as the same message: at
+most one per open SMTP connection per crash, the message in flight on it.
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.pool import NullPool
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -188,15 +195,22 @@ async def _unless_started(sent: asyncio.Future):
         return sent.result()
 
 
+MARK_POOL_SIZE = 2
+"""Connections of the pool that marks messages sent (and records the relay's state): the SMTP
+connection carries one message at a time until it is marked, so one mark is in progress at a time."""
+
+
 def _mark_engine_sessions(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
-    """A session factory on the same database without a pool: marking a message sent opens its own
-    connection, so it never waits for one behind the worker's other activities."""
+    """A session factory on the same database with a small pool of its own: marking a message sent
+    never waits for a connection behind the worker's other activities, and, kept open, the
+    connection costs no connect per message (the mark holds the SMTP connection). A connection left
+    dead by a database restart fails one try of `_mark_sent`, which invalidates the pool and retries."""
     from ncpi_workflow import db
 
     bind = sessions.kw.get("bind")
     if bind is None or bind.url.get_backend_name() == "sqlite":
-        return sessions  # SQLite has one writer whatever the pool: a connection per mark only adds churn
-    engine = db.create_engine(bind.url.render_as_string(hide_password=False), poolclass=NullPool)
+        return sessions  # SQLite has one writer whatever the pool: a pool of its own only adds churn
+    engine = db.create_engine(bind.url.render_as_string(hide_password=False), pool_size=MARK_POOL_SIZE, max_overflow=2)
     return db.session_factory(engine)
 
 

@@ -538,6 +538,12 @@ def withdraw(
 
 register_app = typer.Typer(help="The public register: the inspectorate's dated status of each recommendation.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
+from ncpi_workflow.cli_register import register_export  # noqa: E402  (the public register's export)
+
+register_app.command("export")(register_export)
+from ncpi_workflow.metrics import metrics_command  # noqa: E402  (the figures, from the register alone)
+
+app.command("metrics")(metrics_command)
 
 
 @register_app.command("set")
@@ -591,18 +597,43 @@ def deliver(
     item: str = typer.Argument(..., help="action_plan, pcc_response or immediate_update."),
     by: str = typer.Option(..., "--by", help="Who records its receipt."),
     note: str = typer.Option("", "--note", help="A note, e.g. how it arrived."),
+    document: Optional[Path] = typer.Option(
+        None, "--document", help="The document received: checked like a portal upload, kept by its SHA-256."
+    ),
+    url: Optional[str] = typer.Option(None, "--url", help="Or the web address it is published at."),
 ) -> None:
-    """Record that the force (or PCC) delivered a report-level item: its deadline is met and its reminders stop."""
-    from ncpi_workflow.app.inspector_actions import record_delivery
+    """Record that the force (or PCC) delivered a report-level item: its deadline is met and its reminders stop.
+    With --document, the file is checked (type by content, size, name, the scan) before anything is
+    kept, then kept in the evidence store; with --url, its address is recorded."""
+    from ncpi_workflow.app.force_responses import check_evidence_file
+    from ncpi_workflow.app.inspector_actions import record_delivery_received
+    from ncpi_workflow.lifecycle import printable
     from ncpi_workflow.views import when, words
 
     insp = _inspection(inspection_id)
     _word_arg(item, "ITEM")
     _name_arg(by)
     _text_arg(note, "--note", required=False)
-    view = _call(record_delivery, insp, item, by, note)
+    if document is not None and url is not None:
+        raise UserError("give --document or --url, not both")
+    if url is not None:
+        _word_arg(url, "--url")
+    checked = None
+    if document is not None:
+        # The file's own checks need no Temporal: a bad document is refused first, and nothing is kept.
+        try:
+            checked = check_evidence_file(_settings(), document)
+        except UserError as exc:
+            raise UserError(f"--document: {exc}") from None
+    try:
+        view = _call(record_delivery_received, insp, item, by, note, document=checked, url=url)
+    finally:
+        if checked is not None:
+            checked.discard()
     met = next(d for d in view.state.deadlines if d.key == item)
-    typer.echo(f"{insp}: {words(item)} received {when(met.met_at)} (was due {met.due.isoformat()})")
+    what = f", document {printable(checked.filename)} (sha256 {checked.sha256[:12]})" if checked is not None else (
+        f", at {url.strip()}" if url else "")
+    typer.echo(f"{insp}: {words(item)} received {when(met.met_at)} (was due {met.due.isoformat()}){what}")
 
 
 @app.command()

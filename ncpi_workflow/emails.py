@@ -66,7 +66,8 @@ class EmailContext:
 
     kind: str
     """published, reminder, due_today, overdue, escalation, evidence_request, revisit_notice,
-    revisit_opened, decision, further_follow_up, reopened, revisit_outcome, delivery_failed, digest."""
+    revisit_opened, decision, further_follow_up, reopened, revisit_outcome, delivery_failed, digest,
+    portal_link, reply_acknowledgement."""
     subject: str
     force_code: str
     force_name: str
@@ -319,7 +320,8 @@ def _tidy_html(html: str) -> str:
 
 
 def render_email(ctx: EmailContext, templates_dir: Path | None = None) -> RenderedEmail:
-    """Subject, plain-text part and HTML part for one notification.
+    """Subject, plain-text part and HTML part for one notification. The subject ends with the
+    email's reference (`subject_with_reference`, `reference_of`).
 
     `templates_dir` (an override folder) is searched first, then the packaged templates, file by
     file: an override folder may hold just `reminder.txt.j2`, or just `_base.html.j2`.

@@ -179,7 +179,8 @@ class Mailer:
     """Sends messages over one SMTP connection, opened on demand and kept for the next message.
 
     Concurrent senders share it in turn (a lock): a morning with hundreds of reminders is one
-    connection, not hundreds. An idle connection is closed after `idle_seconds`. One Mailer per
+    connection, not hundreds. A sender may hold its turn past the relay's answer (`turn`) until it
+    has recorded the outcome, so that at most its one message is accepted and not yet recorded. An idle connection is closed after `idle_seconds`. One Mailer per
     worker process: it holds the relay's state for the whole process (see the module's doc).
     """
 

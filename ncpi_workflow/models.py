@@ -178,6 +178,18 @@ class Recommendation(Base):
     """Projected with `clock_due`: its inspection's force (NULL until the first refresh)."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     inspection: Mapped[Inspection] = relationship(back_populates="recommendations")
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_text("false"))
+    """From the report file: never on the public register (ncpi_workflow/register.py)."""
+
+
+class RecommendationTheme(Base):
+    """A theme (config/themes.yaml) a recommendation carries, from the report file: the register's filter."""
+
+    __tablename__ = "recommendation_themes"
+    __table_args__ = (UniqueConstraint("recommendation_id", "theme"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    theme: Mapped[str] = mapped_column(String(40), index=True)
 
 
 class Deadline(Base):

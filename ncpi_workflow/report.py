@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from functools import lru_cache
+
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -27,11 +29,44 @@ from pydantic import (
     model_validator,
 )
 
+from ncpi_workflow import CONFIG_DIR
 from ncpi_workflow.clocks import Timeframe
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.yamlsafe import line_for, load_located
 
 FORMAT_VERSION = 1
+
+THEMES_FILE = CONFIG_DIR / "themes.yaml"
+
+
+class _Theme(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str = Field(pattern=r"^[a-z]+(-[a-z]+)*$", max_length=40)
+    label: str = Field(min_length=1, max_length=120)
+
+
+class _ThemesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    themes: list[_Theme] = Field(min_length=1, max_length=200)
+
+
+@lru_cache(maxsize=4)
+def load_themes(path: Path = THEMES_FILE) -> dict[str, str]:
+    """The controlled list of themes (config/themes.yaml), code -> label; a UserError names the file,
+    line and field at fault."""
+    data, lines = load_located(Path(path), max_bytes=256 * 1024)
+    try:
+        parsed = _ThemesFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        raise UserError(f"{path}:{line_for(lines, loc)}: {_format_loc(loc)}: {err['msg']}") from None
+    themes: dict[str, str] = {}
+    for i, theme in enumerate(parsed.themes):
+        if theme.code in themes:
+            raise UserError(f"{path}:{line_for(lines, ('themes', i, 'code'))}: themes[{i}].code: duplicate theme {theme.code!r}")
+        themes[theme.code] = theme.label
+    return themes
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
 
@@ -77,6 +112,27 @@ class Recommendation(_Strict):
     illustrative: bool = Field(
         default=False, description="True when the text is not the report's own (written for demonstration)."
     )
+    themes: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Theme codes from config/themes.yaml (the public register's themes), e.g. [custody, welfare].",
+    )
+    restricted: bool = Field(
+        default=False, description="True when the recommendation must not appear on the public register."
+    )
+
+    @field_validator("themes")
+    @classmethod
+    def _known_themes(cls, codes: list[str], info: ValidationInfo) -> list[str]:
+        known = (info.context or {}).get("themes")
+        if known is None:
+            known = load_themes(THEMES_FILE)
+        for code in codes:
+            if code not in known:
+                raise ValueError(f"unknown theme {code!r}; config/themes.yaml lists: {', '.join(known)}")
+        if len(set(codes)) != len(codes):
+            raise ValueError("a theme is given twice")
+        return codes
 
 
 class Report(_Strict):
@@ -235,6 +291,9 @@ def load_report(file: Path, *, known_forces: set[str] | None, max_bytes: int) ->
 
 def report_json_schema() -> dict[str, Any]:
     schema = Report.model_json_schema()
+    themes = schema["$defs"]["Recommendation"]["properties"]["themes"]
+    themes["items"] = {"type": "string", "enum": list(load_themes(THEMES_FILE))}
+    themes["uniqueItems"] = True
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://ncpi-followup.example/schema/report-v1.json"
     return schema

@@ -30,6 +30,7 @@ from ncpi_workflow.models import (
     Force,
     Inspection,
     Recommendation,
+    RecommendationTheme,
     utcnow,
 )
 from ncpi_workflow.report import LoadedReport
@@ -146,9 +147,13 @@ async def insert_report(
                 timeframe=rec.timeframe.value,
                 finding_id=findings[rec.answers].id if rec.answers else None,
                 illustrative=rec.illustrative or report.illustrative,
+                restricted=rec.restricted,
             )
         )
     await session.flush()
+    for rec in report.recommendations:  # the public register's themes (config/themes.yaml)
+        for theme in rec.themes:
+            session.add(RecommendationTheme(recommendation_id=recommendation_id(inspection_id, rec.ref), theme=theme))
     for deadline in timeline.deadlines:
         session.add(
             Deadline(

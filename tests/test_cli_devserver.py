@@ -521,6 +521,57 @@ async def test_progress_evidence_deliveries_and_deadline_revisions(cli):
     assert line.startswith("  scan\\x1b[2J\\nof the plan.pdf (99 bytes, sha256 "), line
 
 
+async def test_deliver_with_the_document_or_its_address(cli):
+    """`ncpi deliver --document FILE` checks the file as the portal checks an upload and keeps it by
+    SHA-256; `--url` records the address; a bad document is refused with one line and nothing kept."""
+    h = cli.h
+    insp = await cli.publish("SWA", [("R1", "within_three_months")])
+    watched = [insp, f"{insp}-R1"]
+    exe = cli.tmp_path / "plan.pdf"
+    exe.write_bytes(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 200 + b"This program cannot be run in DOS mode")
+    plan = cli.tmp_path / "action-plan.pdf"
+    content = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    plan.write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    deliver = ("deliver", insp, "action_plan", "--by", "hmi.office")
+    await refused(cli, [
+        ((*deliver, "--document", exe),
+         "--document: plan.pdf: the name says a PDF document but the content is a Windows program (EXE); send PDF, "
+         "Word (DOCX), Excel (XLSX), OpenDocument (ODT, ODS), PNG, JPEG, GIF, plain text or CSV"),
+        ((*deliver, "--document", cli.tmp_path / "absent.pdf"), f"--document: {cli.tmp_path / 'absent.pdf'}: no such file"),
+        ((*deliver, "--document", plan, "--url", "https://www.swa.example/plan"), "give --document or --url, not both"),
+        ((*deliver, "--url", "ftp://plan"), "enter the document's address as a web address starting https://, for example "
+                                           "https://www.example.police.uk/action-plan"),
+        (("deliver", insp, "mission_statement", "--by", "hmi.office", "--document", plan),
+         "unknown item 'mission_statement'; use one of: immediate_update, action_plan, pcc_response"),
+    ], watched)
+    assert not h.settings.evidence_dir.exists() or not [p for p in h.settings.evidence_dir.rglob("*") if p.is_file()]
+
+    out = await cli.ok(*deliver, "--document", plan, "--note", "sent by post")
+    assert out.startswith(f"{insp}: action plan received ") and out.endswith(f", document action-plan.pdf (sha256 {sha[:12]})\n")
+    stored = h.settings.evidence_dir / sha[:2] / sha
+    assert stored.read_bytes() == content
+    [audit] = await rows(h, AuditEvent, AuditEvent.action == "action_plan.received")
+    assert (audit.actor, audit.detail["filename"], audit.detail["sha256"], audit.detail["note"]) == (
+        "hmi.office", "action-plan.pdf", sha, "sent by post")
+    url = "https://www.swa-pcc.example/ncpi-response"
+    out = await cli.ok("deliver", insp, "pcc_response", "--by", "hmi.office", "--url", url)
+    assert out.startswith(f"{insp}: pcc response received "), out
+    assert out.endswith(f", at {url}\n")
+    [pcc_audit] = await rows(h, AuditEvent, AuditEvent.action == "pcc_response.received")
+    assert pcc_audit.detail["url"] == url and "sha256" not in pcc_audit.detail
+    met = {d.key: d.met_at for d in (await view(h, insp)).state.deadlines}
+    assert met["action_plan"] is not None and met["pcc_response"] is not None
+    history = [e.detail for e in (await view(h, insp)).state.history if e.event.endswith("received")]
+    assert history == ["sent by post; action-plan.pdf", url]
+
+    # A second document for an item already received is refused before it is kept.
+    second = cli.tmp_path / "action-plan-v2.pdf"
+    second.write_bytes(content + b"%v2\n")
+    await refused(cli, [((*deliver, "--document", second), f"the action plan was already received on {today()}")], watched)
+    assert [p.name for p in h.settings.evidence_dir.rglob("*") if p.is_file()] == [sha]
+
+
 # ---------------------------------------------------------------- the inspectorate's side: revisit, decisions, re-opening
 
 

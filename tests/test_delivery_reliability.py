@@ -522,3 +522,35 @@ async def test_a_new_delivery_has_a_heartbeat_timeout_behind_its_patch(dev_serve
     assert scheduled.heartbeat_timeout.ToTimedelta() == DELIVERY_HEARTBEAT_TIMEOUT
     markers = [e.marker_recorded_event_attributes for e in events if e.HasField("marker_recorded_event_attributes")]
     assert any(DELIVERY_HEARTBEAT_PATCH in str(m) for m in markers)  # the patch's marker (old histories have none)
+
+
+async def test_postgresql_restarted_between_deliveries_sends_nothing_twice(postgres_cluster, tmp_path):
+    """A real crash and restart (`pg_ctl stop -m immediate`) between two deliveries of one worker:
+    its pooled connections (the main pool's and the pool that marks sent) are dead. The next
+    attempt is held while the pool finds out, then delivers; every message goes once."""
+    from ncpi_workflow import db
+    from tests.conftest import _create_pg_database
+    from tests.test_jobs import _restart_postgres
+
+    url = await _create_pg_database(postgres_cluster)
+    await db.upgrade(url)
+    async with db.open_database(url) as sessions:
+        await _cumbria_records(sessions)
+        ids = [await _notify(sessions, f"r2/c1/reminder/restart/{i}", "reminder", REMINDER) for i in range(2)]
+        with _capture() as (port, smtp):
+            mailer = mailer_for(port)
+            activities = delivery(sessions, mailer)
+            assert await activities.deliver_notification(ids[0]) == "sent"
+            await asyncio.to_thread(_restart_postgres, postgres_cluster)
+            outcomes = []
+            for _ in range(5):  # Temporal's retries, at once
+                try:
+                    outcomes.append(await activities.deliver_notification(ids[1]))
+                    break
+                except ApplicationError as exc:
+                    assert exc.type == HELD, exc
+                    outcomes.append("held")
+            await mailer.close()
+        assert outcomes[-1] == "sent", outcomes
+        assert sorted(m.message["X-NCPI-Reference"] for m in smtp.messages) == [f"r2/c1/reminder/restart/{i}" for i in range(2)]
+        assert [(await row(sessions, i)).status for i in ids] == ["sent", "sent"]

@@ -63,6 +63,13 @@ def with_long_words(ctx: EmailContext) -> EmailContext:
         failed["subject"] = longer(failed["subject"])
         failed["error"] = longer(failed["error"])
         failed["to"] = [f"{LONG_WORD}@cumbria.police.example", *failed["to"]]
+    if ctx.acknowledgement is not None:  # what a force's reply carried: its subject, its files' names
+        ack = ctx.acknowledgement
+        ack["original_subject"] = longer(ack["original_subject"])
+        for a in [*ack["recorded"], *ack["refused"]]:
+            a["filename"] = f"{LONG_WORD}.pdf"
+        for a in ack["refused"]:
+            a["reason"] = longer(a["reason"])
     for items in ctx.digest.values():
         items[:] = [dataclasses.replace(i, what=longer(i.what), inspection_id=f"{i.inspection_id}{LONG_WORD}")
                     for i in items]

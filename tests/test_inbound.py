@@ -130,6 +130,18 @@ def test_references_in_a_subject():
     assert references("RE: PR2 and R12b") == (set(), set())
 
 
+def test_the_subject_reference_tag_is_read_back():
+    from ncpi_workflow.inbound.parsing import subject_reference
+
+    assert subject_reference("RE: [EXTERNAL] Re: Due today: Recommendation R2 [CUM-2017-01-26-R2]") == (
+        "CUM-2017-01-26", "CUM-2017-01-26-R2")
+    assert subject_reference("Re: Reminder: Force action plan due Thursday 9 March 2017 [CUM-2017-01-26]") == (
+        "CUM-2017-01-26", None)
+    assert subject_reference("Fw: [LAN-2017-01-26-R1] then [CUM-2017-01-26-R3]") == ("CUM-2017-01-26", "CUM-2017-01-26-R3")
+    for untagged in ("Re: CUM-2017-01-26-R2 update", "Re: [EXTERNAL] Reminder", "[cum-2017-01-26]", "[CUM-2017-01-26-R2x]", ""):
+        assert subject_reference(untagged) is None, untagged
+
+
 def test_tokens_are_removed_from_whatever_is_kept():
     kept = without_tokens(f"see https://ncpi.example/portal/{TOKEN} or write to ncpi-replies+{TOKEN}@inspectorate.example; {TOKEN}")
     assert TOKEN not in kept
@@ -348,7 +360,9 @@ async def test_automatic_and_untrusted_replies_record_nothing_and_are_triaged(ti
 
 
 async def _reminder(h):
-    found = [m.message for m in h.smtp.messages if (m.message["Subject"] or "").startswith("Reminder") and LIAISON in m.message["To"]]
+    # .strip(): Python's email package folds a 70-77 character subject onto its own continuation line
+    # ("Subject:\r\n Reminder: ..."), and its parser keeps that line's leading space.
+    found = [m.message for m in h.smtp.messages if (m.message["Subject"] or "").strip().startswith("Reminder") and LIAISON in m.message["To"]]
     return found[-1] if found else None
 
 
@@ -498,6 +512,36 @@ async def test_a_reply_about_several_recommendations_must_name_one(time_skipping
         assert len(acks) == 1 and "scans.pdf" in acks[0].message.get_body(("plain",)).get_content()
 
 
+async def test_a_reply_whose_token_was_stripped_is_triaged_with_what_its_subject_names(sessions):
+    """A mail system that drops the plus part: the subject's reference tag tells triage which
+    recommendation it is about, and still nothing is recorded (only a valid token records)."""
+    from ncpi_workflow.inbound.processing import Receiver
+    from ncpi_workflow.settings import Settings
+
+    receiver = Receiver(Settings(reply_to=REPLY_TO), sessions, None)
+    message = EmailMessage()
+    message["From"], message["To"] = LIAISON, REPLY_TO
+    message["Subject"] = "RE: [EXTERNAL] Due today: Recommendation R2 (Wednesday 26 April 2017) [CUM-2017-01-26-R2]"
+    message["Message-ID"] = make_msgid(domain="cumbria.police.example")
+    message.set_content("Implemented.\n\nThe profile is in use in every district.")
+    result = await receiver.receive(message.as_bytes(), channel="smtp")
+    assert result.outcome == "triaged"
+    assert result.reason == "no reply token in the address it was sent to; its subject names CUM-2017-01-26-R2"
+    untagged = EmailMessage()
+    untagged["From"], untagged["To"], untagged["Subject"] = LIAISON, REPLY_TO, "Re: our update"
+    untagged["Message-ID"] = make_msgid(domain="cumbria.police.example")
+    untagged.set_content("Implemented.")
+    plain = await receiver.receive(untagged.as_bytes(), channel="smtp")
+    assert plain.outcome == "triaged" and plain.reason == "no reply token in the address it was sent to"
+    async with sessions() as session:
+        rows = {r.message_id: r for r in (await session.scalars(select(InboundMessage))).all()}
+        assert await session.scalar(select(func.count()).select_from(ProgressUpdate)) == 0
+        assert await session.scalar(select(func.count()).select_from(Notification)) == 0
+    assert rows[message["Message-ID"]].recommendation_ids == ["CUM-2017-01-26-R2"]
+    assert rows[untagged["Message-ID"]].recommendation_ids == []
+    assert rows[message["Message-ID"]].outcome == "triaged"
+
+
 async def test_junk_and_odd_mail_is_triaged_once_on_both_databases(sessions, monkeypatch):
     """Bytes that are barely an email, 8-bit text in an unknown charset, a file name with a newline:
     each becomes one triaged row (nothing raised, nothing retried), the same bytes again a duplicate."""
@@ -582,8 +626,8 @@ async def test_the_action_plan_and_the_pcc_response_by_reply(time_skipping_env, 
         met = {d.key: d.met_at for d in view.state.deadlines}
         assert met["action_plan"] is not None and met["pcc_response"] is not None
         acks = await eventually(lambda: _two(_sent_acknowledgements(h)))
-        subjects = sorted(a.message["Subject"] for a in acks)
-        assert subjects == ["Received: the PCC's response (CUM-2017-01-26)", "Received: the force action plan (CUM-2017-01-26)"]
+        subjects = sorted(a.message["Subject"].strip() for a in acks)
+        assert subjects == ["Received: the PCC's response [CUM-2017-01-26]", "Received: the force action plan [CUM-2017-01-26]"]
         assert sorted(a.rcpt_tos[0] for a in acks) == [LIAISON, "pcc@cumbria.pcc.example"]
 
 

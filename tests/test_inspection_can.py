@@ -26,6 +26,7 @@ from ncpi_workflow.lifecycle import ReasonRequest, RecommendationView
 from ncpi_workflow.models import Inspection
 from tests.conftest import _create_pg_database
 from tests.lifecycle_support import harness, write_report
+from workflows.inspection import HANDLERS_BEFORE_CAN_PATCH
 from tests.test_lifecycle_timeskipping import _closed, at, decide, eventually, insp_view, revisit_and_evidence, start, update
 
 RELAY_SECONDS = 12.0
@@ -85,6 +86,12 @@ async def test_a_reopening_during_the_settling_before_continue_as_new_finishes_f
         unfinished = [w for w in caught if issubclass(w.category, UnfinishedSignalHandlersWarning)]
         assert unfinished == [], [str(w.message) for w in unfinished]
         assert view.state.cycle == 2 and view.state.phase == "following_up"
+        # The case arose: R2's handler was still running when the deliveries settled, and the closed
+        # run waited for it (its patch marker) before continuing as new.
+        first = [e async for e in h.inspection(inspection_id).fetch_history_events()][0]
+        previous = first.workflow_execution_started_event_attributes.continued_execution_run_id
+        events = [e async for e in h.client.get_workflow_handle(h.inspection(inspection_id).id, run_id=previous).fetch_history_events()]
+        assert any(e.HasField("marker_recorded_event_attributes") and HANDLERS_BEFORE_CAN_PATCH in str(e) for e in events)
 
 
 async def _next_run_with(h, inspection_id: str, closed_run: int, open_recommendations: set[str]):

@@ -38,6 +38,15 @@ EXAMPLES = example_contexts()  # one per kind
 
 def message_bytes(kind: str, drop: tuple[str, ...] = ()) -> bytes:
     ctx = EXAMPLES[kind]
+    if kind == "reply_acknowledgement":
+        # Built as the inbound path builds it: Auto-Submitted: auto-replied, In-Reply-To the reply.
+        from ncpi_workflow.inbound.acknowledgement import build
+
+        message, _ = build(Settings(mail_from=MAIL_FROM), ctx, ctx.acknowledgement, [ADDRESSES["liaison_officer"]],
+                           ctx.reference, "<reply-1@cumbria.police.example>", ctx.scheduled_for)
+        for header in drop:
+            del message[header]
+        return message.as_bytes(policy=email.policy.SMTP)
     rendered = render_email(ctx)
     message = build_message(
         mail_from=MAIL_FROM,
@@ -87,7 +96,8 @@ def test_message_has_the_headers_spamassassin_expects(kind):
     message = email.message_from_bytes(message_bytes(kind), policy=email.policy.default)
     assert parsedate_to_datetime(message["Date"]).tzinfo is not None
     assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith(">")
-    assert message["Auto-Submitted"] == "auto-generated"
+    assert message["Auto-Submitted"] == ("auto-replied" if kind == "reply_acknowledgement" else "auto-generated")
+    assert message["Subject"].endswith("]") or kind == "digest"  # the reference tag (emails.reference_of)
     assert message["From"] and message["To"] and message["Subject"]
     assert message.get_content_type() == "multipart/alternative"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]

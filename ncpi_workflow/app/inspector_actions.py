@@ -76,6 +76,52 @@ async def record_delivery(
     return await send_update(settings, client, INSPECTION, insp, "record_delivery", request)
 
 
+async def record_delivery_received(
+    settings, client, inspection_id: str, item: str, by: str, note: str = "", *, document=None, url: str | None = None,
+) -> InspectionView:
+    """Receipt of the action plan, the PCC's response or the immediate update recorded by an
+    inspector (`ncpi deliver --document/--url`, the web app's form) with the document received, as
+    the portal records a force's: `document` is an upload already checked by
+    ncpi_workflow.uploads.check_upload (a `CheckedUpload`), kept in the evidence store by SHA-256
+    only once the request is known to be acceptable (the same rules as the workflow's validator,
+    asked first), so a refused delivery stores nothing; or `url`, the address it is published at.
+    Then `record_delivery`, the Update every front end uses."""
+    from ncpi_workflow.app.temporal_calls import query_state
+    from ncpi_workflow.evidence_files import keep_file
+    from ncpi_workflow.lifecycle import check_delivery
+
+    insp = parse_inspection(inspection_id)
+    if document is not None and url:
+        raise UserError("give either the document or its web address, not both")
+    if url:
+        from ncpi_workflow.app.force_portal import check_url
+
+        url = check_url(url)  # the portal's rule for a document's address
+    request = DeliveryRequest(item=item, by=by, note=note, url=url or None,
+                              sha256=document.sha256 if document is not None else None,
+                              filename=document.filename if document is not None else None)
+    try:
+        check_delivery(request)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if document is not None:
+        # Ask first, so that a delivery the workflow would refuse leaves nothing in the store (the
+        # validator's own words; it judges again when the Update arrives).
+        from ncpi_workflow.formatting import local_date
+
+        if item not in DELIVERABLE_ITEMS:
+            raise UserError(f"unknown item {item!r}; use one of: immediate_update, action_plan, pcc_response")
+        current = await query_state(settings, client, INSPECTION, insp)
+        deadline = next((d for d in current.state.deadlines if d.key == item), None)
+        if deadline is None:
+            raise UserError(f"this report has no {item} deadline")
+        if deadline.met_at is not None:
+            raise UserError(f"the {item.replace('_', ' ')} was already received on {local_date(deadline.met_at):%Y-%m-%d}")
+        keep_file(document.path, settings.evidence_dir, settings.evidence_max_bytes)
+    return await record_delivery(settings, client, insp, item, by, note,
+                                 sha256=request.sha256, filename=request.filename, url=request.url)
+
+
 @dataclass(frozen=True)
 class DeadlineMoved:
     business_id: str

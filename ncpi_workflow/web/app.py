@@ -75,7 +75,8 @@ def create_app(
         absolute_seconds=ABSOLUTE_SESSION_SECONDS,
         secure_always=settings.web_secure_cookies,
         clock=clock,
-        skip_prefixes=("/govuk/", "/assets/", "/static/", "/healthz", "/portal"),  # the portal: no session, the link is the credential
+        # The portal: no session, the link is the credential; the public register: no session, no cookie.
+        skip_prefixes=("/govuk/", "/assets/", "/static/", "/healthz", "/portal", "/register"),
     )
     from ncpi_workflow.web.routes.portal import PortalHeaders
 
@@ -138,4 +139,10 @@ def create_app(
     from ncpi_workflow.web.routes import inbox  # replies by email that were not recorded (ncpi_workflow/inbound/)
 
     app.include_router(inbox.router)
+    from ncpi_workflow.web.routes import register  # the public register: no sign-in (ncpi_workflow/register.py)
+
+    app.include_router(register.router)
+    from ncpi_workflow.web.routes import metrics  # the figures and their pictures (ncpi_workflow/metrics.py)
+
+    app.include_router(metrics.router)
     return app

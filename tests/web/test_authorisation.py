@@ -82,6 +82,15 @@ PAGES = [
     ("/inbox?show=all", "read"),
     ("/publish", "admin-read"),
     ("/users", "admin-read"),
+    ("/metrics", "read"),  # the figures (ncpi_workflow/web/routes/metrics.py): viewers may read
+    ("/metrics?from=2017-01-01&to=2030-12-31&force=CUM&theme=custody", "read"),
+    # The public register: everyone, signed in or not (ncpi_workflow/web/routes/register.py).
+    ("/register", "public"),
+    ("/register?force=CUM&status=awaiting+review&theme=custody", "public"),
+    ("/register/{rec}", "public"),
+    ("/register/themes", "public"),
+    ("/register/register.json", "public"),
+    ("/register/register.csv", "public"),
 ]
 
 ACTIONS = [
@@ -118,6 +127,10 @@ def expect_sign_in(response, path: str | None = None) -> None:
 async def test_pages(world, visitor, route, kind):
     path = route.format(**world["ids"])
     response = await world["visitors"][visitor].get(path)
+    if kind == "public":
+        assert response.status_code == 200, response.text[:400]
+        assert "Sign out" not in response.text and "/sign-in" not in response.headers.get("location", "")
+        return
     if visitor in ("anonymous", "disabled"):
         expect_sign_in(response, path)
     elif visitor in ALLOWED[kind]:

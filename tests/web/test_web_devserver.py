@@ -53,6 +53,45 @@ async def test_publish_revisit_decide_and_refuse_from_the_web(dev_server_env, tm
             assert "Live follow-up state is not available" not in page.text
             assert "Open the revisit now" in page.text and "Force action plan" in page.text
 
+            # Record receipt of the action plan with its document: a program named .pdf is refused with
+            # a GOV.UK error summary at the file field and nothing kept; the real PDF is checked, kept by
+            # SHA-256 and recorded; the PCC's response by its web address.
+            inspection_page = f"/inspections/{inspection_id}"
+            assert 'id="delivery-document"' in page.text and 'enctype="multipart/form-data"' in page.text
+            exe = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 200 + b"This program cannot be run in DOS mode"
+            refused = await inspector.post(f"{inspection_page}/deliveries", {"item": "action_plan", "note": "by post"},
+                                           files={"document": ("plan.pdf", exe, "application/pdf")}, from_page=inspection_page)
+            assert refused.status_code == 400
+            assert error_summary(refused.text) == [("#delivery-document", "plan.pdf: the name says a PDF document but the content "
+                                                    "is a Windows program (EXE); send PDF, Word (DOCX), Excel (XLSX), OpenDocument "
+                                                    "(ODT, ODS), PNG, JPEG, GIF, plain text or CSV")]
+            assert 'value="by post"' in refused.text  # the form keeps what was typed
+            both = await inspector.post(f"{inspection_page}/deliveries", {"item": "action_plan", "url": "https://x.example/p"},
+                                        files={"document": ("plan.pdf", b"%PDF-1.4 plan", "application/pdf")}, from_page=inspection_page)
+            assert both.status_code == 400 and error_summary(both.text) == [("#delivery-url", "Give the document or its web address, not both")]
+            store = settings.evidence_dir
+            assert not store.exists() or not [p for p in store.rglob("*") if p.is_file()]
+            assert not [a for a in await rows(h, AuditEvent) if a.action == "action_plan.received"]
+            plan = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+            sha = __import__("hashlib").sha256(plan).hexdigest()
+            response = await inspector.post(f"{inspection_page}/deliveries", {"item": "action_plan", "note": "by post"},
+                                            files={"document": ("action plan.pdf", plan, "application/pdf")}, from_page=inspection_page)
+            assert response.status_code == 303, response.text[:2000]
+            assert "Force action plan: receipt recorded with action plan.pdf; its reminders stop." in (
+                await inspector.get(response.headers["location"])).text
+            assert (store / sha[:2] / sha).read_bytes() == plan
+            [received] = [a for a in await rows(h, AuditEvent) if a.action == "action_plan.received"]
+            assert (received.actor, received.detail["sha256"], received.detail["filename"]) == (inspector_email, sha, "action plan.pdf")
+            response = await inspector.post(f"{inspection_page}/deliveries",
+                                            {"item": "pcc_response", "url": "https://www.glo-pcc.example/response"}, from_page=inspection_page)
+            assert response.status_code == 303, response.text[:2000]
+            [pcc] = [a for a in await rows(h, AuditEvent) if a.action == "pcc_response.received"]
+            assert pcc.detail["url"] == "https://www.glo-pcc.example/response"
+            again = await inspector.post(f"{inspection_page}/deliveries", {"item": "action_plan"},
+                                         files={"document": ("v2.pdf", plan + b"%v2", "application/pdf")}, from_page=inspection_page)
+            assert again.status_code == 400 and error_summary(again.text)[0][0] == "#delivery-item"
+            assert [p.name for p in store.rglob("*") if p.is_file()] == [sha]  # the refused second document was not kept
+
             # Open the revisit from the web; the inspector is its `by`, and a `by` in the form is ignored.
             response = await inspector.post(f"/inspections/{inspection_id}/revisit", {"by": "Mallory"},
                                             from_page=f"/inspections/{inspection_id}")
@@ -83,7 +122,7 @@ async def test_publish_revisit_decide_and_refuse_from_the_web(dev_server_env, tm
             # The decision's email arrives at the force's liaison officer.
             async def decision_mail():
                 return [m.message for m in h.smtp.messages
-                        if m.message["Subject"] == "Decision on recommendation R1: achieved"]
+                        if m.message["Subject"].strip() == f"Decision on recommendation R1: achieved [{r1}]"]
 
             [mail] = await eventually(decision_mail, timeout=30)
             assert FORCES[FORCE].contacts.liaison_officer.email in mail["To"]

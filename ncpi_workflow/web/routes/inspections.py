@@ -12,6 +12,7 @@ from ncpi_workflow.app import inspector_actions, read_models
 from ncpi_workflow.app.temporal_calls import INSPECTION
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.formatting import local_date
+from ncpi_workflow.uploads import ACCEPTED_WORDS, UploadRefused, check_upload, clean_filename
 from ncpi_workflow.views import calendar_now, words
 from ncpi_workflow.web.auth import Principal, checked_form, may_act, services, signed_in
 from ncpi_workflow.web.forms import DateProblem, Refusal, date_from, field_for, text
@@ -62,7 +63,8 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
         request, "inspection.html", status_code, title=f"{page.force.name}: inspection published {page.inspection.published_on:%-d %B %Y}",
         page=page, deadlines=deadlines, history=history, phase=phase, cycle=cycle, revisit=revisit,
         next_action=next_action, next_at=next_at, live=view is not None, unavailable=unavailable,
-        open_items=open_items, movable=movable, item_names=ITEM_NAMES, timeline=timeline, **context,
+        open_items=open_items, movable=movable, item_names=ITEM_NAMES, timeline=timeline,
+        accepted_words=ACCEPTED_WORDS, **context,
     )
 
 
@@ -97,21 +99,58 @@ async def open_revisit(request: Request, inspection_id: str, user: Principal = D
                                          "asked for evidence or is under review.")
 
 
+DELIVERY_FIELDS = [("note", "delivery-note"), ("address", "delivery-url"), ("document", "delivery-document")]
+
+
 @router.post("/inspections/{inspection_id}/deliveries")
 async def record_delivery(request: Request, inspection_id: str, user: Principal = Depends(may_act)):
-    form = await checked_form(request)
-    await _exists(request, inspection_id)
-    item, note = text(form, "item"), text(form, "note")
-    refusal = Refusal("delivery", values={"item": item, "note": note})
-    if not item:
-        return await _page(request, inspection_id, 400, refusal.add("delivery-item", "Select what was received"))
+    """Receipt of a report-level item, optionally with the document received (checked as a portal
+    upload is, then kept by SHA-256) or its web address: `inspector_actions.record_delivery_received`,
+    the path `ncpi deliver --document/--url` takes."""
+    import asyncio
+
+    from ncpi_workflow.web.routes.portal import browser_filename
+
     svc = services(request)
+    limit = svc.settings.evidence_max_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 64 * 1024:  # refused before the file is spooled
+        await _exists(request, inspection_id)
+        refusal = Refusal("delivery").add("delivery-document", f"The file is over the {limit:,}-byte limit")
+        return await _page(request, inspection_id, 413, refusal)
+    form = await checked_form(request, max_files=1, max_fields=10)
+    await _exists(request, inspection_id)
+    item, note, url = text(form, "item"), text(form, "note"), text(form, "url")
+    upload = form.get("document")
+    has_file = not isinstance(upload, str) and upload is not None and bool(upload.filename)
+    refusal = Refusal("delivery", values={"item": item, "note": note, "url": url})
+    if not item:
+        refusal.add("delivery-item", "Select what was received")
+    if has_file and url:
+        refusal.add("delivery-url", "Give the document or its web address, not both")
+    if refusal.errors:
+        return await _page(request, inspection_id, 400, refusal)
+    checked = None
+    if has_file:
+        try:
+            if upload.size is not None and upload.size > limit:  # its whole size, as check_upload words it
+                shown = clean_filename(browser_filename(upload.filename))
+                raise UploadRefused(f"{shown}: the file is {upload.size:,} bytes, over the {limit:,}-byte limit")
+            content = await upload.read(limit + 1)
+            checked = await asyncio.to_thread(check_upload, content, browser_filename(upload.filename), svc.settings)
+        except UploadRefused as exc:  # nothing kept: the reason names the file
+            return await _page(request, inspection_id, 400, refusal.add("delivery-document", exc.reason, sentence=False))
     try:
-        await inspector_actions.record_delivery(svc.settings, await svc.client(), inspection_id, item, by=user.email, note=note)
+        await inspector_actions.record_delivery_received(svc.settings, await svc.client(), inspection_id, item,
+                                                         by=user.email, note=note, document=checked, url=url or None)
     except UserError as exc:
-        field = field_for(str(exc), [("note", "delivery-note")], "delivery-item")
+        field = field_for(str(exc), DELIVERY_FIELDS, "delivery-item")
         return await _page(request, inspection_id, 400, refusal.add(field, str(exc)))
-    return _done(request, inspection_id, f"{ITEM_NAMES.get(item, words(item))}: receipt recorded; its reminders stop.")
+    finally:
+        if checked is not None:
+            checked.discard()
+    what = f" with {checked.filename}" if checked is not None else (" with its web address" if url else "")
+    return _done(request, inspection_id, f"{ITEM_NAMES.get(item, words(item))}: receipt recorded{what}; its reminders stop.")
 
 
 DEADLINE_FIELDS = [("reason", "report-deadline-reason"), ("no open deadline", "report-deadline-key"),
