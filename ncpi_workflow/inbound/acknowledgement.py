@@ -86,7 +86,7 @@ async def queue_acknowledgement(
     receiver: "Receiver", row_id: int, parsed: ParsedReply, link, contact: Contact, rec_id: str, result: "Received"
 ) -> int | None:
     """Record the acknowledgement in the outbox and start its delivery; its outbox row ID."""
-    from activities.delivery import email_context
+    from ncpi_workflow.email_context import email_context
     from ncpi_workflow.inbound.processing import storable
 
     settings = receiver.settings
