@@ -136,7 +136,7 @@ class Plan:
 
 
 FULL = Plan("full", reports=43, recommendations=171, time_scale=200_000, workers=2, kills=10, kill_every=5.0,
-            kill_spacing=56, kill_every_max=25.0,
+            kill_spacing=56, kill_every_max=45.0,
             kill_after_notifications=43, kill_at=8.0, kill_aim=10.0, smtp_outage=65, temporal_restart=True, db_down=30, pending_minutes=1.0,
             reconcile_minutes=1.0, quiet_seconds=10, settle_limit=240)
 SHORT = Plan("short", reports=5, recommendations=20, time_scale=1_000_000, workers=1, kills=1, kill_every=0,

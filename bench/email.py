@@ -2,7 +2,9 @@
 (ncpi_workflow.smtp_capture, aiosmtpd in a thread of this process) over one reused connection
 (ncpi_workflow.mailer.Mailer) against a baseline of one connection per message (aiosmtplib.send),
 run in the same invocation; and the full delivery path (DeliveryActivities.deliver_notification:
-database read, template rendering, send, row marked sent) for a quarter as many notifications,
+database read, template rendering, the access links (a portal link and a plus-addressed Reply-To
+issued and stored with the rendering, their tokens filled in as it is sent, as the worker's
+deliveries do), send, row marked sent) for a quarter as many notifications,
 on SQLite and, when PostgreSQL's binaries are installed, on a throwaway PostgreSQL cluster
 (tests/postgres.py). The delivery path holds the SMTP connection from a message's send until it is
 marked sent (at most the message in flight is at risk when a worker dies), so its rate includes the
@@ -26,10 +28,11 @@ from sqlalchemy import func, select
 from activities.delivery import DeliveryActivities, DeliverySettings
 from bench.common import ROOT
 from ncpi_workflow import db
+from ncpi_workflow.access_links import LinkSettings
 from ncpi_workflow.clocks import calendar_for_report, plan_report
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.mailer import Mailer, SmtpConfig, build_message, message_id_for
-from ncpi_workflow.models import Notification, utcnow
+from ncpi_workflow.models import AccessLink, Notification, utcnow
 from ncpi_workflow.policy import Policy
 from ncpi_workflow.report import load_report
 from ncpi_workflow.smtp_capture import start_capture
@@ -37,6 +40,9 @@ from ncpi_workflow.store import insert_if_absent, insert_report, load_reference_
 from tests.postgres import free_port
 
 MAIL_FROM = "ncpi-followup@inspectorate.example"
+REPLY_TO = "ncpi-replies@inspectorate.example"
+LINKS = LinkSettings(key=b"bench-email-link-key-of-32-bytes-at-least", web_url="http://127.0.0.1:8000", reply_to=REPLY_TO)
+"""As the worker's (ncpi_workflow/service/worker.py, `LinkSettings.from_settings`), with a fixed key."""
 CUMBRIA = ROOT / "examples" / "cumbria-2017.yaml"
 TEXT = ("Recommendation R2 of the Cumbria Constabulary child protection inspection is due on "
         "Wednesday 26 April 2017. Please send your update to the inspectorate.\n") * 8
@@ -101,7 +107,8 @@ async def _delivery_path(port: int, count: int, url: str) -> dict:
                 )
             ids = list((await session.scalars(select(Notification.id).order_by(Notification.id))).all())
         mailer = _mailer(port)
-        activities = DeliveryActivities(sessions, mailer, DeliverySettings(MAIL_FROM, None, "ncpi-inspectors@inspectorate.example", None))
+        activities = DeliveryActivities(sessions, mailer, DeliverySettings(MAIL_FROM, REPLY_TO, "ncpi-inspectors@inspectorate.example",
+                                                                           None, links=LINKS))
         started = time.perf_counter()
         # Concurrently, as a worker runs a morning's burst of activities (the Mailer serialises the sends).
         statuses = await asyncio.gather(*(activities.deliver_notification(i) for i in ids))
@@ -109,9 +116,11 @@ async def _delivery_path(port: int, count: int, url: str) -> dict:
         await mailer.close()
         async with sessions() as session:
             sent = await session.scalar(select(func.count()).select_from(Notification).where(Notification.status == "sent"))
+            links = await session.scalar(select(func.count(func.distinct(AccessLink.notification_id))))
     assert statuses == ["sent"] * count and sent == count, f"delivery path: {sent} of {count} sent"
+    assert links == count, f"delivery path: access links issued for {links} of {count} notifications"
     return {"notifications": count, "seconds": round(seconds, 2), "per_second": round(count / seconds, 1),
-            "connections_opened": mailer.connections_opened}
+            "connections_opened": mailer.connections_opened, "with_access_links": links}
 
 
 async def run(results: dict, quick: bool) -> None:

@@ -37,8 +37,45 @@ from ncpi_workflow.settings import Settings
 
 log = logging.getLogger("ncpi.mailer")
 
-WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
-"""CRLF line ends, 7-bit: the stored bytes go out as they are to any relay."""
+
+class _WirePolicy(email.policy.EmailPolicy):
+    """The SMTP policy, with the Subject folded so that its first line carries text.
+
+    The email package folds a Subject that fits on one continuation line but not after "Subject: "
+    (70 to 77 characters) as `Subject:` CRLF SP text, which a parser reads back with a leading
+    space. A plain ASCII subject is folded here instead at its spaces, filling each line up to
+    78 characters (a word longer than that stays whole, within RFC 5322's 998); unfolded, it is
+    the subject exactly. Anything else (non-ASCII, needing encoded words) is folded as before."""
+
+    def fold_binary(self, name, value):
+        if name.lower() == "subject":
+            lines = _fold_plain(name, str(value), self.max_line_length or 78)
+            if lines is not None:
+                return "".join(line + self.linesep for line in lines).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+def _fold_plain(name: str, value: str, width: int) -> list[str] | None:
+    """`Name: value` folded before single spaces (never a line of spaces alone), or None when the
+    value is not plain printable ASCII words (left to the email package)."""
+    if (not value or not value.isascii() or not value.isprintable() or value != value.strip()
+            or "=?" in value):
+        return None
+    tokens = value.split(" ")
+    lines = [f"{name}: {tokens[0]}"]
+    for token in tokens[1:]:
+        if token and len(lines[-1]) + 1 + len(token) > width:
+            lines.append(" " + token)
+        else:
+            lines[-1] += " " + token
+    if max(len(line) for line in lines) > 998:
+        return None
+    return lines
+
+
+WIRE_POLICY = _WirePolicy(linesep="\r\n", cte_type="7bit")
+"""CRLF line ends, 7-bit (email.policy.SMTP with cte_type 7bit): the stored bytes go out as they
+are to any relay."""
 
 
 class PermanentDeliveryError(Exception):

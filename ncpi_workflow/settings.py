@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     outbox_pending_minutes: float = Field(default=15.0, gt=0, description=(
         "A notification pending this long with no delivery in progress is delivered by the reconciler; "
         "`ncpi health` reports how many are pending past it."))
+    publishing_grace_minutes: float = Field(default=5.0, gt=0, description=(
+        "A report recorded less than this long ago whose follow-up never projected anything is left to "
+        "its publisher by the reconciler (it commits the records, then starts the workflow with its own clocks)."))
     stuck_task_attempts: int = Field(default=5, ge=2, description=(
         "A running workflow whose workflow task has been attempted this many times without success is "
         "reported as stuck by the reconciler, `ncpi health` and `ncpi status`."))

@@ -135,3 +135,24 @@ async def test_the_web_benchmark_runs_at_a_tiny_size():
     assert results["recommendation"]["cli_show_json"]["samples"] > 0
     assert "dashboard_page" in results["postgresql"] or "skipped" in results["postgresql"]
     assert "| web: the all-forces page, SQLite, 200 recommendations" in bench_run.table({"web": results})
+
+
+async def test_the_email_benchmarks_delivery_path_issues_access_links_as_the_worker_does(tmp_path):
+    """bench/email.py's "whole delivery activity" figure, run at a small size: each force-facing
+    reminder is delivered with its access links (a portal link, a plus-addressed Reply-To), as the
+    worker's deliveries are, so that work is in the figure."""
+    from bench import email as bench_email
+    from ncpi_workflow.smtp_capture import start_capture
+    from tests.postgres import free_port
+
+    port = free_port()
+    controller, smtp = start_capture(port=port)
+    try:
+        result = await bench_email._delivery_path(port, 3, f"sqlite+aiosqlite:///{tmp_path / 'delivery.db'}")
+    finally:
+        controller.stop()
+    assert (result["notifications"], result["with_access_links"], result["connections_opened"]) == (3, 3, 1)
+    assert len(smtp.messages) == 3
+    for captured in smtp.messages:
+        assert captured.message["Reply-To"].startswith("ncpi-replies+"), captured.message["Reply-To"]
+        assert f"{bench_email.LINKS.web_url}/portal/" in captured.message.get_body(("plain",)).get_content()

@@ -446,3 +446,51 @@ async def test_every_message_is_dated_and_marked_auto_generated(sessions):
     sent = parsedate_to_datetime(captured.message["Date"])  # RFC 5322: the time of sending, with its offset
     assert sent.tzinfo is not None and before <= sent <= after
     assert captured.message["Auto-Submitted"] == "auto-generated"  # RFC 3834
+
+
+def test_a_subject_of_any_length_reads_back_exactly():
+    """The email package folded a 70-77 character subject onto a continuation line of its own
+    (`Subject:` CRLF SP text), read back with a leading space. Every length from 60 to 120, with
+    the spaces in every position the words give: the first line carries text, no line is longer
+    than 78, and the parsed Subject is the subject exactly. Other headers are folded as before."""
+    import email
+    import email.policy
+
+    from ncpi_workflow.mailer import build_message, flatten
+
+    words = ("Reminder:", "Recommendation", "R12", "of", "the", "inspection", "Cumbria", "Constabulary",
+             "due", "Friday", "2", "June", "2017", "[CUM-2017-03-02-R12]", "a")
+    to = [f"liaison.officer.{n}@cumbria.police.example" for n in range(4)]
+    checked = 0
+    for length in range(60, 121):
+        for shift in range(len(words)):
+            subject = ""
+            n = shift
+            while len(subject) < length:
+                subject += words[n % len(words)] + " "
+                n += 1
+            subject = subject[:length]
+            subject = subject[:-1] + "x" if subject.endswith(" ") else subject
+            if "  " in subject:
+                continue
+            assert len(subject) == length
+            data = flatten(build_message(mail_from="ncpi@inspectorate.example", reply_to=None, to=to, subject=subject,
+                                         text="Text.", html="<p>Text.</p>", message_id="<1@inspectorate.example>",
+                                         reference="ref"))
+            head = data.split(b"\r\n\r\n")[0].decode("ascii")
+            lines = head.split("\r\n")
+            first = next(i for i, line in enumerate(lines) if line.startswith("Subject:"))
+            assert lines[first].startswith("Subject: ") and len(lines[first]) > len("Subject: "), (subject, lines[first])
+            assert all(len(line) <= 78 for line in lines), head
+            parsed = email.message_from_bytes(data, policy=email.policy.default)
+            assert parsed["Subject"] == subject, (length, shift)
+            assert [a.addr_spec for a in parsed["To"].addresses] == to
+            checked += 1
+    assert checked > 500
+    # Not plain ASCII: encoded words, folded by the email package as before (which reads back one
+    # space more beside an encoded word, CPython's own behaviour; no leading space).
+    subject = "Reminder: Recommendation R1 of the inspection of Dyfed-Powys Police — due Friday 2 June 2017"
+    data = flatten(build_message(mail_from="ncpi@inspectorate.example", reply_to=None, to=to[:1], subject=subject,
+                                 text="Text.", html="<p>Text.</p>", message_id="<2@inspectorate.example>", reference="r"))
+    assert b"=?utf-8?" in data
+    assert email.message_from_bytes(data, policy=email.policy.default)["Subject"].startswith("Reminder: Recommendation R1 ")

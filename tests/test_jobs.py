@@ -10,6 +10,7 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select, text
+from sqlalchemy import update as sa_update
 
 from ncpi_workflow import db, jobs
 from ncpi_workflow.jobs import digest
@@ -17,7 +18,7 @@ from ncpi_workflow.errors import UserError
 from ncpi_workflow.formatting import LONDON
 from ncpi_workflow.jobs import JobRun, build_scheduler, claim, due_time, reconcile, run_once, send_digest, workflow_status
 from ncpi_workflow.lifecycle import DecisionRequest, DeliveryRequest, ProgressRequest, TriggerRevisitRequest
-from ncpi_workflow.models import AuditEvent, Inspection, Notification, Recommendation, utcnow
+from ncpi_workflow.models import AuditEvent, Deadline, Inspection, Notification, Recommendation, utcnow
 from ncpi_workflow.publishing import publish
 from ncpi_workflow.store import insert_if_absent
 from tests.lifecycle_support import harness, local_date, skip_to, write_report
@@ -357,8 +358,11 @@ async def test_the_reconciler_repairs_a_tampered_projection_and_redelivers_orpha
         await skip_to(h, at(2017, 3, 6, 12))
         await eventually(lambda: _projected(h, {r1: "force_notified", r2: "force_notified"}))
         async with h.sessions.begin() as session:
-            await session.execute(text("UPDATE recommendations SET phase = 'closed', cycle = 3 WHERE id = :id"), {"id": r2})
+            # As a stale projection of a closed recommendation and a closed report would have left them:
+            # no clock running, nothing awaited on the dashboard.
+            await session.execute(text("UPDATE recommendations SET phase = 'closed', cycle = 3, clock_due = NULL WHERE id = :id"), {"id": r2})
             await session.execute(text("UPDATE inspections SET next_action = 'nothing' WHERE id = 'SUF-2017-03-02'"))
+            await session.execute(text("UPDATE deadlines SET waiting_due = NULL WHERE inspection_id = 'SUF-2017-03-02'"))
             # A digest whose delivery never started (the worker died in between), past the policy age (15 min).
             await insert_if_absent(
                 session, Notification, ["idempotency_key"], idempotency_key="digest/2017-03-06", kind="digest",
@@ -373,6 +377,18 @@ async def test_the_reconciler_repairs_a_tampered_projection_and_redelivers_orpha
         assert repairs[2].startswith("re-delivering pending notification ") and repairs[2].endswith(" (digest)")
         assert len(repairs) == 3
         assert await _db_phase(h, r2) == "force_notified" == (await rec_view(h, r2)).state.phase
+        # The dashboard's projected columns were refreshed with the repair: its figures are the records' own.
+        from tests.web.test_dashboard import assert_projection_agrees, compare, oracle
+        from ncpi_workflow.app import read_models
+
+        assert await assert_projection_agrees(h.sessions) == 0
+        async with h.sessions() as session:
+            clock_due, waiting = await session.scalar(select(Recommendation.clock_due).where(Recommendation.id == r2)), (
+                await session.scalars(select(Deadline.key).where(Deadline.inspection_id == "SUF-2017-03-02",
+                                                                 Deadline.waiting_due.is_not(None)))).all()
+        assert clock_due is not None and "action_plan" in waiting, (clock_due, waiting)
+        today = local_date(await h.env.get_current_time())
+        compare(await read_models.dashboard(h.sessions, today=today), await oracle(h.sessions, today))
         async with h.sessions() as session:
             assert (await session.get(Inspection, "SUF-2017-03-02")).next_action == "reminder: Force action plan"
         repaired = await _audit(h, "projection.repaired")
@@ -384,6 +400,10 @@ async def test_the_reconciler_repairs_a_tampered_projection_and_redelivers_orpha
         # The workflow's own projection still lands after a repair (its version moves on).
         await update(h.recommendation(r2), "submit_progress", ProgressRequest(claim="in_progress", text="Begun.", by="liaison officer"))
         await eventually(lambda: _projected(h, {r2: "in_progress"}))
+
+
+def recorded_ago(inspection_id: str, minutes: float):
+    return sa_update(Inspection).where(Inspection.id == inspection_id).values(created_at=utcnow() - timedelta(minutes=minutes))
 
 
 async def test_a_report_recorded_but_never_started_is_started_from_publication(time_skipping_env, tmp_path, database_url):
@@ -411,6 +431,16 @@ async def test_a_report_recorded_but_never_started_is_started_from_publication(t
             await insert_report(session, loaded, timeline, actor="test", workflow_id=inspection_workflow_id(inspection_id))
 
         workflow_id = inspection_workflow_id(inspection_id)
+        # Just recorded: its publisher may be about to start it (with its own clocks), so it is left
+        # alone, its recommendations too, for NCPI_PUBLISHING_GRACE_MINUTES (5).
+        assert await reconcile(h.sessions, h.client, h.settings) == []
+        for workflow in (workflow_id, f"{workflow_id}/R1", f"{workflow_id}/R2"):
+            assert await workflow_status(h.client, workflow) is None
+        async with h.sessions.begin() as session:
+            await session.execute(recorded_ago(inspection_id, 4))
+        assert await reconcile(h.sessions, h.client, h.settings) == []
+        async with h.sessions.begin() as session:
+            await session.execute(recorded_ago(inspection_id, 6))
         assert await reconcile(h.sessions, h.client, h.settings) == [f"restarted {workflow_id} (was missing) from publication"]
         [restarted] = await _audit(h, "workflow.restarted")
         assert (restarted.detail["fresh"], restarted.detail["clocks_from"]) == (True, "settings")

@@ -77,6 +77,9 @@ PROJECT_ON_SETTLEMENT_PATCH = "inspection-projected-on-settlement"
 # Histories from before this change continued-as-new with a handler that came in during the settling
 # of deliveries still running (UnfinishedSignalHandlersWarning for recommendation_reopened).
 HANDLERS_BEFORE_CAN_PATCH = "handlers-finish-before-continue-as-new"
+# Likewise on completing: histories from before this change completed ("closed") with a handler that
+# came in while the last deliveries drained (a re-opening cut off half done, its cycle never run).
+HANDLERS_BEFORE_CLOSE_PATCH = "handlers-finish-before-closing"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -172,7 +175,15 @@ class InspectionWorkflow:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if not self.restart:  # no re-opening came in meanwhile
                         await self.outbox.drain()
-                        return "closed"
+                        # A signal (a re-opening) or an Update that came in while the deliveries drained
+                        # finishes first, its deliveries with it; a re-opening carries the follow-up on.
+                        while not workflow.all_handlers_finished() and workflow.patched(HANDLERS_BEFORE_CLOSE_PATCH):
+                            await workflow.wait_condition(workflow.all_handlers_finished)
+                            if self.restart:
+                                break
+                            await self.outbox.drain()
+                        if not self.restart:
+                            return "closed"
                 continue
             now = self._now()
             async with self.turn:

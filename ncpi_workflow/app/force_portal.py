@@ -309,28 +309,17 @@ def check_url(url: str) -> str:
 
 async def send_item(settings, client, sessions, link: ResolvedLink, key: str, *, checked=None, url: str | None = None, note: str = ""):
     """The action plan, the PCC's response or the immediate update, as a document (a checked upload,
-    kept by SHA-256) or a web address: the inspection's `record_delivery` Update, with its validator."""
+    kept by SHA-256) or a web address: `inspector_actions.record_delivery_received`, as an inspector's
+    is recorded (the workflow asked first, so a delivery it would refuse leaves nothing in the store;
+    then the inspection's `record_delivery` Update, with its validator)."""
     from ncpi_workflow.app import inspector_actions
-    from ncpi_workflow.app.temporal_calls import INSPECTION, query_state
-    from ncpi_workflow.evidence_files import keep_file
 
     if not covers_item(link, key):
         raise LookupError("not covered by this link")
     if (checked is None) == (not url):
         raise UserError("send either a document or a web address")
-    inspection_id = link.scope.inspection_id
-    if checked is not None:
-        # Ask first, so that a delivery the workflow would refuse leaves nothing in the store.
-        current = await query_state(settings, client, INSPECTION, inspection_id)
-        deadline = next((d for d in current.state.deadlines if d.key == key), None)
-        if deadline is not None and deadline.met_at is not None:
-            raise UserError(f"the {key.replace('_', ' ')} was already received on {deadline.met_at:%Y-%m-%d}")
-        keep_file(checked.path, settings.evidence_dir, settings.evidence_max_bytes)
-    view = await inspector_actions.record_delivery(
-        settings, client, inspection_id, key, by=actor(link), note=note,
-        sha256=checked.sha256 if checked is not None else None,
-        filename=checked.filename if checked is not None else None,
-        url=url or None,
+    view = await inspector_actions.record_delivery_received(
+        settings, client, link.scope.inspection_id, key, by=actor(link), note=note, document=checked, url=url or None,
     )
     await record_use(sessions, link, f"portal.{key}", checked.filename if checked is not None else url)
     return view

@@ -3,7 +3,7 @@ workflows, no notification stays pending past the policy age, stuck workflows ar
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
@@ -14,6 +14,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from ncpi_workflow.app.read_models import refresh_recommendation_clocks, refresh_report_items
 from ncpi_workflow.lifecycle import (
     InspectionPhase,
     InspectionView,
@@ -23,6 +24,7 @@ from ncpi_workflow.lifecycle import (
     recommendation_workflow_id,
 )
 from ncpi_workflow.models import (
+    Deadline,
     Inspection,
     Notification,
     Recommendation,
@@ -80,6 +82,14 @@ async def _database_ready(sessions: Sessions) -> None:
     await _fresh_connections(sessions)
     async with sessions() as session:
         await session.execute(select(1))
+
+
+def publishing_grace(settings: Settings) -> timedelta:
+    """NCPI_PUBLISHING_GRACE_MINUTES: publishing commits a report's records, then starts its workflow
+    (with its clocks: an `--anchor-now` anchor, a time scale). A report recorded less than this long
+    ago whose follow-up never projected anything may be between the two: left to its publisher,
+    as a restart "from publication" would start it with the settings' clocks instead."""
+    return timedelta(minutes=settings.publishing_grace_minutes)
 
 
 def _words(value: Any) -> str:
@@ -152,7 +162,20 @@ class _Pass:
             return
         if inspection.phase == InspectionPhase.CLOSED.value:
             return  # closed in the records: nothing left to follow up
+        if await self._publishing(inspection_id):
+            log.info("reconciler: %s is %s but was recorded less than %g min ago: left to its publisher",
+                     workflow_id, RESTARTABLE[status] if status else "missing", self.settings.publishing_grace_minutes)
+            return
         await self._restart_inspection(inspection_id, workflow_id, RESTARTABLE[status] if status else "missing")
+
+    async def _publishing(self, inspection_id: str) -> bool:
+        """Whether the inspection may still be being published: never projected, recorded within the grace."""
+        cutoff = datetime.now(timezone.utc) - publishing_grace(self.settings)
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(func.count()).where(Inspection.id == inspection_id, Inspection.projection_version == 0,
+                                           Inspection.created_at > cutoff)
+            ) > 0
 
     async def _restart_inspection(self, inspection_id: str, workflow_id: str, was: str) -> None:
         async with self.sessions() as session:
@@ -214,6 +237,8 @@ class _Pass:
             )
             if result.rowcount != 1:
                 return
+            # The dashboard's projected columns read the phase and cycle: refreshed with them.
+            await session.execute(refresh_report_items(Deadline.inspection_id == inspection_id))
         await self._record(self._diff_line(inspection_id, have, want), action="projection.repaired",
                            entity_type="inspection", entity_id=inspection_id,
                            detail={"workflow_id": workflow_id, "from": have, "to": want})
@@ -252,6 +277,8 @@ class _Pass:
         if never_ran and inspection.id not in self.restarted_parents and inspection.projection_version == 0:
             if await workflow_status(self.client, inspection_workflow_id(inspection.id)) == RUNNING:
                 return  # its inspection is still publishing: it starts its recommendations itself
+            if await self._publishing(inspection.id):
+                return  # its inspection may be between its records and its start: its publisher starts it
         await self._restart_recommendation(rec_id, workflow_id, RESTARTABLE[status] if status else "missing", fresh=never_ran)
 
     async def _restart_recommendation(self, rec_id: str, workflow_id: str, was: str, fresh: bool) -> None:
@@ -311,6 +338,7 @@ class _Pass:
             )
             if result.rowcount != 1:
                 return
+            await session.execute(refresh_recommendation_clocks(Recommendation.id == rec_id))
         await self._record(self._diff_line(rec_id, have, want), action="projection.repaired",
                            entity_type="recommendation", entity_id=rec_id,
                            detail={"workflow_id": workflow_id, "from": have, "to": want})

@@ -239,6 +239,10 @@ async def test_views_are_recorded_on_the_link(world):
 
 BAD_UPLOADS = [
     ("a 30 MB file", "big.pdf", PDF + b"0" * (30 * 1024 * 1024), 413, "The file is over the 25 MB limit (26,214,400 bytes)"),
+    # Past the limit but within the form's allowance: read only up to one byte past the limit, so the
+    # limit is what is reported (not "26,214,401 bytes", the bytes read).
+    ("a file just over 25 MB", "big.pdf", PDF + b"0" * (25 * 1024 * 1024), 400,
+     "The file is larger than 25 MB, the limit (26,214,400 bytes)"),
     ("an executable renamed .pdf", "plan.pdf", EXE, 400,
      "plan.pdf: the name says a PDF document but the content is a Windows program (EXE)"),
     ("a zip bomb", "plan.docx", None, 400, "plan.docx: a part of the document is compressed"),

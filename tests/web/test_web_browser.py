@@ -157,7 +157,7 @@ async def test_inspectors_work_in_a_browser(playwright_ready, dev_server_env, tm
                 assert decision.decided_by == inspector_email
 
                 async def decision_mail():
-                    return [m for m in h.smtp.messages if m.message["Subject"].strip() == f"Decision on recommendation R1: achieved [{r1}]"]
+                    return [m for m in h.smtp.messages if m.message["Subject"] == f"Decision on recommendation R1: achieved [{r1}]"]
 
                 [mail] = await eventually(decision_mail, timeout=30)
                 assert FORCES[FORCE].contacts.liaison_officer.email in mail.message["To"]

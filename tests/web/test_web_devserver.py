@@ -122,7 +122,7 @@ async def test_publish_revisit_decide_and_refuse_from_the_web(dev_server_env, tm
             # The decision's email arrives at the force's liaison officer.
             async def decision_mail():
                 return [m.message for m in h.smtp.messages
-                        if m.message["Subject"].strip() == f"Decision on recommendation R1: achieved [{r1}]"]
+                        if m.message["Subject"] == f"Decision on recommendation R1: achieved [{r1}]"]
 
             [mail] = await eventually(decision_mail, timeout=30)
             assert FORCES[FORCE].contacts.liaison_officer.email in mail["To"]

@@ -254,7 +254,11 @@ async def _upload(request: Request, upload, field_id: str, refusal: Refusal):
     settings = services(request).settings
     if not isinstance(upload, UploadFile) or not upload.filename:
         return None
-    content = await upload.read(settings.evidence_max_bytes + 1)
+    limit = settings.evidence_max_bytes
+    content = await upload.read(limit + 1)  # one byte more than the limit is enough to know
+    if len(content) > limit:  # its size is not known, only that it is larger: the limit is what is said
+        refusal.add(field_id, f"The file is larger than {_limit_words(limit)}, the limit ({limit:,} bytes)")
+        return None
     try:
         return await asyncio.to_thread(check_upload, content, browser_filename(upload.filename), settings)
     except UploadRefused as exc:
