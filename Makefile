@@ -27,7 +27,7 @@ run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ncpi dev
 
 test: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The model-based lifecycle test (tests/test_lifecycle_model.py) at ten times the examples `make test`
 # runs (its default NCPI_MODEL_EXAMPLES is 8): about a quarter of an hour on two cores.

@@ -389,8 +389,8 @@ async def test_a_force_answers_through_its_link_end_to_end(dev_server_env, tmp_p
     forces = load_forces(ROOT / "config" / "forces.yaml")
     async with harness(dev_server_env, tmp_path, secret_key=SECRET, public_url="http://portal.test") as h:
         published = publication_date()
-        cam, bed = f"CAM-{published}", f"BED-{published}"
-        for force, recs in (("CAM", [("R1", "within_three_months"), ("R2", "immediately")]), ("BED", [("R1", "within_six_months")])):
+        cam, bed = f"COL-{published}", f"DEC-{published}"
+        for force, recs in (("COL", [("R1", "within_three_months"), ("R2", "immediately")]), ("DEC", [("R1", "within_six_months")])):
             await publishing.publish_file(h.settings, h.client, write_report(tmp_path, force, published, recs), by="test")
         await projected(h, cam, 2)
         await projected(h, bed, 1)
@@ -401,9 +401,9 @@ async def test_a_force_answers_through_its_link_end_to_end(dev_server_env, tmp_p
                      and to in m.message["To"]]
             return found[0] if found else None
 
-        mail = await eventually(lambda: notice("CAM"), timeout=60)
+        mail = await eventually(lambda: notice("COL"), timeout=60)
         [cam_token] = set(TOKEN_IN_MAIL.findall(mail_text(mail.message)))
-        bed_token = set(TOKEN_IN_MAIL.findall(mail_text((await eventually(lambda: notice("BED"), timeout=60)).message))).pop()
+        bed_token = set(TOKEN_IN_MAIL.findall(mail_text((await eventually(lambda: notice("DEC"), timeout=60)).message))).pop()
         key = link_key(h.settings)
         app = create_app(h.settings, sessions=h.sessions, client=h.client)
         force = browser(app)
@@ -416,7 +416,7 @@ async def test_a_force_answers_through_its_link_end_to_end(dev_server_env, tmp_p
             async with h.sessions() as session:
                 link_id = await session.scalar(select(AccessLink.id).where(AccessLink.notification_id.is_not(None),
                                                                            AccessLink.inspection_id == cam, AccessLink.purpose == "portal"))
-            who = f"CAM liaison (link #{link_id})"
+            who = f"COL liaison (link #{link_id})"
 
             # A claim with a progress note holding HTML: recorded as the link's, shown escaped everywhere.
             note = "<script>alert('x')</script> & <b>bold</b> plan"
@@ -498,7 +498,7 @@ async def test_a_force_answers_through_its_link_end_to_end(dev_server_env, tmp_p
                 assert (await session.get(Recommendation, f"{bed}-R1")).force_claim is None
 
             # A fresh link, emailed to the force's own contact, opens the same page.
-            liaison = forces["CAM"].contacts.liaison_officer.email
+            liaison = forces["COL"].contacts.liaison_officer.email
             asked = await force.http.post(f"/portal/{cam_token}/fresh-link", data={"csrf_token": csrf, "email": liaison})
             assert asked.status_code == 200 and "Check your email" in asked.text
 

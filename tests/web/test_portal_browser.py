@@ -25,7 +25,7 @@ from tests.test_cli_devserver import eventually, projected, publication_date
 from tests.web.conftest import FORCES, PASSWORD, SECRET, add_user
 from tests.web.test_web_browser import CHROMIUM, Pages, playwright_ready  # noqa: F401  (the fixture)
 
-FORCE = "NOR"
+FORCE = "DYF"  # a force no other dev-server test publishes (one server, one workflow ID per report)
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/portal/[A-Za-z0-9_-]{43})")
 
 
@@ -155,7 +155,7 @@ async def test_a_liaison_officer_answers_from_the_link_in_an_email(playwright_re
 
                 response = await page.goto(url)
                 assert response.status == 404
-                assert "Norfolk" not in await page.content() and inspection_id not in await page.content()
+                assert "Dyfed" not in await page.content() and inspection_id not in await page.content()
                 await shots.check(page, "portal-not-found")
                 assert (await page.goto(fresh_url)).status == 200  # the fresh link still works
             finally:

@@ -17,7 +17,7 @@ from tests.lifecycle_support import harness, write_report
 from tests.test_cli_devserver import eventually, phase_is, projected, publication_date, rows
 from tests.web.conftest import FORCES, SECRET, add_user, browser, error_summary
 
-FORCE = "GLO"
+FORCE = "WME"  # a force no other dev-server test publishes (one server, one workflow ID per report)
 
 
 async def test_publish_revisit_decide_and_refuse_from_the_web(dev_server_env, tmp_path):
