@@ -45,6 +45,7 @@ from ncpi_workflow.models import (
     RegisterStatusEntry,
     Revisit,
 )
+from ncpi_workflow.models import utcnow
 from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
 
 
@@ -69,6 +70,19 @@ def _unfixable(exc: DBAPIError) -> bool:
 
 def _clip(text: str | None, limit: int) -> str | None:
     return text if text is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _recorded(at: datetime, recorded_at: datetime | None) -> datetime:
+    """When an action was recorded: the record's `recorded_at`, or (None, not back-dated) when it happened."""
+    return recorded_at if recorded_at is not None else at
+
+
+def _backdated(detail: dict, at: datetime, recorded_at: datetime | None) -> dict:
+    """An audit event's detail, with when the action happened if it was back-dated (the event itself is
+    dated when it was written)."""
+    if recorded_at is not None and recorded_at != at:
+        return {**detail, "happened_at": at.isoformat()}
+    return detail
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,7 @@ class RecordActivities:
                 text=record.text,
                 submitted_by=record.by,
                 submitted_at=record.at,
+                recorded_at=_recorded(record.at, record.recorded_at),
             ):
                 await append_audit(
                     session,
@@ -249,7 +264,7 @@ class RecordActivities:
                     action="progress.submitted",
                     entity_type="recommendation",
                     entity_id=record.recommendation_id,
-                    detail={"claim": record.claim},
+                    detail=_backdated({"claim": record.claim}, record.at, record.recorded_at),
                     idempotency_key=f"{record.idempotency_key}/audit",
                 )
 
@@ -273,6 +288,9 @@ class RecordActivities:
     @activity.defn
     async def record_evidence(self, record: EvidenceRecord) -> int:
         item = record.item
+        # Records from before back-dating carry no `at`: received when recorded, as the column's default did.
+        at = getattr(record, "at", None) or utcnow()
+        recorded_at = getattr(record, "recorded_at", None)
         async with self._writing() as session:
             request_id = await session.scalar(
                 select(EvidenceRequest.id)
@@ -293,6 +311,8 @@ class RecordActivities:
                 storage_path=item.storage_path,
                 description=item.description,
                 submitted_by=item.by,
+                submitted_at=at,
+                recorded_at=_recorded(at, recorded_at),
             ):
                 await append_audit(
                     session,
@@ -300,7 +320,8 @@ class RecordActivities:
                     action="evidence.submitted",
                     entity_type="recommendation",
                     entity_id=record.recommendation_id,
-                    detail={"filename": item.filename, "sha256": item.sha256, "size_bytes": item.size_bytes},
+                    detail=_backdated({"filename": item.filename, "sha256": item.sha256, "size_bytes": item.size_bytes},
+                                      at, recorded_at),
                     idempotency_key=f"{record.idempotency_key}/audit",
                 )
             return await session.scalar(
@@ -322,6 +343,7 @@ class RecordActivities:
                 rationale=record.rationale,
                 decided_by=record.by,
                 decided_at=record.at,
+                recorded_at=_recorded(record.at, record.recorded_at),
             ):
                 await append_audit(
                     session,
@@ -329,7 +351,8 @@ class RecordActivities:
                     action="decision.recorded",
                     entity_type="recommendation",
                     entity_id=record.recommendation_id,
-                    detail={"cycle": record.cycle, "outcome": record.outcome, "rationale": record.rationale},
+                    detail=_backdated({"cycle": record.cycle, "outcome": record.outcome, "rationale": record.rationale},
+                                      record.at, record.recorded_at),
                     idempotency_key=f"{record.idempotency_key}/audit",
                 )
 
@@ -366,6 +389,7 @@ class RecordActivities:
                 comment=record.comment,
                 set_by=record.by,
                 set_at=record.at,
+                recorded_at=_recorded(record.at, record.recorded_at),
             ):
                 await append_audit(
                     session,
@@ -373,7 +397,8 @@ class RecordActivities:
                     action="register.status_set",
                     entity_type="recommendation",
                     entity_id=record.recommendation_id,
-                    detail={"cycle": record.cycle, "status": record.status, "comment": record.comment},
+                    detail=_backdated({"cycle": record.cycle, "status": record.status, "comment": record.comment},
+                                      record.at, record.recorded_at),
                     idempotency_key=f"{record.idempotency_key}/audit",
                 )
 
@@ -430,7 +455,7 @@ class RecordActivities:
                     Deadline.cycle == record.cycle,
                     Deadline.met_at.is_(None),
                 )
-                .values(met_at=record.at)
+                .values(met_at=record.at, met_recorded_at=_recorded(record.at, record.recorded_at))
             )
             await _refresh_projected(session, record.inspection_id, None, record.key)
 
@@ -446,6 +471,7 @@ class RecordActivities:
                 trigger=record.trigger,
                 triggered_by=record.by,
                 opened_at=record.at,
+                recorded_at=_recorded(record.at, record.recorded_at),
             ):
                 await append_audit(
                     session,
@@ -453,6 +479,6 @@ class RecordActivities:
                     action="revisit.opened",
                     entity_type="inspection",
                     entity_id=record.inspection_id,
-                    detail={"cycle": record.cycle, "trigger": record.trigger},
+                    detail=_backdated({"cycle": record.cycle, "trigger": record.trigger}, record.at, record.recorded_at),
                     idempotency_key=record.idempotency_key,
                 )

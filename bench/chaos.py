@@ -85,7 +85,8 @@ DELIVERY_TIMEOUT_SECONDS = 120.0
 STATE_QUERY_TYPES = ("InspectionFollowUp", "RecommendationFollowUp")
 """The workflow types with a "state" query (workflows/inspection.py, workflows/recommendation.py)."""
 HELD_RETRY_SECONDS = 60.0
-"""activities/delivery.py relay_retry_seconds: a delivery held by a relay fault is tried again after it."""
+"""NCPI_SMTP_HELD_RETRY_SECONDS's default (activities/delivery.py relay_retry_seconds): a delivery held by a
+relay fault is tried again after it."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class Plan:
     a report: every report is published before it."""
     smtp_probe_seconds: float | None = None
     """NCPI_SMTP_FAULT_PROBE_SECONDS for the workers (None: the product's default, 30 s)."""
+    held_retry_seconds: float | None = None
+    """NCPI_SMTP_HELD_RETRY_SECONDS for the workers (None: the product's default, HELD_RETRY_SECONDS)."""
     order: tuple[str, ...] = ("kills", "temporal", "smtp", "database")
     """The faults in the order they are injected, `gap` seconds apart."""
     settle_poll: float = 2.0
@@ -142,15 +145,17 @@ FULL = Plan("full", reports=43, recommendations=171, time_scale=200_000, workers
 SHORT = Plan("short", reports=5, recommendations=20, time_scale=1_000_000, workers=1, kills=1, kill_every=0,
              kill_spacing=0, kill_every_max=0, kill_after_notifications=5, kill_at=0.0, kill_aim=30.0, smtp_outage=6,
              temporal_restart=False, db_down=10, pending_minutes=0.1, reconcile_minutes=0.1, quiet_seconds=2,
-             settle_limit=90, gap=1.0, anchor_lead=2.0, smtp_probe_seconds=1.0, order=("smtp", "database", "kills"),
-             settle_poll=1.0)
+             settle_limit=90, gap=1.0, anchor_lead=2.0, smtp_probe_seconds=1.0, held_retry_seconds=25.0,
+             order=("smtp", "database", "kills"), settle_poll=1.0)
 """`make test`'s version (tests/test_chaos_short.py): one report per force for five forces, one worker, and
-the faults in the order that keeps the run short. A delivery held by the relay's outage is tried again a
-minute later (activities/delivery.py relay_retry_seconds; the reconciler, whatever its interval, runs
-at most once a minute: its claims are per minute), so the outage comes first, as soon as the reports'
-first notices are recorded, and short; the database crash follows, in the plan's densest burst, and the
+the faults in the order that keeps the run short. A delivery held by the relay's outage is tried again
+25 s later here (NCPI_SMTP_HELD_RETRY_SECONDS; a minute by default; the reconciler, whatever its interval,
+runs at most once a minute: its claims are per minute), so the outage comes first, as soon as the reports'
+first notices are recorded, and short; the database crash follows (its next try comes once the database
+is back, past the outage's 6 s, the gap and the crash's 10 s: a try failing on the database would wait
+the backoff its attempts have grown to), in the plan's densest burst, and the
 kill comes last, in the burst of deliveries that catch up after it, its in-flight deliveries retried
-after their heartbeat timeout while the held ones wait their minute."""
+after their heartbeat timeout while the held ones are tried again."""
 
 
 BASELINE = replace(FULL, label="baseline", kills=0, smtp_outage=0, temporal_restart=False, db_down=0)
@@ -620,6 +625,8 @@ class Run:
                       shutdown_grace_seconds=5, time_scale=plan.time_scale)
         if plan.smtp_probe_seconds is not None:
             values["smtp_fault_probe_seconds"] = plan.smtp_probe_seconds
+        if plan.held_retry_seconds is not None:
+            values["smtp_held_retry_seconds"] = plan.held_retry_seconds
         self.settings = Settings(**values)
         self.code = self.folder / "code"
         self.code.mkdir()

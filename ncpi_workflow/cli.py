@@ -95,14 +95,25 @@ def validate(files: List[Path] = typer.Argument(..., help="Report files (YAML) t
                 typer.echo(f"ncpi: {_line(problem)}", err=True)
             continue
         report = checked.loaded.report
+        if report.is_review:  # programme: PIR (ncpi_workflow/revisit_reports.py)
+            typer.echo(f"{_line(file)}: valid: post-inspection review of {report.follows}, "
+                       f"findings on {len(report.revisit_findings)} recommendations")
+            continue
         typer.echo(f"{_line(file)}: valid: {report.inspection_id}, {len(report.recommendations)} recommendations")
     if bad:
         raise typer.Exit(EXIT_INVALID)
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the report format."""
+def schema(
+    state: bool = typer.Option(False, "--state", help="The state file's schema (`ncpi import`) instead of the report's."),
+) -> None:
+    """Print the JSON Schema of the report format (or, with --state, of the state file)."""
+    if state:
+        from ncpi_workflow.state_file import state_json_schema
+
+        typer.echo(json.dumps(state_json_schema(), indent=2))
+        return
     from ncpi_workflow.report import report_json_schema
 
     typer.echo(json.dumps(report_json_schema(), indent=2))
@@ -126,6 +137,8 @@ def plan(
 
     loaded = _load(file)
     report = loaded.report
+    if report.is_review:
+        fail(f"{file}: a post-inspection review's report (programme: PIR) starts no clocks; there is no timeline to plan")
     policy = _policy()
     calendar = calendar_for_report(policy, report.published)
     timeline = plan_report(report.published, [(r.ref, r.timeframe) for r in report.recommendations], policy, calendar)
@@ -310,6 +323,17 @@ def _word_arg(value: str, option: str) -> str:
     return value
 
 
+ON_HELP = "The day it happened, when that was earlier (back-dating): not in the future, not before publication."
+
+
+def _on_arg(value: str | None):
+    """`--on YYYY-MM-DD`: the day an action happened (back-dating), or None. The workflow judges the
+    day itself (not in the future, not before publication, the action's own bounds)."""
+    from ncpi_workflow.app.inspector_actions import parse_due
+
+    return None if value is None else parse_due(value, "--on")
+
+
 def _in_row_range(number: int) -> bool:
     """Row IDs (the outbox's first column) are 32-bit on PostgreSQL: a larger number names no row on
     either database, and would overflow the query (ncpi_workflow.lifecycle.ROW_ID_MAX)."""
@@ -340,26 +364,97 @@ def _echo_json(document: Any) -> None:
 @app.command()
 def publish(
     file: Path = typer.Argument(..., help="A report file (YAML)."),
+    catch_up: bool = typer.Option(
+        False,
+        "--catch-up",
+        help="Deadlines already passed: follow up from the publication date and send at once the latest due message of each.",
+    ),
+    adopt: bool = typer.Option(
+        False,
+        "--adopt",
+        help="Deadlines already passed: record the past as history and send nothing for it (a follow-up already under way).",
+    ),
     anchor_now: bool = typer.Option(
         False,
         "--anchor-now",
         help="Run the follow-up as if the report were published now (for demonstrations): its clocks start from this moment.",
     ),
 ) -> None:
-    """Publish a report: write its records and start its follow-up workflow. Publishing it again starts nothing."""
-    from ncpi_workflow.app.publishing import check_file, publish_file
+    """Publish a report: write its records and start its follow-up workflow. Publishing it again starts nothing.
+    A report whose deadlines have already passed is refused, saying what would be sent, unless one of
+    --catch-up, --adopt or --anchor-now says how to follow it up."""
+    from ncpi_workflow.app.publishing import PastChoice, PastDeadlines, check_file, publish_file
 
+    chosen = [c for c, on in ((PastChoice.CATCH_UP, catch_up), (PastChoice.ADOPT, adopt), (PastChoice.ANCHOR_NOW, anchor_now)) if on]
+    if len(chosen) > 1:
+        fail("give one of --catch-up, --adopt and --anchor-now, not " + " and ".join(f"--{c.value}" for c in chosen))
     checked = check_file(_settings(), file)  # refuse a bad file before touching Temporal or the database
     if not checked.ok:
         fail(checked.problems[0])
-    anchor = datetime.now(timezone.utc) if anchor_now else None
-    result = _call(publish_file, file, anchor=anchor, checked=checked)
+    if checked.loaded.report.is_review:  # programme: PIR: recorded against the revisit, no follow-up of its own
+        from ncpi_workflow.revisit_reports import record_review
+
+        review = _call(record_review, checked.loaded)
+        if not review.created:
+            typer.echo(f"the review of cycle {review.cycle} of {review.inspection_id} is already recorded from this file; nothing changed")
+        else:
+            opened = "; the revisit was opened as of its fieldwork start" if review.opened_revisit else ""
+            typer.echo(f"recorded the post-inspection review of {review.inspection_id} (cycle {review.cycle}): "
+                       f"findings on {review.findings} recommendations{opened}")
+        return
+    try:
+        result = _call(publish_file, file, checked=checked, past=chosen[0] if chosen else None)
+    except PastDeadlines as exc:
+        _refused_for_the_past(exc)
+    _published_line(result)
+
+
+def _refused_for_the_past(exc) -> None:
+    """A report whose deadlines have passed, given without a choice: what catch-up would send, then the choices."""
+    first, *rest = exc.lines
+    typer.echo(f"ncpi: {_line(first)}", err=True)
+    for line in rest:
+        typer.echo(_line(line), err=True)
+    raise typer.Exit(EXIT_INVALID)
+
+
+def _published_line(result) -> None:
     if result.started:
         typer.echo(
             f"published {result.inspection_id}: workflow {result.workflow_id}, {result.recommendations} recommendations"
         )
     else:
         typer.echo(f"{result.inspection_id} is already published (workflow {result.workflow_id}); nothing started")
+
+
+@app.command("import")
+def import_(
+    report: Path = typer.Argument(..., help="The report file (YAML)."),
+    state: Path = typer.Argument(..., help="The state file (YAML, docs/state-format.md): what has happened since publication."),
+) -> None:
+    """Adopt a follow-up already under way: the report and a state file of the deliveries made, the revisits
+    held, and each recommendation's register trail, decisions and progress. Both are checked first (every
+    problem one line; nothing written on any), then the report is published with --adopt and the workflows
+    apply the state's actions at their dates. Nothing is sent for the past."""
+    from ncpi_workflow.app.publishing import check_file, import_file
+    from ncpi_workflow.state_file import StateInvalid, load_state
+
+    settings = _settings()
+    checked = check_file(settings, report)
+    problems = list(checked.problems)
+    if checked.ok and checked.loaded.report.is_review:
+        problems.append(f"{report}: a post-inspection review's report (programme: PIR) is not imported: publish it")
+    elif checked.ok:
+        try:
+            load_state(state, checked.loaded.report, max_bytes=settings.report_max_bytes)
+        except StateInvalid as exc:
+            problems += exc.problems
+    if problems:
+        for problem in problems:
+            typer.echo(f"ncpi: {_line(problem)}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    result = _call(import_file, report, state, checked=checked)
+    _published_line(result)
 
 
 @app.command()
@@ -409,10 +504,35 @@ def show(
 
     _target(id)  # a bad ID is refused before Temporal is asked
     kind, view = _call(read_models.show, id)
+    recorded = _recorded_dates(kind, _target(id)[1])
     if as_json:
-        _echo_json(dump(view))
+        document = dump(view)
+        if recorded is not None and recorded.actions:
+            # Back-dated actions: when each was recorded (the view's own instants are when it happened).
+            document["recorded"] = [{"happened_at": at.isoformat(), "by": None if by == "*" else by, "recorded_at": rec.isoformat()}
+                                    for (at, by), rec in sorted(recorded.actions.items())]
+        _echo_json(document)
     else:
-        _echo_lines(render_recommendation(view) if kind == "recommendation" else render_inspection(view))
+        _echo_lines(render_recommendation(view, recorded) if kind == "recommendation" else render_inspection(view, recorded))
+
+
+def _recorded_dates(kind: str, business_id: str):
+    """When the back-dated actions were recorded, from the database (`ncpi show` prints both dates); None,
+    and the workflow's state alone, when the database cannot be read."""
+    from ncpi_workflow import db
+    from ncpi_workflow.app import read_models
+
+    settings = _settings()
+
+    async def fetch():
+        async with db.open_database(settings.database_url) as sessions:
+            return await read_models.recorded_dates(sessions, kind, business_id)
+
+    try:
+        with _database_errors(settings):
+            return run(fetch())
+    except UserError:
+        return None
 
 
 CLAIMS = "not_started, in_progress, implemented"
@@ -425,6 +545,7 @@ def progress(
     claim: str = typer.Option(..., "--claim", help=f"What the force says: {CLAIMS}."),
     text: str = typer.Option(..., "--text", help="The force's account of its progress."),
     by: str = typer.Option(..., "--by", help="Who reports it."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="YYYY-MM-DD", help=ON_HELP),
 ) -> None:
     """Record the force's progress on a recommendation (its own claim, apart from the inspectorate's judgement)."""
     from ncpi_workflow.app.force_responses import submit_progress
@@ -434,7 +555,7 @@ def progress(
     _word_arg(claim, "--claim")
     _text_arg(text, "--text")
     _name_arg(by)
-    view = _call(submit_progress, rec, claim, text, by)
+    view = _call(submit_progress, rec, claim, text, by, on=_on_arg(on))
     s = view.state
     typer.echo(f"{rec}: progress recorded (force claims {words(s.force_claim)}); {words(s.phase)}, {view.register_status}")
 
@@ -445,6 +566,7 @@ def evidence(
     file: Path = typer.Option(..., "--file", help="The evidence file."),
     by: str = typer.Option(..., "--by", help="Who submits it."),
     description: Optional[str] = typer.Option(None, "--description", help="What the file shows."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="YYYY-MM-DD", help=ON_HELP),
 ) -> None:
     """Submit a file of evidence for a recommendation: kept by its SHA-256, then recorded by the workflow."""
     from ncpi_workflow.app.force_responses import check_evidence_file, submit_evidence
@@ -454,9 +576,10 @@ def evidence(
     _name_arg(by)
     _text_arg(description, "--description", required=False)
     _valid(check_filename, file.name, "--file: the file name")
+    day = _on_arg(on)
     # The file's own checks need no Temporal: a bad file (a link, a FIFO, too big, ...) is refused first.
     with check_evidence_file(_settings(), file) as checked:
-        submitted = _call(submit_evidence, rec, file, by, description, checked=checked)
+        submitted = _call(submit_evidence, rec, file, by, description, checked=checked, on=day)
     stored, view = submitted.stored, submitted.view
     typer.echo(
         f"{rec}: evidence {printable(stored.filename)} recorded ({stored.size_bytes:,} bytes, sha256 {stored.sha256[:12]}); "
@@ -468,6 +591,9 @@ def evidence(
 def revisit(
     inspection_id: str = typer.Argument(..., metavar="INSPECTION_ID", help="An inspection ID, e.g. CUM-2017-01-26."),
     by: str = typer.Option(..., "--by", help="The inspector opening the revisit."),
+    on: Optional[str] = typer.Option(
+        None, "--on", metavar="YYYY-MM-DD", help="The revisit's fieldwork start, when it opened earlier (back-dating)."
+    ),
 ) -> None:
     """Open the revisit (post-inspection review) now: every open recommendation is asked for evidence or reviewed."""
     from ncpi_workflow.app.inspector_actions import trigger_revisit
@@ -475,7 +601,7 @@ def revisit(
 
     insp = _inspection(inspection_id)
     _name_arg(by)
-    result = _call(trigger_revisit, insp, by)
+    result = _call(trigger_revisit, insp, by, on=_on_arg(on))
     typer.echo(f"revisit of {insp} opened {when(result.opened_at)} (cycle {result.cycle}, {result.trigger}, by {result.by})")
 
 
@@ -485,6 +611,7 @@ def decide(
     outcome: str = typer.Option(..., "--outcome", help=f"The inspectorate's judgement: {OUTCOMES}."),
     rationale: str = typer.Option(..., "--rationale", help="Why."),
     by: str = typer.Option(..., "--by", help="Who decides."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="YYYY-MM-DD", help=ON_HELP),
 ) -> None:
     """Record the inspectorate's decision on a recommendation under review: it closes or starts a further cycle."""
     from ncpi_workflow.app.inspector_actions import record_decision
@@ -494,7 +621,7 @@ def decide(
     _word_arg(outcome, "--outcome")
     _text_arg(rationale, "--rationale")
     _name_arg(by)
-    view = _call(record_decision, rec, outcome, rationale, by)
+    view = _call(record_decision, rec, outcome, rationale, by, on=_on_arg(on))
     s = view.state
     if s.phase.value == "closed":
         typer.echo(f"{rec}: {words(outcome)}; closed ({view.register_status})")
@@ -552,6 +679,7 @@ def register_set(
     status: str = typer.Option(..., "--status", help="awaiting review, being progressed or will be progressed."),
     comment: str = typer.Option(..., "--comment", help="The public comment published with the status."),
     by: str = typer.Option(..., "--by", help="The inspector who judges it."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="YYYY-MM-DD", help=ON_HELP),
 ) -> None:
     """Set a recommendation's public register status: a dated, attributed step of its trail. The force's own
     claim never sets it; "no further action needed" comes with a closing decision."""
@@ -561,7 +689,7 @@ def register_set(
     _word_arg(status, "--status")
     _text_arg(comment, "--comment")
     _name_arg(by)
-    view = _call(set_register_status, rec, status, comment, by)
+    view = _call(set_register_status, rec, status, comment, by, on=_on_arg(on))
     typer.echo(f"{rec}: register status {view.register_status!r} set by {view.state.register[-1].by}")
 
 
@@ -601,6 +729,7 @@ def deliver(
         None, "--document", help="The document received: checked like a portal upload, kept by its SHA-256."
     ),
     url: Optional[str] = typer.Option(None, "--url", help="Or the web address it is published at."),
+    on: Optional[str] = typer.Option(None, "--on", metavar="YYYY-MM-DD", help="The day it was received, when that was earlier."),
 ) -> None:
     """Record that the force (or PCC) delivered a report-level item: its deadline is met and its reminders stop.
     With --document, the file is checked (type by content, size, name, the scan) before anything is
@@ -618,6 +747,7 @@ def deliver(
         raise UserError("give --document or --url, not both")
     if url is not None:
         _word_arg(url, "--url")
+    day = _on_arg(on)
     checked = None
     if document is not None:
         # The file's own checks need no Temporal: a bad document is refused first, and nothing is kept.
@@ -626,7 +756,7 @@ def deliver(
         except UserError as exc:
             raise UserError(f"--document: {exc}") from None
     try:
-        view = _call(record_delivery_received, insp, item, by, note, document=checked, url=url)
+        view = _call(record_delivery_received, insp, item, by, note, document=checked, url=url, on=day)
     finally:
         if checked is not None:
             checked.discard()

@@ -8,7 +8,7 @@ whether it asks the CLI or the workflow.
 
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -381,6 +381,8 @@ class EvidenceItem:
     by: str
     at: datetime
     cycle: int
+    recorded_at: datetime | None = None
+    """When it was recorded, for back-dated evidence (None: same as `at`)."""
 
 
 @dataclass
@@ -404,6 +406,12 @@ class RecommendationState:
     """The public register's dated trail, newest last (empty in histories from before the trail)."""
     run: int = 0
     """Which run of the continue-as-new chain holds this state (1 for the first); projections' versions start from it."""
+    review_opened_at: datetime | None = None
+    """When this cycle's review opened (a back-dated decision may not be dated before it)."""
+    imports: "ImportedRecommendation | None" = None
+    """Imported actions (adoption) not yet applied: carried across continue-as-new, never re-applied."""
+    imports_done: int = 0
+    """Imported actions taken in so far (applied or refused): numbers the next one's records."""
 
     @property
     def register_status(self) -> str:
@@ -416,6 +424,86 @@ class RegisterEntry:
     comment: str
     by: str
     at: datetime
+    recorded_at: datetime | None = None
+
+
+# Adoption and import ---------------------------------------------------------
+# A follow-up already under way when the product takes it over (`ncpi publish --adopt`, `ncpi import`):
+# the actions already taken, applied by the workflows themselves in time order, as the matching Update would.
+
+
+@dataclass
+class ImportedDelivery:
+    item: str
+    on: date
+    by: str
+    note: str = ""
+    url: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+
+
+@dataclass
+class ImportedRevisit:
+    cycle: int
+    on: date
+    by: str
+    trigger: str = "inspector"
+    """"inspector" or "automatic"."""
+
+
+@dataclass
+class ImportedInspection:
+    deliveries: list[ImportedDelivery] = field(default_factory=list)
+    revisits: list[ImportedRevisit] = field(default_factory=list)
+
+
+@dataclass
+class ImportedRegisterEntry:
+    on: date
+    status: str
+    """A RegisterStatus value."""
+    comment: str
+    by: str
+
+
+@dataclass
+class ImportedDecision:
+    cycle: int
+    on: date
+    outcome: str
+    rationale: str
+    by: str
+
+
+@dataclass
+class ImportedProgress:
+    on: date
+    claim: str
+    text: str
+    by: str
+
+
+@dataclass
+class ImportedRecommendation:
+    register: list[ImportedRegisterEntry] = field(default_factory=list)
+    decisions: list[ImportedDecision] = field(default_factory=list)
+    progress: list[ImportedProgress] = field(default_factory=list)
+
+
+def occurred_instant(calendar: WorkingCalendar, on: date) -> datetime:
+    """The calendar instant a back-dated action is recorded at: noon (calendar zone) that day."""
+    return calendar.at(on, time(12, 0))
+
+
+def check_on(on: date | None, *, published: date, today: date, what: str) -> None:
+    """Refuse a back-dating day in the future or before the report's publication (None: now)."""
+    if on is None:
+        return
+    if on > today:
+        raise ValueError(f"--on {on.isoformat()} is in the future (today is {today.isoformat()}): {what} cannot be dated later than today")
+    if on < published:
+        raise ValueError(f"--on {on.isoformat()} is before the report was published on {published.isoformat()}: {what} cannot be dated earlier")
 
 
 @dataclass
@@ -434,6 +522,13 @@ class RecommendationInput:
     carried: RecommendationState | None = None
     revisit_by: date | None = None
     """The inspection's revisit limit at publication: the recommendation's own reminders stop when the revisit opens."""
+    adopted_at: datetime | None = None
+    """UTC instant of adoption: notifications scheduled before it are recorded as history, not sent."""
+    imported: ImportedRecommendation | None = None
+    """Actions taken before adoption, applied by the workflow in time order."""
+    imported_revisits: list[ImportedRevisit] = field(default_factory=list)
+    """The inspection's imported revisits (filled in by the inspection workflow): the recommendation's
+    catching up waits at each for the review to open, never running ahead of it."""
 
 
 @dataclass
@@ -459,6 +554,8 @@ class ProgressRequest:
     claim: str
     text: str
     by: str
+    on: date | None = None
+    """The day it happened (back-dating), None for now."""
 
 
 @dataclass
@@ -470,6 +567,7 @@ class EvidenceRequestInput:
     content_type: str
     by: str
     description: str | None = None
+    on: date | None = None
 
 
 @dataclass
@@ -477,6 +575,7 @@ class DecisionRequest:
     outcome: str
     rationale: str
     by: str
+    on: date | None = None
 
 
 @dataclass
@@ -502,11 +601,14 @@ class RegisterStatusRequest:
     comment: str
     """Public: it is published on the register with the status."""
     by: str
+    on: date | None = None
 
 
 @dataclass
 class TriggerRevisitRequest:
     by: str
+    on: date | None = None
+    """The revisit's fieldwork start: it opened that day."""
 
 
 @dataclass
@@ -520,6 +622,7 @@ class DeliveryRequest:
     filename: str | None = None
     url: str | None = None
     """Or the address it is published at."""
+    on: date | None = None
 
 
 @dataclass
@@ -528,6 +631,8 @@ class OpenReview:
 
     cycle: int
     revisit_opened_at: datetime
+    backdated: bool = False
+    """The child takes revisit_opened_at as its instant (a past or back-dated revisit)."""
 
 
 @dataclass
@@ -540,6 +645,8 @@ class Settled:
     open: bool
     """True when the outcome starts a further follow-up cycle."""
     decided_at: datetime
+    backdated: bool = False
+    """The decision was back-dated (or imported): the cycle is decided at decided_at, not when this arrives."""
 
 
 @dataclass
@@ -660,6 +767,7 @@ class RecommendationRef:
     recommendation_id: str
     ref: str
     timeframe: str
+    imported: ImportedRecommendation | None = None
 
 
 @dataclass
@@ -687,6 +795,13 @@ class InspectionState:
     """Notifications still waiting for the SMTP server at continue-as-new: the next run resumes them."""
     run: int = 0
     """Which run of the continue-as-new chain holds this state (1 for the first)."""
+    imports: "ImportedInspection | None" = None
+    """Imported actions (adoption) not yet applied: carried across continue-as-new, never re-applied."""
+    imports_done: int = 0
+    settled_latest: datetime | None = None
+    """The latest decided_at among this cycle's settlements."""
+    settled_backdated: bool = False
+    """A settlement of this cycle was back-dated: the cycle is decided at settled_latest."""
 
 
 @dataclass
@@ -702,6 +817,10 @@ class InspectionInput:
     calendar: WorkingCalendar
     time_scale: TimeScale
     carried: InspectionState | None = None
+    adopted_at: datetime | None = None
+    """UTC instant of adoption (publish's wall clock; a calendar instant, which is the wall clock at time
+    scale 1): notifications scheduled before it are not sent, the past is caught up with in time order."""
+    imported: ImportedInspection | None = None
 
 
 @dataclass
@@ -795,6 +914,9 @@ class ProgressRecord:
     text: str
     by: str
     at: datetime
+    """When it happened."""
+    recorded_at: datetime | None = None
+    """When it was recorded (None: same as `at`)."""
 
 
 @dataclass
@@ -812,6 +934,8 @@ class EvidenceRecord:
     recommendation_id: str
     cycle: int
     item: EvidenceRequestInput
+    at: datetime | None = None
+    recorded_at: datetime | None = None
 
 
 @dataclass
@@ -823,6 +947,7 @@ class DecisionRecord:
     rationale: str
     by: str
     at: datetime
+    recorded_at: datetime | None = None
 
 
 @dataclass
@@ -834,6 +959,7 @@ class RegisterRecord:
     comment: str
     by: str
     at: datetime
+    recorded_at: datetime | None = None
 
 
 @dataclass
@@ -879,6 +1005,7 @@ class DeadlineMetRecord:
     key: str
     cycle: int
     at: datetime
+    recorded_at: datetime | None = None
 
 
 @dataclass
@@ -889,6 +1016,7 @@ class RevisitRecord:
     trigger: str
     by: str
     at: datetime
+    recorded_at: datetime | None = None
 
 
 def clock_timeout(time_scale: TimeScale, calendar_instant: datetime, clock_now: datetime) -> timedelta:

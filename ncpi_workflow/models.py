@@ -211,6 +211,8 @@ class Deadline(Base):
     original_due: Mapped[date] = mapped_column(Date)
     current_due: Mapped[date] = mapped_column(Date)
     met_at: Mapped[datetime | None]
+    met_recorded_at: Mapped[datetime | None]
+    """When the meeting was recorded (`met_at` is when it happened: a back-dated receipt); NULL: the same."""
     waiting_due: Mapped[date | None] = mapped_column(Date)
     """Projected, report-level items only: `current_due` while the item is still awaited (not received,
     or a revisit limit whose revisit is not open), NULL otherwise (read_models.refresh_report_items)."""
@@ -247,6 +249,8 @@ class ProgressUpdate(Base):
     text: Mapped[str] = mapped_column(Text)
     submitted_by: Mapped[str] = mapped_column(String(200))
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When it happened (`--on`: the day given); `recorded_at` is when it was recorded (NULL: the same)."""
+    recorded_at: Mapped[datetime | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
 
 
@@ -280,6 +284,8 @@ class Evidence(Base):
     description: Mapped[str | None] = mapped_column(Text)
     submitted_by: Mapped[str] = mapped_column(String(200))
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When it was received (`--on`: the day given); `recorded_at` is when it was recorded (NULL: the same)."""
+    recorded_at: Mapped[datetime | None]
 
 
 class Revisit(Base):
@@ -296,6 +302,8 @@ class Revisit(Base):
     trigger: Mapped[str] = mapped_column(String(16))
     triggered_by: Mapped[str] = mapped_column(String(200))
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When it opened (a back-dated revisit: its fieldwork start); `recorded_at` is when it was recorded (NULL: the same)."""
+    recorded_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
 
 
@@ -315,6 +323,8 @@ class Decision(Base):
     rationale: Mapped[str] = mapped_column(Text)
     decided_by: Mapped[str] = mapped_column(String(200))
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """When it was decided (`--on`: the day given); `recorded_at` is when it was recorded (NULL: the same)."""
+    recorded_at: Mapped[datetime | None]
     reopened_at: Mapped[datetime | None]
     reopened_by: Mapped[str | None] = mapped_column(String(200))
     reopen_reason: Mapped[str | None] = mapped_column(Text)
@@ -333,7 +343,7 @@ class RegisterStatusEntry(Base):
     comment: Mapped[str] = mapped_column(Text)
     set_by: Mapped[str] = mapped_column(String(200))
     set_at: Mapped[datetime]
-    """When it was judged (the policy calendar); `recorded_at` is when it was written."""
+    """When it was judged (the policy calendar; `--on`: the day given); `recorded_at` is when it was recorded."""
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -501,3 +511,55 @@ class InboundMessage(Base):
     """The reply's own text (quoted original removed), at most INBOUND_TEXT_KEPT characters."""
     acknowledgement_id: Mapped[int | None] = mapped_column(Integer)
     """The outbox row of the acknowledgement sent for it."""
+
+
+class AreaForImprovement(Base):
+    """An area for improvement the report states (report file `areas_for_improvement`): a finding
+    without a recommendation, listed and exported, with no clocks (migration 0011)."""
+
+    __tablename__ = "areas_for_improvement"
+    __table_args__ = (UniqueConstraint("inspection_id", "ref"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    ref: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class RevisitReport(Base):
+    """The published report of a post-inspection review (a `programme: PIR` report file), recorded
+    against the reviewed inspection's revisit of one cycle (ncpi_workflow/revisit_reports.py)."""
+
+    __tablename__ = "revisit_reports"
+    __table_args__ = (
+        UniqueConstraint("inspection_id", "cycle"),
+        CheckConstraint("fieldwork_end >= fieldwork_start", name="fieldwork_ordered"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id"), index=True)
+    cycle: Mapped[int] = mapped_column(Integer)
+    revisit_id: Mapped[int | None] = mapped_column(ForeignKey("revisits.id"))
+    title: Mapped[str] = mapped_column(Text)
+    source_url: Mapped[str] = mapped_column(Text)
+    published_on: Mapped[date] = mapped_column(Date)
+    fieldwork_start: Mapped[date] = mapped_column(Date)
+    fieldwork_end: Mapped[date] = mapped_column(Date)
+    inspectors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    illustrative: Mapped[bool] = mapped_column(Boolean, default=False)
+    report_sha256: Mapped[str] = mapped_column(String(64))
+    recorded_by: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    findings: Mapped[list["RevisitFinding"]] = relationship(
+        back_populates="report", cascade="all, delete-orphan", order_by="RevisitFinding.id"
+    )
+
+
+class RevisitFinding(Base):
+    """A post-inspection review's re-inspection findings (narrative) on one recommendation."""
+
+    __tablename__ = "revisit_findings"
+    __table_args__ = (UniqueConstraint("revisit_report_id", "recommendation_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revisit_report_id: Mapped[int] = mapped_column(ForeignKey("revisit_reports.id"), index=True)
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("recommendations.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    report: Mapped[RevisitReport] = relationship(back_populates="findings")

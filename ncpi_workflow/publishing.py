@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import select
@@ -14,9 +16,20 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ncpi_workflow import db
-from ncpi_workflow.clocks import TimeScale, calendar_for_report, plan_report
+from ncpi_workflow.clocks import (
+    EVIDENCE_REQUEST_RECIPIENTS,
+    REVISIT_OPENED_RECIPIENTS,
+    Deadline,
+    MessageKind,
+    TimeScale,
+    Timeline,
+    WorkingCalendar,
+    calendar_for_report,
+    plan_report,
+)
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.forces import load_forces
+from ncpi_workflow.formatting import long_date, role_list, role_name
 from ncpi_workflow.lifecycle import InspectionInput, RecommendationRef, inspection_workflow_id
 from ncpi_workflow.models import Inspection
 from ncpi_workflow.policy import load_policy
@@ -41,6 +54,138 @@ def time_scale_for(settings: Settings, calendar_origin: datetime, anchor: dateti
 
 
 START_RPC_TIMEOUT = timedelta(seconds=30)
+
+
+# ---------------------------------------------------------------- a report whose deadlines have passed
+
+
+class PastChoice(StrEnum):
+    """How to follow up a report whose deadlines have already passed (`ncpi publish --catch-up` ...)."""
+
+    CATCH_UP = "catch-up"
+    """Start every clock from publication and send at once the latest due message of each deadline."""
+    ADOPT = "adopt"
+    """Record the past as history and send nothing for it (InspectionInput.adopted_at = now)."""
+    ANCHOR_NOW = "anchor-now"
+    """Follow the report up as if it were published now: every clock starts from this moment."""
+
+
+PAST_CHOICE_HELP = {
+    PastChoice.CATCH_UP: "send those messages now and follow up from the publication date",
+    PastChoice.ADOPT: "record the past as history and send nothing for it; the follow-up carries on as if it "
+    "had run from publication, and the next message due from today on is sent when its time comes",
+    PastChoice.ANCHOR_NOW: "follow the report up as if it were published now: every clock starts today",
+}
+
+
+@dataclass(frozen=True)
+class PastSend:
+    """One message catch-up would send at once."""
+
+    kind: str
+    """A notification kind: published, reminder, due_today, overdue, escalation, revisit_notice,
+    revisit_opened, evidence_request."""
+    what: str
+    """What it is about, for people: 'Force action plan, due Friday 2 June 2017'."""
+    recipients: tuple[str, ...]
+    scheduled_for: datetime
+    """When it was due to go out (calendar instant, UTC); under catch-up it goes now."""
+    rung: str | None = None
+    deadline: str = ""
+    """The deadline's key ('action_plan', 'recommendation:R1', 'evidence:R1'); 'published' for the notice."""
+
+    @property
+    def line(self) -> str:
+        kind = self.kind.replace("_", " ")
+        rung = f" (rung {role_name(self.rung)})" if self.rung else ""
+        return f"{kind}{rung}: {self.what} -> {role_list(self.recipients)}"
+
+
+@dataclass(frozen=True)
+class PastSummary:
+    """What publishing a report today would do at once without a choice of mode (catch-up's sends)."""
+
+    inspection_id: str
+    deadlines: int
+    passed: tuple[Deadline, ...]
+    sends: tuple[PastSend, ...]
+    revisit_opens: bool
+    """The revisit-by limit has passed: catch-up opens the revisit (automatically) at once."""
+    today: date
+
+    @property
+    def how_many(self) -> str:
+        """'these 14 messages'; 'up to these 14 messages (...)' when the revisit opens at once, as it
+        may overtake a recommendation's own last message (the recommendation is then under review)."""
+        overtaken = self.revisit_opens and any(s.deadline.startswith("recommendation:") for s in self.sends)
+        if not overtaken:
+            return f"these {len(self.sends)} messages"
+        return (f"up to these {len(self.sends)} messages (the revisit, opening at once, may overtake a "
+                "recommendation's own last reminder)")
+
+    def lines(self, name: str) -> list[str]:
+        last = max(self.passed, key=lambda d: d.due)
+        lines = [
+            f"{name}: {len(self.passed)} of the {self.deadlines} deadlines of {self.inspection_id} have passed "
+            f"(the latest, {last.label}, on {long_date(last.due)}); nothing was written and nothing started",
+            f"published as it is (--catch-up), {self.how_many} would be sent at once:",
+        ]
+        lines += [f"  {send.line}" for send in self.sends]
+        lines.append("choose how to follow it up, and publish it again with one of:")
+        lines += [f"  --{c.value}: {PAST_CHOICE_HELP[c]}" for c in PastChoice]
+        return lines
+
+
+class PastDeadlines(UserError):
+    """A report whose deadlines have passed, published without a choice: refused, nothing written."""
+
+    def __init__(self, name: str, summary: PastSummary):
+        self.name = name
+        self.summary = summary
+        self.lines = summary.lines(name)
+        super().__init__("\n".join(self.lines))
+
+
+def _what(deadline: Deadline) -> str:
+    verb = "no later than" if deadline.kind == "revisit_by" else "due"
+    label = deadline.label.removesuffix(" no later than")
+    return f"{label}, {verb} {long_date(deadline.due)}"
+
+
+def past_summary(
+    inspection_id: str, timeline: Timeline, refs: list[str], calendar: WorkingCalendar, now: datetime
+) -> PastSummary:
+    """What catch-up would send at once if the report were published at `now` (calendar instant):
+    the publication notice, the latest message already due of each deadline (the workflows send
+    only that one: a force needs the current rung, not a replay), and, the revisit-by limit passed,
+    the automatic revisit's notice and the evidence requests it makes. The same rules as the
+    workflows (`lifecycle.next_due`, the recommendations' silence once the revisit opens)."""
+    today = calendar.local(now).date()
+    passed = tuple(d for d in timeline.deadlines if d.due < today)
+    by_key = {d.key: d for d in timeline.deadlines}
+    latest: dict[str, object] = {}
+    for message in timeline.messages:
+        if message.at > now or message.deadline_key.startswith("evidence:"):
+            continue  # the evidence requests (and their clocks) come with the revisit, below
+        latest[message.deadline_key] = message  # in time order: the last one kept is the latest
+    sends: list[PastSend] = []
+    revisit_opens = False
+    for key, message in latest.items():
+        if message.kind is MessageKind.PUBLISHED:
+            sends.append(PastSend("published", f"the report's publication, {long_date(timeline.published)}",
+                                  message.recipients, message.at, deadline="published"))
+        elif message.kind is MessageKind.REVISIT_OPENED:
+            revisit_opens = True
+            sends.append(PastSend("revisit_opened", f"the revisit, opening by itself at its limit ({long_date(by_key[key].due)}) "
+                                  "and asking each recommendation for evidence",
+                                  REVISIT_OPENED_RECIPIENTS, message.at, deadline=key))
+        else:
+            sends.append(PastSend(message.kind.value, _what(by_key[key]), message.recipients, message.at, message.rung, key))
+    if revisit_opens:
+        opens_at = timeline.revisit_opens_at
+        sends.extend(PastSend("evidence_request", f"evidence for recommendation {ref}", EVIDENCE_REQUEST_RECIPIENTS, opens_at,
+                              deadline=f"evidence:{ref}") for ref in refs)
+    return PastSummary(inspection_id, len(timeline.deadlines), passed, tuple(sends), revisit_opens, today)
 
 
 async def _workflow_exists(client: Client, workflow_id: str) -> bool:
@@ -75,6 +220,9 @@ async def publish(
     anchor: datetime | None = None,
     by: str = "cli",
     loaded: LoadedReport | None = None,
+    past: PastChoice | None = None,
+    imported: tuple | None = None,
+    name: str | None = None,
 ) -> Publication:
     """Validate, write, start. A report that fails validation writes nothing and starts nothing;
     the same report again starts nothing; a different file for a published report is refused.
@@ -86,7 +234,25 @@ async def publish(
     of the report is refused before anything is written. Should the start fail once the records are
     committed, they stay: publishing the same file again starts the follow-up (so does the
     reconciler), for as long as it has never run. `loaded` is the report when the caller has just
-    checked `file`."""
+    checked `file`.
+
+    A report any of whose deadlines was due before today (real time: no anchor, time scale 1) is
+    refused with PastDeadlines (what catch-up would send at once) unless `past` chooses: CATCH_UP
+    (every clock from publication, the latest due message of each deadline sent at once), ADOPT
+    (the past recorded as history, nothing sent for it) or ANCHOR_NOW (as if published now).
+    `imported` is `state_file.load_state`'s result: actions already taken, applied by the workflows
+    on adoption (ADOPT implied). `name` is how refusals name the file (an upload's own name)."""
+    past = PastChoice(past) if past is not None else None
+    if imported is not None:
+        if past not in (None, PastChoice.ADOPT):
+            raise UserError(f"an imported follow-up is adopted: --{past.value} does not apply")
+        past = PastChoice.ADOPT
+    now = datetime.now(timezone.utc)
+    if past is PastChoice.ANCHOR_NOW and anchor is None:
+        anchor = now
+    if past is PastChoice.ADOPT and (anchor is not None or settings.time_scale != 1):
+        raise UserError("--adopt follows a report up in real time: it cannot be combined with an anchor "
+                        f"or a time scale (NCPI_TIME_SCALE is {settings.time_scale:g})")
     forces = load_forces(settings.forces_file)
     if loaded is None:
         loaded = load_report(file, known_forces=set(forces), max_bytes=settings.report_max_bytes)
@@ -99,6 +265,13 @@ async def publish(
     scale = time_scale_for(settings, published_at, anchor)
     force = forces[report.force]
     publication = functools.partial(Publication, report.inspection_id, workflow_id, recommendations=len(report.recommendations))
+    refusal = None
+    if past is None and scale == TimeScale() and not getattr(report, "is_review", False):
+        summary = past_summary(report.inspection_id, timeline, [r.ref for r in report.recommendations], calendar, now)
+        if summary.passed:
+            refusal = PastDeadlines(name or str(file), summary)
+    adopted_at = now if past is PastChoice.ADOPT else None
+    imported_inspection, imported_recommendations = imported if imported is not None else (None, {})
 
     async with db.open_database(settings.database_url) as sessions:
         existing = await _published(sessions, report.inspection_id)
@@ -109,10 +282,14 @@ async def publish(
                     f"{report.inspection_id}: a follow-up workflow {workflow_id} exists but the database has no record "
                     "of this report (was the database replaced?); nothing was written"
                 )
+            if refusal is not None:
+                raise refusal  # before anything is written
             try:
                 async with sessions.begin() as session:  # committed on leaving the block, before any start
                     await load_reference_forces(session, forces)
                     created = (await insert_report(session, loaded, timeline, actor=by, workflow_id=workflow_id)).created
+                    if created and past is not None:
+                        await _record_choice(session, report.inspection_id, by, past, now, imported)
             except IntegrityError:
                 if await _published(sessions, report.inspection_id) is None:
                     raise  # not the report committed meanwhile by another caller
@@ -126,7 +303,12 @@ async def publish(
                     f"(sha256 {existing.sha256[:12]}); a published report is not replaced"
                 )
             if existing.projection_version > 0:
+                if imported is not None:
+                    raise UserError(f"{report.inspection_id} is already published and its follow-up runs: "
+                                    "an import is for a report not yet published; nothing was imported")
                 return publication(started=False)  # its follow-up has run: nothing to start
+            if refusal is not None:
+                raise refusal  # recorded but never started: starting it needs the choice too
     try:
         await client.start_workflow(
             "InspectionFollowUp",
@@ -137,13 +319,11 @@ async def publish(
                 programme=report.programme,
                 title=report.title,
                 published=report.published,
-                recommendations=[
-                    RecommendationRef(recommendation_id(report.inspection_id, r.ref), r.ref, r.timeframe.value)
-                    for r in report.recommendations
-                ],
+                recommendations=[_ref(report.inspection_id, r, imported_recommendations.get(r.ref)) for r in report.recommendations],
                 policy=policy,
                 calendar=calendar,
                 time_scale=scale,
+                **_adoption(adopted_at, imported_inspection),
             ),
             id=workflow_id,
             task_queue=settings.task_queue,
@@ -155,6 +335,38 @@ async def publish(
         # the reconciler): the follow-up runs on them.
         return publication(started=created)
     return publication(started=True)
+
+
+async def _record_choice(session, inspection_id: str, by: str, past: PastChoice, now: datetime, imported) -> None:
+    """The choice a report's deadlines made necessary, in the audit trail with its records: how its
+    follow-up was started (and, adopted, the actions imported), for whoever has to start it again."""
+    import dataclasses
+
+    from ncpi_workflow.store import append_audit
+
+    detail = {"past": past.value, "at": now.isoformat()}
+    if imported is not None:
+        inspection, recommendations = imported
+        detail["imported"] = json.loads(json.dumps(
+            {"inspection": dataclasses.asdict(inspection),
+             "recommendations": {ref: dataclasses.asdict(r) for ref, r in recommendations.items()}}, default=str))
+    await append_audit(session, actor=by, action=f"report.{'imported' if imported is not None else past.value}",
+                       entity_type="inspection", entity_id=inspection_id, detail=detail)
+
+
+def _ref(inspection_id: str, rec, imported) -> RecommendationRef:
+    return RecommendationRef(recommendation_id(inspection_id, rec.ref), rec.ref, rec.timeframe.value, imported=imported)
+
+
+def _adoption(adopted_at: datetime | None, imported) -> dict:
+    """InspectionInput's adoption fields, given only when set (the input of a follow-up that is not
+    adopted stays as it was, field for field)."""
+    fields = {}
+    if adopted_at is not None:
+        fields["adopted_at"] = adopted_at
+    if imported is not None:
+        fields["imported"] = imported
+    return fields
 
 
 async def published_ids(settings: Settings) -> list[str]:

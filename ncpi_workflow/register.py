@@ -14,7 +14,12 @@ THE PUBLICATION RULE (what is public). `build_register` reads only these, and no
   workflow writes them so). Who set it (`set_by`) is left out;
 - the current due date of each recommendation's own clock and of the report-level clocks (action
   plan, PCC response, revisit-by limit), when each report-level item was received, when the revisit
-  opened; the outcome and date of the decision that closed a recommendation.
+  opened; the outcome and date of the decision that closed a recommendation;
+- a report's areas for improvement (`areas_for_improvement`: reference and text, as published);
+- the post-inspection reviews' reports (`revisit_reports`): the cycle, title, URL, publication date and
+  fieldwork dates, and their re-inspection findings on each (not restricted) recommendation
+  (`revisit_findings`), as published in the review's report. Not the inspectors' names, who recorded
+  it, nor the file's hash.
 
 Left out, by construction (never selected): the force's own progress notes and claims
 (`progress_updates`), evidence files and their names, descriptions and hashes (`evidence`,
@@ -44,6 +49,7 @@ from ncpi_workflow.errors import UserError
 from ncpi_workflow.formatting import local_date
 from ncpi_workflow.lifecycle import CLOSING_OUTCOMES, RegisterStatus
 from ncpi_workflow.models import (
+    AreaForImprovement,
     Deadline,
     Decision,
     Force,
@@ -52,6 +58,8 @@ from ncpi_workflow.models import (
     RecommendationTheme,
     RegisterStatusEntry,
     Revisit,
+    RevisitFinding,
+    RevisitReport,
 )
 from ncpi_workflow.report import THEMES_FILE, load_themes
 
@@ -67,6 +75,35 @@ class TrailStep:
     on: date
     status: str
     comment: str
+
+
+@dataclass(frozen=True)
+class ReinspectionFinding:
+    """A post-inspection review's published findings on one recommendation, with the review's report."""
+
+    cycle: int
+    findings: str
+    report_title: str
+    report_url: str
+    report_published_on: date
+
+
+@dataclass(frozen=True)
+class AreaForImprovementItem:
+    ref: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RevisitReportItem:
+    """A post-inspection review's published report (programme PIR) of one cycle's revisit."""
+
+    cycle: int
+    title: str
+    url: str
+    published_on: date
+    fieldwork_start: date
+    fieldwork_end: date
 
 
 @dataclass
@@ -90,6 +127,8 @@ class RegisterRecommendation:
     open: bool
     overdue_days: int | None
     illustrative: bool = False
+    reinspection_findings: list[ReinspectionFinding] = field(default_factory=list)
+    """Re-inspection findings from the post-inspection reviews' reports, by cycle."""
 
     @property
     def status_on(self) -> date:
@@ -112,6 +151,8 @@ class RegisterInspection:
     pcc_response_received_on: date | None
     revisit_by: date | None
     revisit_opened_on: date | None
+    areas_for_improvement: list[AreaForImprovementItem] = field(default_factory=list)
+    revisit_reports: list[RevisitReportItem] = field(default_factory=list)
 
 
 @dataclass
@@ -202,6 +243,24 @@ async def build_register(session: AsyncSession, *, today: date) -> RegisterDocum
             closing[dec.recommendation_id] = (dec.outcome, local_date(dec.decided_at))
     revisits = {v.inspection_id: local_date(v.opened_at)
                 for v in (await session.execute(select(Revisit.inspection_id, Revisit.opened_at).where(Revisit.cycle == 1))).all()}
+    areas: dict[str, list[AreaForImprovementItem]] = defaultdict(list)
+    for a in (await session.execute(select(AreaForImprovement.inspection_id, AreaForImprovement.ref, AreaForImprovement.text))).all():
+        areas[a.inspection_id].append(AreaForImprovementItem(a.ref, a.text))
+    for items in areas.values():
+        items.sort(key=lambda a: (len(a.ref), a.ref))
+    reviews: dict[str, list[RevisitReportItem]] = defaultdict(list)
+    review_of: dict[int, RevisitReportItem] = {}
+    for v in (await session.execute(select(RevisitReport.id, RevisitReport.inspection_id, RevisitReport.cycle, RevisitReport.title,
+                                           RevisitReport.source_url, RevisitReport.published_on, RevisitReport.fieldwork_start,
+                                           RevisitReport.fieldwork_end).order_by(RevisitReport.cycle))).all():
+        review_of[v.id] = RevisitReportItem(v.cycle, v.title, v.source_url, v.published_on, v.fieldwork_start, v.fieldwork_end)
+        reviews[v.inspection_id].append(review_of[v.id])
+    reinspection: dict[str, list[ReinspectionFinding]] = defaultdict(list)
+    for f in (await session.execute(select(RevisitFinding.revisit_report_id, RevisitFinding.recommendation_id, RevisitFinding.text))).all():
+        review = review_of[f.revisit_report_id]
+        reinspection[f.recommendation_id].append(ReinspectionFinding(review.cycle, f.text, review.title, review.url, review.published_on))
+    for found in reinspection.values():
+        found.sort(key=lambda f: f.cycle)
 
     out: list[RegisterRecommendation] = []
     for rec in recs:
@@ -220,6 +279,7 @@ async def build_register(session: AsyncSession, *, today: date) -> RegisterDocum
             report_url=inspection.source_url, published_on=inspection.published_on, text=rec.text, timeframe=rec.timeframe,
             themes=themes[rec.id], status=status, trail=steps, due_on=due_on, closed_on=closed[1] if closed else None,
             outcome=outcome, open=is_open, overdue_days=overdue, illustrative=rec.illustrative,
+            reinspection_findings=reinspection[rec.id],
         ))
     out.sort(key=lambda r: (-r.published_on.toordinal(), r.force_name, r.inspection_id, _ref_number(r.ref)))
 
@@ -237,6 +297,7 @@ async def build_register(session: AsyncSession, *, today: date) -> RegisterDocum
             action_plan_due_on=plan_due, action_plan_received_on=plan_received,
             pcc_response_due_on=pcc_due, pcc_response_received_on=pcc_received,
             revisit_by=item(i.id, "revisit_by")[0], revisit_opened_on=revisits.get(i.id),
+            areas_for_improvement=areas[i.id], revisit_reports=reviews[i.id],
         ))
     return RegisterDocument(today, out, reg_inspections, dict(load_themes(THEMES_FILE)))
 
@@ -246,17 +307,25 @@ async def build_register(session: AsyncSession, *, today: date) -> RegisterDocum
 RECOMMENDATION_FIELDS = [
     "id", "inspection_id", "ref", "force_code", "force_name", "report_title", "report_url", "published_on", "text",
     "timeframe", "themes", "status", "trail", "due_on", "closed_on", "outcome", "open", "overdue_days", "illustrative",
+    "reinspection_findings",
 ]
 INSPECTION_FIELDS = [
     "id", "force_code", "force_name", "title", "url", "programme", "published_on", "action_plan_due_on",
     "action_plan_received_on", "pcc_response_due_on", "pcc_response_received_on", "revisit_by", "revisit_opened_on",
+    "areas_for_improvement", "revisit_reports",
 ]
+_INSPECTION_DATES = INSPECTION_FIELDS[6:13]
 CSV_COLUMNS = [
     "id", "inspection_id", "ref", "force_code", "force_name", "report_title", "report_url", "published_on",
     "timeframe", "themes", "status", "status_on", "due_on", "closed_on", "outcome", "open", "overdue_days",
-    "illustrative", "text", "trail",
+    "illustrative", "text", "trail", "reinspection_findings", "reinspection_report_title", "reinspection_report_url",
+    "reinspection_published_on",
 ]
 """register.csv: one row per recommendation (README, "The public register" lists what each means)."""
+AREAS_CSV_COLUMNS = [
+    "inspection_id", "force_code", "force_name", "report_title", "report_url", "published_on", "ref", "text",
+]
+"""areas-for-improvement.csv: one row per area for improvement of a report (README, "Areas for improvement")."""
 
 
 def _iso(value: date | None) -> str | None:
@@ -270,10 +339,21 @@ def register_json(doc: RegisterDocument) -> dict[str, Any]:
         for key in ("published_on", "due_on", "closed_on"):
             values[key] = _iso(values[key])
         values["trail"] = [{"on": s.on.isoformat(), "status": s.status, "comment": s.comment} for s in r.trail]
+        values["reinspection_findings"] = [
+            {"cycle": f.cycle, "findings": f.findings, "report_title": f.report_title, "report_url": f.report_url,
+             "report_published_on": f.report_published_on.isoformat()} for f in r.reinspection_findings
+        ]
         return {key: values[key] for key in RECOMMENDATION_FIELDS}
 
     def inspection(i: RegisterInspection) -> dict[str, Any]:
-        return {key: (_iso(value) if isinstance(value, date) else value) for key, value in asdict(i).items()}
+        values = {key: (_iso(value) if isinstance(value, date) else value) for key, value in asdict(i).items()}
+        values["areas_for_improvement"] = [{"ref": a.ref, "text": a.text} for a in i.areas_for_improvement]
+        values["revisit_reports"] = [
+            {"cycle": v.cycle, "title": v.title, "url": v.url, "published_on": v.published_on.isoformat(),
+             "fieldwork_start": v.fieldwork_start.isoformat(), "fieldwork_end": v.fieldwork_end.isoformat()}
+            for v in i.revisit_reports
+        ]
+        return {key: values[key] for key in INSPECTION_FIELDS}
 
     return {
         "format": REGISTER_FORMAT,
@@ -297,16 +377,27 @@ def load_register_json(data: dict[str, Any]) -> RegisterDocument:
     try:
         recs = []
         for r in data["recommendations"]:
-            values = {key: r[key] for key in RECOMMENDATION_FIELDS}
+            values = {key: r[key] for key in RECOMMENDATION_FIELDS if key != "reinspection_findings"}
             for key in ("published_on", "due_on", "closed_on"):
                 values[key] = _day(values[key])
             values["trail"] = [TrailStep(date.fromisoformat(s["on"]), s["status"], s["comment"]) for s in r["trail"]]
+            values["reinspection_findings"] = [  # absent from exports made before the reviews were recorded
+                ReinspectionFinding(int(f["cycle"]), f["findings"], f["report_title"], f["report_url"],
+                                    date.fromisoformat(f["report_published_on"]))
+                for f in r.get("reinspection_findings", [])
+            ]
             recs.append(RegisterRecommendation(**values))
         inspections = []
         for i in data["inspections"]:
-            values = {key: i[key] for key in INSPECTION_FIELDS}
-            for key in INSPECTION_FIELDS[6:]:
+            values = {key: i[key] for key in INSPECTION_FIELDS if key not in ("areas_for_improvement", "revisit_reports")}
+            for key in _INSPECTION_DATES:
                 values[key] = _day(values[key])
+            values["areas_for_improvement"] = [AreaForImprovementItem(a["ref"], a["text"]) for a in i.get("areas_for_improvement", [])]
+            values["revisit_reports"] = [
+                RevisitReportItem(int(v["cycle"]), v["title"], v["url"], date.fromisoformat(v["published_on"]),
+                                  date.fromisoformat(v["fieldwork_start"]), date.fromisoformat(v["fieldwork_end"]))
+                for v in i.get("revisit_reports", [])
+            ]
             inspections.append(RegisterInspection(**values))
         themes = {t["code"]: t["label"] for t in data["themes"]}
         return RegisterDocument(date.fromisoformat(data["generated_on"]), recs, inspections, themes)
@@ -333,13 +424,32 @@ def register_csv(doc: RegisterDocument) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for r in doc.recommendations:
+        latest = r.reinspection_findings[-1] if r.reinspection_findings else None
         row = {
-            **{key: getattr(r, key) for key in CSV_COLUMNS if key not in ("themes", "trail", "status_on")},
+            **{key: getattr(r, key) for key in CSV_COLUMNS[:20] if key not in ("themes", "trail", "status_on")},
             "themes": ";".join(r.themes),
             "status_on": r.status_on,
             "trail": "\n".join(f"{s.on.isoformat()} {s.status}: {s.comment}" for s in r.trail),
+            "reinspection_findings": "\n".join(f"cycle {f.cycle}: {' '.join(f.findings.split())}" for f in r.reinspection_findings),
+            "reinspection_report_title": latest.report_title if latest else None,
+            "reinspection_report_url": latest.report_url if latest else None,
+            "reinspection_published_on": latest.report_published_on if latest else None,
         }
         writer.writerow([_cell(row[key]) for key in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def areas_csv(doc: RegisterDocument) -> str:
+    """areas-for-improvement.csv: one row per area for improvement, AREAS_CSV_COLUMNS in order
+    (RFC 4180, CRLF line ends; formula-like cells defused as in register.csv)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(AREAS_CSV_COLUMNS)
+    for i in doc.inspections:
+        for a in i.areas_for_improvement:
+            row = {"inspection_id": i.id, "force_code": i.force_code, "force_name": i.force_name, "report_title": i.title,
+                   "report_url": i.url, "published_on": i.published_on, "ref": a.ref, "text": a.text}
+            writer.writerow([_cell(row[key]) for key in AREAS_CSV_COLUMNS])
     return out.getvalue()
 
 
@@ -467,6 +577,9 @@ def render_page(env, template: str, urls, doc: RegisterDocument, **context: Any)
     return env.get_template(template).render(**page_context(doc, urls, **context))
 
 
+AREAS_CSV = "areas-for-improvement.csv"
+
+
 def export_register(doc: RegisterDocument, directory: Path) -> list[Path]:
     """Write the static register into `directory`: index.html (and one filtered index per force,
     status and theme), one page per recommendation, themes.html (the national view), register.json,
@@ -498,6 +611,7 @@ def export_register(doc: RegisterDocument, directory: Path) -> list[Path]:
     page("themes.html", "register_themes.html", 0, rows=national_by_theme(doc))
     written.append(_write(root, "register.json", (json.dumps(register_json(doc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")))
     written.append(_write(root, "register.csv", register_csv(doc).encode("utf-8")))
+    written.append(_write(root, AREAS_CSV, areas_csv(doc).encode("utf-8")))
     # The stylesheet's own URLs are absolute (/assets/...): made relative to where it is copied.
     css = (dist / "govuk-frontend.min.css").read_text(encoding="utf-8").replace("url(/assets/", "url(../assets/")
     written.append(_write(root, "govuk/govuk-frontend.min.css", css.encode("utf-8")))
@@ -510,4 +624,5 @@ def export_register(doc: RegisterDocument, directory: Path) -> list[Path]:
 __all__ = [
     "RegisterDocument", "RegisterInspection", "RegisterRecommendation", "TrailStep", "build_register", "register_json",
     "register_csv", "load_register_json", "export_register", "national_by_theme", "CSV_COLUMNS", "STATUSES",
+    "ReinspectionFinding", "AreaForImprovementItem", "RevisitReportItem", "areas_csv", "AREAS_CSV", "AREAS_CSV_COLUMNS",
 ]

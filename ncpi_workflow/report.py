@@ -102,6 +102,31 @@ class Finding(_Strict):
     text: Text
 
 
+class AreaForImprovement(_Strict):
+    """An area for improvement: a finding the report states without a recommendation (no clocks)."""
+
+    ref: str = Field(pattern=r"^AFI[0-9]{1,3}$", description="The report's reference, e.g. AFI1.")
+    text: Text = Field(description="The area for improvement, verbatim.")
+
+
+INSPECTION_ID_PATTERN = r"^[A-Z]{3}-[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+NAME_MAX = 200
+
+
+class RevisitFinding(_Strict):
+    """A post-inspection review's re-inspection findings on one recommendation of the original report."""
+
+    recommendation: str = Field(pattern=r"^R[0-9]{1,3}$", description="The original report's reference, e.g. R1.")
+    findings: Text = Field(description="The re-inspection findings (narrative), as the review's report gives them.")
+    cycle: int | None = Field(
+        default=None, ge=1, le=99,
+        description="The follow-up cycle whose revisit this review is (default: the follow-up's current cycle).",
+    )
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX)]
+
+
 class Recommendation(_Strict):
     """A recommendation addressed to the force, verbatim from the report."""
 
@@ -136,11 +161,31 @@ class Recommendation(_Strict):
 
 
 class Report(_Strict):
-    """A published NCPI inspection report of one force."""
+    """A published NCPI inspection report of one force, or (programme PIR) the report of the
+    post-inspection review (revisit) of an earlier one."""
 
     format_version: Literal[1] = FORMAT_VERSION
     force: str = Field(pattern=r"^[A-Z]{3}$", description="Force code from config/forces.yaml, e.g. CUM.")
-    programme: Literal["NCPI"] = "NCPI"
+    programme: Literal["NCPI", "PIR"] = Field(
+        default="NCPI",
+        description="NCPI: an inspection report (its recommendations are followed up); PIR: the report of a "
+        "post-inspection review of the inspection named by `follows` (no new follow-up).",
+    )
+    follows: str | None = Field(
+        default=None, pattern=INSPECTION_ID_PATTERN,
+        description="PIR only: the inspection reviewed, by its ID (force code and publication date), e.g. KEN-2017-03-22.",
+    )
+    inspectors: list[Name] = Field(
+        default_factory=list, max_length=30, description="PIR only: the inspectors who carried out the review."
+    )
+
+    @field_validator("inspectors")
+    @classmethod
+    def _one_line_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if any(ord(c) < 32 or ord(c) == 127 for c in name):
+                raise ValueError(f"{name[:40]!r}: a name is one line, without control characters")
+        return names
     title: Text
     source_url: AnyHttpUrl
     fieldwork: Fieldwork
@@ -149,7 +194,17 @@ class Report(_Strict):
         default=False, description="True when the whole report is invented for demonstration, not a published one."
     )
     findings: list[Finding] = Field(default_factory=list)
-    recommendations: list[Recommendation] = Field(min_length=1, max_length=200)
+    recommendations: list[Recommendation] = Field(
+        default_factory=list, max_length=200, description="NCPI: at least one. PIR: none (give revisit_findings)."
+    )
+    areas_for_improvement: list[AreaForImprovement] = Field(
+        default_factory=list, max_length=200,
+        description="NCPI only: findings without a recommendation; listed and exported, no clocks.",
+    )
+    revisit_findings: list[RevisitFinding] = Field(
+        default_factory=list, max_length=200,
+        description="PIR only (at least one): the re-inspection findings on each recommendation of the original report.",
+    )
 
     @field_validator("force")
     @classmethod
@@ -176,6 +231,11 @@ class Report(_Strict):
 
     def finding(self, ref: str) -> Finding | None:
         return next((f for f in self.findings if f.ref == ref), None)
+
+    @property
+    def is_review(self) -> bool:
+        """A post-inspection review's report (programme PIR): recorded against `follows`, no follow-up of its own."""
+        return self.programme == "PIR"
 
 
 @dataclass(frozen=True)
@@ -237,6 +297,59 @@ def _reference_problems(data: Report) -> list[tuple[tuple[Any, ...], str]]:
                 problems.append(
                     (("recommendations", i, "answers"), f"{rec.answers!r} is a strength; a recommendation answers a concern")
                 )
+    seen = {}
+    for i, area in enumerate(data.areas_for_improvement):
+        if area.ref in seen:
+            problems.append((("areas_for_improvement", i, "ref"),
+                             f"duplicate area for improvement reference {area.ref!r} (also areas_for_improvement[{seen[area.ref]}])"))
+        seen.setdefault(area.ref, i)
+    return problems + _programme_problems(data)
+
+
+def _programme_problems(data: Report) -> list[tuple[tuple[Any, ...], str]]:
+    """What an inspection report (NCPI) and a post-inspection review's report (PIR) each must and must not hold."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    if not data.is_review:
+        if not data.recommendations:
+            problems.append((("recommendations",), "an inspection report needs at least one recommendation"))
+        for name in ("follows", "inspectors", "revisit_findings"):
+            if getattr(data, name):
+                problems.append(((name,), f"only a post-inspection review's report (programme: PIR) has {name}"))
+        return problems
+    if data.follows is None:
+        problems.append((("programme",), "a post-inspection review's report needs `follows`: the ID of the inspection it reviews"))
+    else:
+        if not data.follows.startswith(data.force + "-"):
+            problems.append((("follows",), f"{data.follows} is not an inspection of force {data.force}"))
+        try:
+            original = date.fromisoformat(data.follows[4:])
+        except ValueError:
+            problems.append((("follows",), f"{data.follows!r} does not end in a real date"))
+        else:
+            if original >= data.fieldwork.start:
+                problems.append((("fieldwork", "start"),
+                                 f"the review's fieldwork ({data.fieldwork.start}) starts on or before the reviewed report "
+                                 f"was published ({original})"))
+    if not data.inspectors:
+        problems.append((("inspectors",), "a post-inspection review's report names its inspectors (at least one)"))
+    if not data.revisit_findings:
+        problems.append((("revisit_findings",), "a post-inspection review's report gives findings on at least one recommendation"))
+    for name, what in (("recommendations", "recommendations"), ("areas_for_improvement", "areas for improvement"),
+                       ("findings", "findings")):
+        if getattr(data, name):
+            problems.append(((name, 0), f"a post-inspection review's report has no {what} of its own here; "
+                                      "give the re-inspection findings per recommendation in revisit_findings"))
+    seen: dict[str, int] = {}
+    for i, finding in enumerate(data.revisit_findings):
+        if finding.recommendation in seen:
+            problems.append((("revisit_findings", i, "recommendation"),
+                             f"findings on {finding.recommendation} are given twice (also revisit_findings[{seen[finding.recommendation]}])"))
+        seen.setdefault(finding.recommendation, i)
+    cycles = {f.cycle for f in data.revisit_findings if f.cycle is not None}
+    if len(cycles) > 1:
+        i = next(i for i, f in enumerate(data.revisit_findings) if f.cycle is not None and f.cycle != min(cycles))
+        problems.append((("revisit_findings", i, "cycle"),
+                         f"one review's report is the report of one revisit; its findings name cycles {sorted(cycles)}"))
     return problems
 
 
@@ -294,6 +407,21 @@ def report_json_schema() -> dict[str, Any]:
     themes = schema["$defs"]["Recommendation"]["properties"]["themes"]
     themes["items"] = {"type": "string", "enum": list(load_themes(THEMES_FILE))}
     themes["uniqueItems"] = True
+    # What each programme must hold (the model checks it in _programme_problems, with the file's line).
+    schema["allOf"] = [{
+        "if": {"properties": {"programme": {"const": "PIR"}}, "required": ["programme"]},
+        "then": {
+            "required": ["follows", "inspectors", "revisit_findings"],
+            "properties": {"inspectors": {"minItems": 1}, "revisit_findings": {"minItems": 1},
+                           "recommendations": {"maxItems": 0}, "areas_for_improvement": {"maxItems": 0},
+                           "findings": {"maxItems": 0}},
+        },
+        "else": {
+            "required": ["recommendations"],
+            "properties": {"recommendations": {"minItems": 1}, "follows": {"type": "null"},
+                           "inspectors": {"maxItems": 0}, "revisit_findings": {"maxItems": 0}},
+        },
+    }]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://ncpi-followup.example/schema/report-v1.json"
     return schema

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     smtp_fault_probe_seconds: float = Field(default=30.0, gt=0, description=(
         "While the relay is failing as a whole (login refused, TLS, unreachable), try it at most this often; "
         "deliveries in between are held without connecting."))
+    smtp_held_retry_seconds: float = Field(default=60.0, gt=0, description=(
+        "While the relay is failing as a whole, a held delivery is tried again this often (not on the growing "
+        "backoff of other failures), so that it goes out within about this long of the fix."))
     outbox_pending_minutes: float = Field(default=15.0, gt=0, description=(
         "A notification pending this long with no delivery in progress is delivered by the reconciler; "
         "`ncpi health` reports how many are pending past it."))

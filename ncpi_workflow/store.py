@@ -21,6 +21,7 @@ from ncpi_workflow.clocks import Timeline
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.forces import ForceRef
 from ncpi_workflow.models import (
+    AreaForImprovement,
     AuditEvent,
     Contact,
     Deadline,
@@ -117,6 +118,9 @@ async def insert_report(
     """Write a report with its findings, recommendations and deadlines. A report already present
     (same force and publication date) is left as it is and `created` is False."""
     report = loaded.report
+    if report.is_review:
+        raise UserError(f"{loaded.path}: a post-inspection review's report (programme: PIR) is recorded against the "
+                        f"inspection it follows ({report.follows}), not published as an inspection")
     inspection_id = report.inspection_id
     if await session.get(Inspection, inspection_id) is not None:
         return InsertedReport(inspection_id, created=False)
@@ -150,6 +154,8 @@ async def insert_report(
                 restricted=rec.restricted,
             )
         )
+    for area in report.areas_for_improvement:  # listed and exported, no clocks
+        session.add(AreaForImprovement(inspection_id=inspection_id, ref=area.ref, text=area.text))
     await session.flush()
     for rec in report.recommendations:  # the public register's themes (config/themes.yaml)
         for theme in rec.themes:

@@ -55,6 +55,19 @@ def when(instant: datetime | None) -> str:
     return short_datetime(utc(instant), LONDON) if instant is not None else "-"
 
 
+def both_dates(at: datetime | None, recorded_at: datetime | None) -> str:
+    """When an action happened, and when it was recorded if that was another day (a back-dated action):
+    "22 March 2017 (recorded 2 December 2026)"; otherwise `when(at)`."""
+    if at is None:
+        return "-"
+    if recorded_at is None:
+        return when(at)
+    happened, recorded = utc(at).astimezone(LONDON).date(), utc(recorded_at).astimezone(LONDON).date()
+    if happened == recorded:
+        return when(at)
+    return f"{happened:%-d %B %Y} (recorded {recorded:%-d %B %Y})"
+
+
 def london_iso(instant: datetime | None) -> str | None:
     return utc(instant).astimezone(LONDON).isoformat() if instant is not None else None
 
@@ -85,7 +98,7 @@ def dump(view: InspectionView | RecommendationView) -> dict[str, Any]:
 # ---------------------------------------------------------------- workflow views (`ncpi show`)
 
 
-def _deadline_lines(deadline: TrackedDeadline) -> list[str]:
+def _deadline_lines(deadline: TrackedDeadline, recorded=None) -> list[str]:
     name = DEADLINE_NAMES.get(deadline.key, words(deadline.key))
     verb = "" if deadline.key == "revisit_by" else " due"
     line = f"  {name}{verb} {long_date(deadline.due)}"
@@ -94,7 +107,8 @@ def _deadline_lines(deadline: TrackedDeadline) -> list[str]:
     if deadline.cycle > 1:
         line += f", cycle {deadline.cycle}"
     if deadline.met_at is not None:
-        line += f"; met {when(deadline.met_at)}"
+        met_recorded = (recorded.met.get((deadline.key, deadline.cycle)) or recorded.any_at(deadline.met_at)) if recorded is not None else None
+        line += f"; met {both_dates(deadline.met_at, met_recorded)}"
     lines = [line]
     for r in deadline.revisions:
         lines.append(
@@ -103,10 +117,11 @@ def _deadline_lines(deadline: TrackedDeadline) -> list[str]:
     return lines
 
 
-def _history_lines(history) -> list[str]:
+def _history_lines(history, recorded=None) -> list[str]:
     lines = []
     for entry in history:
-        line = f"  {when(entry.at):<22} {entry.event}"
+        shown = both_dates(entry.at, recorded.action(entry.at, entry.by) if recorded is not None else None)
+        line = f"  {shown:<22} {entry.event}"
         if entry.by and entry.by != "system":
             line += f" (by {entry.by})"
         if entry.detail:
@@ -121,35 +136,37 @@ def _next_line(action: str | None, at: datetime | None) -> str:
     return f"Next: {action}" + (f", {when(at)}" if at else "")
 
 
-def render_recommendation(view: RecommendationView) -> list[str]:
+def render_recommendation(view: RecommendationView, recorded=None) -> list[str]:
+    """`recorded`: the records' `read_models.RecordedDates`, to show when back-dated actions were recorded."""
     s = view.state
     lines = [
         f"{view.recommendation_id} (workflow {view.workflow_id})",
         f"Phase: {words(s.phase)}, cycle {s.cycle}; public register: {view.register_status}",
         f"Force's claim: {words(s.force_claim)}; outcome: {words(s.outcome)}",
         "Deadlines:",
-        *_deadline_lines(s.deadline),
+        *_deadline_lines(s.deadline, recorded),
     ]
     if s.evidence_deadline is not None:
-        lines += _deadline_lines(s.evidence_deadline)
+        lines += _deadline_lines(s.evidence_deadline, recorded)
     lines.append(_next_line(view.next_action, view.next_action_at))
     if s.closed_at is not None:
-        lines.append(f"Closed: {when(s.closed_at)}")
+        lines.append(f"Closed: {both_dates(s.closed_at, recorded.any_at(s.closed_at) if recorded is not None else None)}")
     lines.append("Evidence:")
     if s.evidence:
         for e in s.evidence:
             lines.append(
-                f"  {printable(e.filename)} ({e.size_bytes:,} bytes, sha256 {e.sha256[:12]}), cycle {e.cycle}, by {e.by}, {when(e.at)}"
+                f"  {printable(e.filename)} ({e.size_bytes:,} bytes, sha256 {e.sha256[:12]}), cycle {e.cycle}, by {e.by}, "
+                f"{both_dates(e.at, recorded.evidence.get(e.sha256) if recorded is not None else None)}"
             )
     else:
         lines.append("  -")
     lines.append("History:")
-    lines += _history_lines(s.history)
+    lines += _history_lines(s.history, recorded)
     lines.append(f"(calendar now {when(calendar_now(view))}, Europe/London)")
     return lines
 
 
-def render_inspection(view: InspectionView) -> list[str]:
+def render_inspection(view: InspectionView, recorded=None) -> list[str]:
     s = view.state
     lines = [
         f"{view.inspection_id} (workflow {view.workflow_id})",
@@ -157,9 +174,10 @@ def render_inspection(view: InspectionView) -> list[str]:
         "Deadlines:",
     ]
     for deadline in s.deadlines:
-        lines += _deadline_lines(deadline)
+        lines += _deadline_lines(deadline, recorded)
     if s.revisit_opened_at is not None:
-        lines.append(f"Revisit: opened {when(s.revisit_opened_at)} ({s.revisit_trigger}, by {s.revisit_by})")
+        revisit_recorded = recorded.revisits.get(s.cycle) if recorded is not None else None
+        lines.append(f"Revisit: opened {both_dates(s.revisit_opened_at, revisit_recorded)} ({s.revisit_trigger}, by {s.revisit_by})")
     lines.append(_next_line(view.next_action, view.next_action_at))
     if s.closed_at is not None:
         lines.append(f"Closed: {when(s.closed_at)}")
@@ -167,7 +185,7 @@ def render_inspection(view: InspectionView) -> list[str]:
     if s.settled:
         lines.append("Decided this cycle: " + ", ".join(f"{r} {words(o)}" for r, o in s.settled.items()))
     lines.append("History:")
-    lines += _history_lines(s.history)
+    lines += _history_lines(s.history, recorded)
     lines.append(f"(calendar now {when(calendar_now(view))}, Europe/London)")
     return lines
 

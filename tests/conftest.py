@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import itertools
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,32 +37,123 @@ def postgres_cluster():
 _database_numbers = itertools.count(1)
 
 
-async def _create_pg_database(cluster: PostgresCluster) -> str:
+async def _create_pg_database(cluster: PostgresCluster, migrated: bool = False) -> str:
+    """An empty database on the cluster, or (`migrated`) one at the latest schema: a copy of the
+    cluster's template (`_pg_template`)."""
     import asyncpg
 
+    template = await asyncio.to_thread(_pg_template, cluster) if migrated else None
     name = f"ncpi_test_{os.getpid()}_{next(_database_numbers)}"
     connection = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user="postgres", database="postgres")
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await connection.close()
+    if template:
+        _migrated_copies.add(cluster.url(name))
     return cluster.url(name)
+
+
+# ---------------------------------------------------------------- migrated databases, from a template
+
+_template_lock = threading.Lock()
+_sqlite_template: list[Path] = []
+_pg_templates: dict[str, str] = {}
+_migrated_copies: set[str] = set()
+"""The PostgreSQL databases made from a template (already at the latest schema)."""
+
+
+def _sqlite_template_path() -> Path:
+    """A SQLite database migrated to head (`db.upgrade`), once per test session."""
+    with _template_lock:
+        if not _sqlite_template:
+            from ncpi_workflow import db
+
+            folder = Path(tempfile.mkdtemp(prefix="ncpi-test-template-"))
+            atexit.register(shutil.rmtree, folder, True)
+            db.upgrade_sync(f"sqlite+aiosqlite:///{folder / 'template.db'}")
+            _sqlite_template.append(folder / "template.db")
+        return _sqlite_template[0]
+
+
+def _pg_template(cluster: PostgresCluster) -> str:
+    """A database of the cluster migrated to head (`db.upgrade`), once per cluster; never connected
+    to again, so that CREATE DATABASE can copy it."""
+    with _template_lock:
+        key = str(cluster.root)
+        if key not in _pg_templates:
+            from ncpi_workflow import db
+
+            name = f"ncpi_template_{os.getpid()}_{next(_database_numbers)}"
+
+            async def create() -> None:
+                import asyncpg
+
+                connection = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user="postgres", database="postgres")
+                try:
+                    await connection.execute(f'CREATE DATABASE "{name}"')
+                finally:
+                    await connection.close()
+
+            asyncio.run(create())
+            db.upgrade_sync(cluster.url(name))
+            _pg_templates[key] = name
+        return _pg_templates[key]
+
+
+def copy_migrated_sqlite(path: Path) -> None:
+    """Make `path` a copy of the session's migrated SQLite template."""
+    _copy_sqlite(_sqlite_template_path(), path)
+
+
+def _copy_sqlite(template: Path, path: Path) -> None:
+    """`path` a copy of the SQLite database `template` (sqlite3's backup API: whole, WAL or not)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = sqlite3.connect(template)
+    try:
+        target = sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+async def migrate(url: str) -> None:
+    """What `await db.upgrade(url)` does, without running every migration for each new SQLite
+    database: a file that does not exist yet becomes a copy of a template migrated once per session
+    (the same schema and alembic_version). Anything else is upgraded as before. The migrations
+    themselves are tested on their own (tests/test_records.py: from nothing, idempotent, down)."""
+    from sqlalchemy.engine import make_url
+
+    from ncpi_workflow import db
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        await asyncio.to_thread(copy_migrated_sqlite, Path(parsed.database))
+    else:
+        await db.upgrade(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request, tmp_path) -> str:
-    """An empty database of each kind; the test decides whether to migrate it."""
+    """An empty database of each kind; the test decides whether to migrate it. For a test that
+    also asks for `migrated_database_url` (or `sessions`), that same database at the latest schema:
+    on PostgreSQL made so at once, a copy of the cluster's migrated template."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'ncpi.db'}"
     cluster = request.getfixturevalue("postgres_cluster")
-    return await _create_pg_database(cluster)
+    return await _create_pg_database(cluster, migrated="migrated_database_url" in request.fixturenames)
 
 
 @pytest.fixture
 async def migrated_database_url(database_url) -> str:
-    from ncpi_workflow import db
-
-    await db.upgrade(database_url)
+    """That database at the latest schema: a copy of a template migrated once per session (SQLite:
+    `migrate`; PostgreSQL: made from the cluster's template by `database_url`)."""
+    if database_url not in _migrated_copies:  # SQLite; or asked for by getfixturevalue, after an empty one
+        await migrate(database_url)
     return database_url
 
 
@@ -76,6 +173,36 @@ def cli_env(tmp_path) -> dict[str, str]:
     env["NCPI_DATA_DIR"] = str(tmp_path / "data")
     env["NCPI_SETTINGS_FILE"] = str(tmp_path / "absent-ncpi.toml")
     return env
+
+
+_cli_templates: dict[tuple, Path] = {}
+_CLI_TEMPLATE_IGNORES = ("NCPI_DATABASE_URL", "NCPI_DATA_DIR", "NCPI_SETTINGS_FILE")
+
+
+def ncpi_db_upgraded(env: dict[str, str]) -> None:
+    """What `ncpi db upgrade` (exit 0) makes of the new SQLite database NCPI_DATABASE_URL of `env`:
+    a copy of the database that command made, once per session for these settings (a subprocess
+    each time costs a second or more), so the file is the same."""
+    from sqlalchemy.engine import make_url
+
+    target = Path(make_url(env["NCPI_DATABASE_URL"]).database)
+    assert env["NCPI_DATABASE_URL"].startswith("sqlite") and not target.exists(), env["NCPI_DATABASE_URL"]
+    if Path(env.get("NCPI_SETTINGS_FILE", "ncpi.toml")).exists():  # settings of its own: the command itself
+        result = run_ncpi("db", "upgrade", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return
+    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith("NCPI_") and k not in _CLI_TEMPLATE_IGNORES))
+    with _template_lock:
+        if key not in _cli_templates:
+            folder = Path(tempfile.mkdtemp(prefix="ncpi-test-cli-template-"))
+            atexit.register(shutil.rmtree, folder, True)
+            template_env = {**env, "NCPI_DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'cli.db'}",
+                            "NCPI_DATA_DIR": str(folder / "data"), "NCPI_SETTINGS_FILE": str(folder / "absent-ncpi.toml")}
+            result = run_ncpi("db", "upgrade", env=template_env)
+            assert result.returncode == 0, result.stdout + result.stderr
+            _cli_templates[key] = folder / "cli.db"
+        template = _cli_templates[key]
+    _copy_sqlite(template, target)
 
 
 def run_ncpi(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:

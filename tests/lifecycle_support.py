@@ -15,7 +15,7 @@ from ncpi_workflow import db
 from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
 from ncpi_workflow.models import Notification
 from ncpi_workflow.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, migrate
 from worker import running_worker
 
 CUMBRIA = ROOT / "examples" / "cumbria-2017.yaml"
@@ -66,7 +66,7 @@ async def harness(env, tmp_path: Path, database_url: str | None = None, smtp_up:
     from tests.postgres import free_port
 
     url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'ncpi.db'}"
-    await db.upgrade(url)
+    await migrate(url)  # db.upgrade; a new SQLite file is a copy of the session's migrated template
     settings = Settings(
         database_url=url,
         task_queue=f"ncpi-test-{next(_queues)}",

@@ -12,7 +12,7 @@ import pytest
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.evidence_files import hash_file, keep_file, open_evidence
 from ncpi_workflow.lifecycle import check_name, printable
-from tests.conftest import ROOT, run_ncpi
+from tests.conftest import ROOT, ncpi_db_upgraded, run_ncpi
 
 REC = "CUM-2017-01-26-R1"
 NOWHERE = "127.0.0.1:1"
@@ -21,7 +21,7 @@ NOWHERE = "127.0.0.1:1"
 @pytest.fixture
 def env(cli_env):
     cli_env["NCPI_TEMPORAL_ADDRESS"] = NOWHERE
-    assert run_ncpi("db", "upgrade", env=cli_env).returncode == 0
+    ncpi_db_upgraded(cli_env)  # `ncpi db upgrade`, exit 0: a copy of what it made once this session
     return cli_env
 
 

@@ -106,7 +106,9 @@ async def _with_alert(h):
 async def _records(tmp_path):
     """A database holding the Cumbria report (no workflow): enough for the delivery activity."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'delivery.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     loaded = load_report(CUMBRIA, known_forces=set(FORCES), max_bytes=1 << 20)
     policy = Policy()
     timeline = plan_report(loaded.report.published, [(r.ref, r.timeframe) for r in loaded.report.recommendations],

@@ -55,7 +55,7 @@ async def _cycle_in_records(h, inspection_id: str, cycle: int):
 
 
 async def test_a_reopening_during_the_settling_before_continue_as_new_finishes_first(time_skipping_env, postgres_cluster, tmp_path):
-    url = await _create_pg_database(postgres_cluster)
+    url = await _create_pg_database(postgres_cluster, migrated=True)
     report = write_report(tmp_path, "NOR", date(2017, 2, 14), [("R1", "within_three_months"), ("R2", "within_three_months")])
     inspection_id, r1, r2 = "NOR-2017-02-14", "NOR-2017-02-14-R1", "NOR-2017-02-14-R2"
     async with harness(time_skipping_env, tmp_path, database_url=url) as h:

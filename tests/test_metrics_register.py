@@ -60,7 +60,9 @@ async def seed_figures(sessions, folder) -> dict[str, str]:
 @pytest.fixture
 async def seeded(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"  # the database of cli_env
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     async with db.open_database(url) as sessions:
         yield url, sessions, await seed_figures(sessions, tmp_path)
 

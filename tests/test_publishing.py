@@ -27,12 +27,12 @@ async def counts(h):
 
 
 async def _database_url(request, backend: str) -> str | None:
-    """None (the harness's own SQLite file) or a fresh PostgreSQL database."""
+    """None (the harness's own SQLite file) or a fresh PostgreSQL database at the latest schema."""
     if backend != "postgresql":
         return None
     from tests.conftest import _create_pg_database
 
-    return await _create_pg_database(request.getfixturevalue("postgres_cluster"))
+    return await _create_pg_database(request.getfixturevalue("postgres_cluster"), migrated=True)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -261,7 +261,9 @@ def test_a_csv_cell_that_starts_like_a_formula_is_defused():
 @pytest.fixture
 async def sqlite_url_sessions(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     async with db.open_database(url) as factory:
         yield factory
 

@@ -18,7 +18,9 @@ from worker import WORKFLOW_RUNNER, WORKFLOWS
 # (one action at a time, the register trail, the calendar kept ahead, the revisit limit told, a
 # re-opened recommendation waiting for its deadline: each behind its own workflow.patched()), v5 (each
 # step's clock from history and a timer before every message, behind "clock-from-history"; the
-# inspection projected when a recommendation settles, behind "inspection-projected-on-settlement").
+# inspection projected when a recommendation settles, behind "inspection-projected-on-settlement"), v6
+# (the same, and adopted-*: a follow-up adopted part-way, catching up with imported actions across
+# continue-as-new, then back-dated actions on every Update).
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("v*/*.json"))
 VERSIONS = sorted({p.parent.name for p in HISTORIES})
 
@@ -31,7 +33,19 @@ def test_histories_cover_both_workflows_and_continue_as_new(version):
 
 
 def test_both_shapes_are_kept():
-    assert {"v1", "v2", "v3", "v4", "v5"} <= set(VERSIONS)
+    assert {"v1", "v2", "v3", "v4", "v5", "v6"} <= set(VERSIONS)
+
+
+def test_v6_has_an_adopted_follow_up_across_continue_as_new():
+    names = {p.stem for p in HISTORIES if p.parent.name == "v6"}
+    assert {"adopted-inspection-run1", "adopted-inspection-run2", "adopted-recommendation-R2-run2"} <= names
+    import base64
+    import json
+
+    events = json.loads((Path(__file__).parent / "histories" / "v6" / "adopted-inspection-run1.json").read_text())["events"]
+    payload = events[0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]["data"]
+    started = json.loads(base64.b64decode(payload))
+    assert started["adopted_at"] and started["imported"]["revisits"] and started["imported"]["deliveries"]
 
 
 def _patches(path) -> set[str]:

@@ -227,7 +227,9 @@ def _worker(client, queue, sessions, policy, *, delivered, slow: dict[str, float
 
 async def _settings(tmp_path, **overrides) -> Settings:
     url = f"sqlite+aiosqlite:///{tmp_path / 'ncpi.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     return Settings(database_url=url, data_dir=tmp_path / "data", **overrides)
 
 

@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.lifecycle import (
         RECORD_REJECTED,
         Due,
+        occurred_instant,
         HistoryEntry,
         NotificationRequest,
         Revision,
@@ -251,6 +252,70 @@ class Outbox:
 
 def history(entries: list[HistoryEntry], at: datetime, event: str, by: str = "system", detail: str = "") -> None:
     entries.append(HistoryEntry(at=at, event=event, by=by, detail=detail))
+
+
+# ---------------------------------------------------------------- back-dating and adoption
+# Nothing here runs for a request without `on`, or a follow-up without adoption: histories from before
+# them issue the same commands.
+
+CAUGHT_UP, DID, WAIT = None, "did", "wait"
+"""What one step of catching up did: nothing left in the past, one event, or waiting for another workflow."""
+
+
+def occurred(calendar: WorkingCalendar, on: date | None, now: datetime) -> tuple[datetime, datetime | None]:
+    """The instant an action happened and, when back-dated, when it was recorded (None: not back-dated).
+    `on` equal to today is not back-dating: the action's instant is the step's now."""
+    if on is None or on == now.astimezone(calendar.zone).date():
+        return now, None
+    return occurred_instant(calendar, on), now
+
+
+def recorded_note(calendar: WorkingCalendar, recorded_at: datetime | None) -> str:
+    return f" (recorded {recorded_at.astimezone(calendar.zone).date().isoformat()})" if recorded_at is not None else ""
+
+
+def before_adoption(adopted_at: datetime | None, at: datetime) -> bool:
+    return adopted_at is not None and at < adopted_at
+
+
+async def notify_unless_before_adoption(
+    outbox: "Outbox", request: NotificationRequest, adopted_at: datetime | None, entries: list[HistoryEntry]
+) -> bool:
+    """Record and send a notification, unless it is scheduled before the follow-up was adopted: then a
+    history entry says so and nothing is recorded or sent. True when it was sent."""
+    if before_adoption(adopted_at, request.scheduled_for):
+        history(entries, request.scheduled_for, f"{request.kind} not sent (before adoption)", detail=request.subject)
+        return False
+    await outbox.notify(request)
+    return True
+
+
+def skip_before_adoption(due: Due, entries: list[HistoryEntry]) -> None:
+    """A deadline's message due before adoption: handled, in history, not recorded nor sent."""
+    deadline, message = due.deadline, due.message
+    for skipped in due.superseded:
+        deadline.handled.append(deadline.message_key(skipped))
+    deadline.handled.append(deadline.message_key(message))
+    detail = f"{deadline.key} due {deadline.due.isoformat()}" + (f", rung {message.rung}" if message.rung else "")
+    history(entries, message.at, f"{message.kind.value} not sent (before adoption)", detail=detail)
+
+
+def earliest_before(deadlines, policy, calendar: WorkingCalendar, before: datetime) -> Due | None:
+    """The earliest message not yet handled of these deadlines that is due before an instant."""
+    best: Due | None = None
+    for deadline in deadlines:
+        for message in deadline.messages(policy, calendar):
+            if deadline.message_key(message) in deadline.handled:
+                continue
+            if message.at < before and (best is None or message.at < best.message.at):
+                best = Due(deadline, message, [])
+    return best
+
+
+def import_refused(entries: list[HistoryEntry], workflow_id: str, at: datetime, what: str, reason: str, by: str = "system") -> None:
+    """An imported action the workflow's own checks refuse: in history and the worker's log, never a failure."""
+    workflow.logger.error("%s: import refused: %s: %s", workflow_id, what, reason)
+    history(entries, at, "import refused", by, f"{what}: {reason}")
 
 
 def update_key(workflow_id: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import date, datetime, time
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         NotificationRequest,
         OpenReview,
         Outcome,
+        RECORD_REJECTED,
         RecommendationInput,
         Reopened,
         ReviseDeadlineRequest,
@@ -37,10 +39,12 @@ with workflow.unsafe.imports_passed_through():
         TriggerRevisitRequest,
         AuditRecord,
         check_delivery,
+        check_on,
         check_revision,
         check_trigger_revisit,
         inspection_workflow_id,
         next_due,
+        occurred_instant,
         recommendation_workflow_id,
         revisit_deadline,
         tracked,
@@ -48,12 +52,21 @@ with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
 from workflows.common import (
+    CAUGHT_UP,
+    DID,
+    WAIT,
     CalendarKeeper,
     Outbox,
     ProjectionVersions,
     calendar_now,
     clock_from_history,
+    earliest_before,
     history,
+    import_refused,
+    notify_unless_before_adoption,
+    occurred,
+    recorded_note,
+    skip_before_adoption,
     one_at_a_time,
     revise,
     refuse_unless,
@@ -96,6 +109,11 @@ class InspectionWorkflow:
         self.published_at = self.calendar.next_send_time(self.calendar.at(inp.published, time(0, 0)))
         self.state = inp.carried or self._initial_state()
         self.revisit_requested_by: str | None = None
+        self.revisit_requested_on: date | None = None
+        self.adopted_at = inp.adopted_at
+        """An adopted follow-up: what falls before this instant is caught up with, never sent."""
+        self._dirty = False
+        self._waiting_lifted = False
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
@@ -125,6 +143,13 @@ class InspectionWorkflow:
             open_recommendations=[r.recommendation_id for r in self.inp.recommendations],
         )
         history(state.history, self.published_at, "published", detail=f"{len(self.inp.recommendations)} recommendations")
+        imported = self.inp.imported
+        if imported is not None:
+            state.imports = replace(
+                imported,
+                deliveries=sorted(imported.deliveries, key=lambda i: i.on),
+                revisits=sorted(imported.revisits, key=lambda i: (i.cycle, i.on)),
+            )
         return state
 
     def _now(self) -> datetime:
@@ -168,7 +193,7 @@ class InspectionWorkflow:
                     self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             s = self.state
-            if s.phase is InspectionPhase.CLOSED:
+            if s.phase is InspectionPhase.CLOSED and not self._imports_pending():
                 window_end = s.closed_at + self.policy.review.reopen_window.as_relativedelta()
                 reopened = await wait_until(self.scale, lambda: self.restart, window_end)
                 if not reopened:
@@ -186,20 +211,41 @@ class InspectionWorkflow:
                             return "closed"
                 continue
             now = self._now()
+            caught = CAUGHT_UP
             async with self.turn:
                 if self.steady:
                     now = await self._step_now()
                 if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
                     continue
                 if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
-                    await self._open_revisit("inspector", self.revisit_requested_by, now if self.steady else None)
+                    on, self.revisit_requested_on = self.revisit_requested_on, None
+                    at, recorded = occurred(self.calendar, on, now) if self.steady else (None, None)
+                    if recorded is not None:  # back-dated: it opened on its fieldwork's first day
+                        await self._open_revisit("inspector", self.revisit_requested_by, at, recorded=recorded, notice_at=now, backdated=True)
+                    else:
+                        await self._open_revisit("inspector", self.revisit_requested_by, now if self.steady else None)
                     continue
                 if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
                     await self._finish_cycle(now if self.steady else None)
                     continue
+                if self.adopted_at is not None and self.steady:
+                    caught = await self._catch_up(now)
+                    if caught == DID:
+                        if workflow.info().is_continue_as_new_suggested():
+                            self.restart = True
+                        continue
                 # Chosen here, sent after the timer (however short) in a later workflow task: a retried
                 # task sends what this one chose, with the row it recorded, instead of choosing again.
                 due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
+            if caught == WAIT:
+                # An imported revisit of the next cycle: it waits for this cycle's decisions; should they not
+                # have come by the inspection's next message after the adoption, that message goes as usual.
+                settled = await wait_until(self.scale, lambda: self.wake or self.restart or bool(self.revisit_requested_by),
+                                           self._upcoming())
+                self.wake = False
+                if not settled:
+                    self._waiting_lifted = True
+                continue
             woken = await wait_until(
                 self.scale, lambda: self.wake or self.restart or bool(self.revisit_requested_by), due.message.at if due else None
             )
@@ -231,7 +277,7 @@ class InspectionWorkflow:
         """The report notice to the force, then one child workflow per recommendation."""
         await wait_until(self.scale, lambda: False, self.published_at)
         lines = [f"{r.ref} ({r.timeframe.replace('_', ' ')})" for r in self.inp.recommendations]
-        await self.outbox.notify(
+        await self._notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/published", kind="published", inspection_id=self.inp.inspection_id,
                 recommendation_id=None, recipients=FORCE_AND_PCC,
@@ -257,6 +303,8 @@ class InspectionWorkflow:
                 published=self.inp.published, policy=self.policy, calendar=self.calendar,
                 time_scale=self.scale, parent_workflow_id=self.workflow_id,
                 revisit_by=revisit_deadline(self.state).due if workflow.patched(REVISIT_LIMIT_PATCH) else None,
+                adopted_at=self.adopted_at, imported=rec.imported,
+                imported_revisits=list(self.inp.imported.revisits) if self.inp.imported is not None else [],
             ),
             id=recommendation_workflow_id(rec.recommendation_id),
             # Children outlive each run of this workflow: it continues-as-new between cycles.
@@ -264,15 +312,111 @@ class InspectionWorkflow:
         )
 
     async def _send(self, due) -> None:
+        if self.adopted_at is not None and due.message.at < self.adopted_at:
+            skip_before_adoption(due, self.state.history)
+            return
         await send_due_message(
             self.outbox, self.workflow_id, due, label=due.deadline.as_deadline(self.calendar).label,
             inspection_id=self.inp.inspection_id, recommendation_id=None, force_name=self.inp.force_name,
             cycle=self.state.cycle, entries=self.state.history,
         )
 
+    # ------------------------------------------------------------------ adoption: catching up with the past
+
+    def _imports_pending(self) -> bool:
+        i = self.state.imports
+        return i is not None and bool(i.deliveries or i.revisits)
+
+    async def _notify(self, request: NotificationRequest) -> None:
+        await notify_unless_before_adoption(self.outbox, request, self.adopted_at, self.state.history)
+
+    def _next_import(self, now: datetime):
+        """The earliest imported action not yet taken in: (kind, item, instant), or None."""
+        i = self.state.imports
+        if i is None:
+            return None
+        heads = [(items[0].on, order, kind, items[0]) for order, (kind, items) in
+                 enumerate((("delivery", i.deliveries), ("revisit", i.revisits))) if items]
+        if not heads:
+            return None
+        on, _, kind, item = min(heads, key=lambda h: (h[0], h[1]))
+        return kind, item, now if on == self._today(now) else occurred_instant(self.calendar, on)
+
+    async def _catch_up(self, now: datetime) -> str | None:
+        """One past event of an adopted follow-up, in time order: a deadline's message due before the
+        adoption (handled, not sent; the automatic revisit opens at its own instant) or an imported
+        action (applied as its Update would)."""
+        s = self.state
+        due = earliest_before(self._active_deadlines(), self.policy, self.calendar, self.adopted_at)
+        imported = self._next_import(now)
+        if imported is not None and (due is None or imported[2] < due.message.at):
+            kind, item, at = imported
+            if kind == "revisit" and item.cycle == s.cycle + 1 and s.phase is InspectionPhase.REVISIT_OPEN:
+                # The next cycle's revisit: after this cycle's decisions (meanwhile, what is due goes as usual).
+                return await self._caught_up(CAUGHT_UP if self._waiting_lifted else WAIT)
+            self._dirty = True
+            await self._take_import(kind, item, at, now)
+            return DID
+        if due is None:
+            return await self._caught_up(CAUGHT_UP)
+        self._dirty = True
+        if due.message.kind is MessageKind.REVISIT_OPENS:
+            due.deadline.handled.append(due.deadline.message_key(due.message))
+            await self._open_revisit("automatic", "system", due.message.at, recorded=self.adopted_at,
+                                     notice_at=due.message.at, backdated=True)
+        else:
+            skip_before_adoption(due, s.history)
+        return DID
+
+    def _upcoming(self) -> datetime | None:
+        """When the inspection's first message after the adoption is due (None: none is)."""
+        times = [m.at for d in self._active_deadlines() for m in d.messages(self.policy, self.calendar)
+                 if d.message_key(m) not in d.handled and m.at >= self.adopted_at]
+        return min(times, default=None)
+
+    async def _caught_up(self, result: str | None) -> str | None:
+        if self._dirty:
+            self._dirty = False
+            await self._project()
+        return result
+
+    async def _take_import(self, kind: str, item, at: datetime, now: datetime) -> None:
+        s = self.state
+        (s.imports.deliveries if kind == "delivery" else s.imports.revisits).pop(0)
+        s.imports_done += 1
+        key = f"{self.workflow_id}/import/{s.imports_done}"
+        what = f"{kind} of {item.on.isoformat()}"
+        try:
+            if kind == "delivery":
+                request = DeliveryRequest(item.item, item.by, item.note, item.sha256, item.filename, item.url, on=item.on)
+                self._judge_delivery(request, now)
+                await self._deliver(request, at, self.adopted_at, key)
+            else:
+                if item.trigger not in ("inspector", "automatic"):
+                    raise ValueError(f"unknown revisit trigger {item.trigger!r}; use inspector or automatic")
+                if item.cycle != s.cycle:
+                    raise ValueError(f"it is for cycle {item.cycle}; the follow-up is in cycle {s.cycle}")
+                request = TriggerRevisitRequest(item.by, on=item.on)
+                check_trigger_revisit(request)
+                if s.phase is not InspectionPhase.FOLLOWING_UP:
+                    raise ValueError(f"the revisit of cycle {s.cycle} is already open or done")
+                self._check_revisit_on(request.on, now)
+                await self._open_revisit(item.trigger, item.by.strip(), at, recorded=self.adopted_at, notice_at=at, backdated=True)
+        except ValueError as exc:
+            import_refused(s.history, self.workflow_id, at, what, str(exc), getattr(item, "by", "system"))
+        except ApplicationError as exc:
+            if exc.type != RECORD_REJECTED:
+                raise
+            import_refused(s.history, self.workflow_id, at, what, exc.message, getattr(item, "by", "system"))
+
     # ------------------------------------------------------------------ the revisit
 
-    async def _open_revisit(self, trigger: str, by: str, now: datetime | None = None) -> None:
+    async def _open_revisit(
+        self, trigger: str, by: str, now: datetime | None = None, *, recorded: datetime | None = None,
+        notice_at: datetime | None = None, backdated: bool = False,
+    ) -> None:
+        """Open this cycle's revisit at `now`. A past or back-dated one (`backdated`) is recorded at
+        `recorded`, its notice scheduled for `notice_at`, and the recommendations open their review then."""
         s = self.state
         now = now or self._now()
         self.revisit_requested_by = None
@@ -280,20 +424,21 @@ class InspectionWorkflow:
         limit.handled.extend(limit.message_key(m) for m in limit.messages(self.policy, self.calendar))
         await run_activity(
             "record_revisit",
-            RevisitRecord(f"{self.workflow_id}/c{s.cycle}/revisit", self.inp.inspection_id, s.cycle, trigger, by, now),
+            RevisitRecord(f"{self.workflow_id}/c{s.cycle}/revisit", self.inp.inspection_id, s.cycle, trigger, by, now, recorded),
         )
-        await self.outbox.notify(
+        await self._notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_opened", kind="revisit_opened",
                 inspection_id=self.inp.inspection_id, recommendation_id=None,
                 recipients=("liaison_officer", "chief_officer", "inspectors"),
                 subject=f"Revisit of {self.inp.force_name} opened ({'by an inspector' if trigger == 'inspector' else 'at the six-month limit'})",
-                scheduled_for=now,
+                scheduled_for=notice_at or now,
                 context={"trigger": trigger, "by": by, "cycle": s.cycle, "open": list(s.open_recommendations)},
             )
         )
-        history(s.history, now, f"revisit opened ({trigger})", by, f"{len(s.open_recommendations)} recommendations under review")
-        review = OpenReview(s.cycle, now)
+        history(s.history, now, f"revisit opened ({trigger})", by,
+                f"{len(s.open_recommendations)} recommendations under review" + recorded_note(self.calendar, recorded))
+        review = OpenReview(s.cycle, now, backdated=backdated)
         for rec_id in list(s.open_recommendations):
             await workflow.get_external_workflow_handle(recommendation_workflow_id(rec_id)).signal(
                 RecommendationWorkflow.open_review, review
@@ -302,6 +447,7 @@ class InspectionWorkflow:
         s.phase = InspectionPhase.REVISIT_OPEN
         s.revisit_opened_at, s.revisit_trigger, s.revisit_by = now, trigger, by
         s.settled = {}
+        s.settled_latest, s.settled_backdated = None, False
         await self._project()
 
     def _all_settled(self) -> bool:
@@ -310,9 +456,11 @@ class InspectionWorkflow:
     async def _finish_cycle(self, now: datetime | None = None) -> None:
         s = self.state
         now = now or self._now()
+        if s.settled_backdated and s.settled_latest is not None:
+            now = s.settled_latest  # decided (back-dated or imported) then: the next cycle counts from then
         outcomes = {r: s.settled[r] for r in s.open_recommendations}
         further = [r for r, o in outcomes.items() if o in (Outcome.PARTIALLY_ACHIEVED.value, Outcome.NOT_ACHIEVED.value)]
-        await self.outbox.notify(
+        await self._notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/revisit_outcome", kind="revisit_outcome",
                 inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=FORCE_AND_PCC,
@@ -342,6 +490,7 @@ class InspectionWorkflow:
         s.deadlines = [d for d in s.deadlines if d.kind is not DeadlineKind.REVISIT_BY] + [limit]
         s.open_recommendations = open_recommendations
         s.settled = {}
+        s.settled_latest, s.settled_backdated = None, False
         s.deferred = {}
         s.phase = InspectionPhase.FOLLOWING_UP
         s.revisit_opened_at = s.revisit_trigger = s.revisit_by = s.closed_at = None
@@ -381,6 +530,9 @@ class InspectionWorkflow:
             return False
         if s.phase is InspectionPhase.REVISIT_OPEN:
             s.settled[settled.recommendation_id] = settled.outcome
+            if s.settled_latest is None or settled.decided_at > s.settled_latest:
+                s.settled_latest = settled.decided_at
+            s.settled_backdated = s.settled_backdated or settled.backdated
         elif not settled.open:
             # Closed before the revisit (withdrawn): nothing left to review.
             s.open_recommendations.remove(settled.recommendation_id)
@@ -430,6 +582,7 @@ class InspectionWorkflow:
     @workflow.update
     async def trigger_revisit(self, request: TriggerRevisitRequest) -> RevisitResult:
         self.revisit_requested_by = request.by.strip()
+        self.revisit_requested_on = request.on
         self.wake = True
         await workflow.wait_condition(lambda: self.state.revisit_opened_at is not None)
         s = self.state
@@ -439,6 +592,7 @@ class InspectionWorkflow:
     def _validate_trigger(self, request: TriggerRevisitRequest) -> None:
         check_trigger_revisit(request)
         self._accepting()
+        self._check_revisit_on(request.on, self._now())
         if self.state.phase is InspectionPhase.REVISIT_OPEN:
             opened = self.calendar.local(self.state.revisit_opened_at)
             raise ValueError(f"the revisit of cycle {self.state.cycle} is already open (since {opened:%Y-%m-%d})")
@@ -454,27 +608,49 @@ class InspectionWorkflow:
         async with self.turn:
             refuse_unless(lambda: self._validate_delivery(request))
             now = await self._step_now()
-            deadline = self._deadline(request.item)
-            deadline.met_at = now
-            await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, now))
-            # The document received, when the request names one (the portal's, an email's): with the
-            # record, never a new command, so histories from before it replay unchanged.
-            document = {k: v for k in ("filename", "sha256", "url") if (v := getattr(request, k, None)) is not None}
-            await run_activity(
-                "audit",
-                AuditRecord(update_key(self.workflow_id), request.by, f"{request.item}.received", "inspection",
-                            self.inp.inspection_id, {"note": request.note, **document}),
-            )
-            shown = "; ".join(x for x in (request.note, document.get("filename") or document.get("url") or "") if x)
-            history(self.state.history, now, f"{request.item.replace('_', ' ')} received", request.by, shown)
-            await self._project()
-            self.wake = True
+            refuse_unless(lambda: self._check_on(request.on, now, f"the {request.item.replace('_', ' ')}"))
+            at, recorded = occurred(self.calendar, request.on, now)
+            await self._deliver(request, at, recorded, update_key(self.workflow_id))
             return self.view()
+
+    async def _deliver(self, request: DeliveryRequest, at: datetime, recorded: datetime | None, key: str) -> None:
+        """A report-level item received at `at` (recorded at `recorded` when back-dated): its deadline is met then."""
+        deadline = self._deadline(request.item)
+        deadline.met_at = at
+        await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, at, recorded))
+        # The document received, when the request names one (the portal's, an email's): with the
+        # record, never a new command, so histories from before it replay unchanged.
+        document = {k: v for k in ("filename", "sha256", "url") if (v := getattr(request, k, None)) is not None}
+        audit = {"note": request.note, **document}
+        if recorded is not None:
+            audit["happened_at"] = at.isoformat()  # as the record activities mark a back-dated action
+        await run_activity(
+            "audit",
+            AuditRecord(key, request.by, f"{request.item}.received", "inspection", self.inp.inspection_id, audit),
+        )
+        shown = "; ".join(x for x in (request.note, document.get("filename") or document.get("url") or "") if x)
+        history(self.state.history, at, f"{request.item.replace('_', ' ')} received", request.by, shown + recorded_note(self.calendar, recorded))
+        await self._project()
+        self.wake = True
+
+    def _check_on(self, on: date | None, now: datetime, what: str) -> None:
+        check_on(on, published=self.inp.published, today=self._today(now), what=what)
+
+    def _check_revisit_on(self, on: date | None, now: datetime) -> None:
+        self._check_on(on, now, "the revisit")
+        if on is not None and self.state.phase is InspectionPhase.FOLLOWING_UP:
+            opened = self._today(revisit_deadline(self.state).opened_at)
+            if on < opened:
+                raise ValueError(f"--on {on.isoformat()} is before this follow-up cycle opened on {opened.isoformat()}")
 
     @record_delivery.validator
     def _validate_delivery(self, request: DeliveryRequest) -> None:
+        self._judge_delivery(request, self._now())
+
+    def _judge_delivery(self, request: DeliveryRequest, now: datetime) -> None:
         self._accepting()
         check_delivery(request)
+        self._check_on(request.on, now, f"the {request.item.replace('_', ' ')}")
         if request.item not in DELIVERABLE:
             raise ValueError(f"unknown item {request.item!r}; use one of: {', '.join(DELIVERABLE)}")
         deadline = self._deadline(request.item)

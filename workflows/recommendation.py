@@ -3,11 +3,13 @@ the inspectorate's decision, further follow-up cycles and re-opening."""
 
 from __future__ import annotations
 
+import bisect
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime, time
+from datetime import date, datetime, time
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.clocks import CalendarRefresh, DeadlineKind, Party, Timeframe, make_deadline, recommendation_deadline
@@ -43,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         ReopenRecord,
         ReviseDeadlineRequest,
         Settled,
+        RECORD_REJECTED,
         TrackedDeadline,
         check_decision,
         check_evidence,
@@ -50,8 +53,10 @@ with workflow.unsafe.imports_passed_through():
         check_register_status,
         check_reopen,
         check_revision,
+        check_on,
         check_withdraw,
         next_due,
+        occurred_instant,
         printable,
         recommendation_workflow_id,
         tracked,
@@ -59,12 +64,21 @@ with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.temporal import FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
 from workflows.common import (
+    CAUGHT_UP,
+    DID,
+    WAIT,
     CalendarKeeper,
     Outbox,
     ProjectionVersions,
     calendar_now,
     clock_from_history,
+    earliest_before,
     history,
+    import_refused,
+    notify_unless_before_adoption,
+    occurred,
+    recorded_note,
+    skip_before_adoption,
     one_at_a_time,
     revise,
     refuse_unless,
@@ -95,6 +109,10 @@ class RecommendationWorkflow:
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
+        self.adopted_at = inp.adopted_at
+        """An adopted follow-up: what falls before this instant is caught up with, never sent."""
+        self._dirty = False
+        self._barrier_lifted = False
         # One action at a time: handlers await activities, and two of them interleaving would each
         # act on a state the other is changing (both told "accepted", records and workflow disagreeing).
         self.turn = one_at_a_time()
@@ -124,6 +142,14 @@ class RecommendationWorkflow:
             phase=Phase.FORCE_NOTIFIED, cycle=1, deadline=own,
             register=[RegisterEntry(RegisterStatus.AWAITING_REVIEW.value, "", "system", published_at)],
         )
+        imported = self.inp.imported
+        if imported is not None:
+            state.imports = replace(
+                imported,
+                register=sorted(imported.register, key=lambda i: i.on),
+                decisions=sorted(imported.decisions, key=lambda i: i.on),
+                progress=sorted(imported.progress, key=lambda i: i.on),
+            )
         history(state.history, published_at, "force notified", detail=f"due {long_date(deadline.due)}")
         return state
 
@@ -182,7 +208,7 @@ class RecommendationWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
-            if self.state.phase is Phase.CLOSED:
+            if self.state.phase is Phase.CLOSED and not self._imports_pending():
                 window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
                 reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED or self.restart, window_end)
                 if not reopened:
@@ -191,13 +217,30 @@ class RecommendationWorkflow:
                         await self.outbox.drain()
                         return str(self.state.outcome)
                 continue
+            caught = CAUGHT_UP
             async with self._step():
                 now = await self._step_now()
                 if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
                     continue
+                if self.adopted_at is not None:
+                    caught = await self._catch_up(now)
+                    if caught == DID:
+                        if workflow.info().is_continue_as_new_suggested() and not self.restart:
+                            self.restart = True
+                        continue
                 # Chosen here, sent after the timer (however short) in a later workflow task: a retried
                 # task sends what this one chose, with the row it recorded, instead of choosing again.
                 due = next_due(self._active_deadlines(), self.policy, self.calendar, now)
+            if caught == WAIT:
+                # Catching up has reached the revisit: the inspection opens it (in its own catching up). Should
+                # it not have by this recommendation's next message after the adoption, carry on without it.
+                s = self.state
+                opened = await wait_until(self.scale, lambda: self.wake or self.restart or s.review_open or s.phase is Phase.CLOSED,
+                                          self._upcoming())
+                self.wake = False
+                if not opened:
+                    self._barrier_lifted = True
+                continue
             woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
             self.wake = False
             if not woken and due is not None:
@@ -209,11 +252,110 @@ class RecommendationWorkflow:
                 self.restart = True
 
     async def _send(self, due) -> None:
+        if self.adopted_at is not None and due.message.at < self.adopted_at:
+            skip_before_adoption(due, self.state.history)
+            return
         await send_due_message(
             self.outbox, self.workflow_id, due, label=self._label(due.deadline), inspection_id=self.inp.inspection_id,
             recommendation_id=self.inp.recommendation_id, force_name=self.inp.force_name, cycle=self.state.cycle,
             entries=self.state.history,
         )
+
+    # ------------------------------------------------------------------ adoption: catching up with the past
+
+    def _imports_pending(self) -> bool:
+        i = self.state.imports
+        return i is not None and bool(i.register or i.decisions or i.progress)
+
+    def _import_instant(self, on: date, now: datetime) -> datetime:
+        return now if on == self._today(now) else occurred_instant(self.calendar, on)
+
+    def _next_import(self, now: datetime):
+        """The earliest imported action not yet taken in: (kind, item, instant), or None. Same day: progress,
+        then register, then decisions."""
+        i = self.state.imports
+        if i is None:
+            return None
+        heads = [(items[0].on, order, kind, items[0]) for order, (kind, items) in
+                 enumerate((("progress", i.progress), ("register", i.register), ("decision", i.decisions))) if items]
+        if not heads:
+            return None
+        on, _, kind, item = min(heads, key=lambda h: (h[0], h[1]))
+        return kind, item, self._import_instant(on, now)
+
+    def _barrier(self) -> datetime | None:
+        """Before the review opens, catching up goes no further than the revisit (imported, or the limit's):
+        the inspection opens it, and what comes after happens in a review."""
+        s = self.state
+        if self._barrier_lifted or s.review_open or s.phase not in (Phase.FORCE_NOTIFIED, Phase.IN_PROGRESS):
+            return None
+        instants = [occurred_instant(self.calendar, r.on) for r in self.inp.imported_revisits if r.cycle == s.cycle]
+        if s.deadline.silent_from is not None:
+            instants.append(s.deadline.silent_from)
+        elif s.cycle > 1:
+            instants.append(s.deadline.opened_at)  # until the inspection tells this cycle's revisit limit
+        return min(instants, default=None)
+
+    def _upcoming(self) -> datetime | None:
+        """When this recommendation's first message after the adoption is due (None: none is)."""
+        times = [m.at for d in self._active_deadlines() for m in d.messages(self.policy, self.calendar)
+                 if d.message_key(m) not in d.handled and m.at >= self.adopted_at]
+        return min(times, default=None)
+
+    async def _catch_up(self, now: datetime) -> str | None:
+        """One past event of an adopted follow-up, in time order: a deadline's message due before the
+        adoption (handled, not sent) or an imported action (applied as its Update would)."""
+        s = self.state
+        due = earliest_before(self._active_deadlines(), self.policy, self.calendar, self.adopted_at)
+        imported = self._next_import(now)
+        instants = [x for x in (due.message.at if due else None, imported[2] if imported else None) if x is not None]
+        barrier = self._barrier()
+        if not instants or (barrier is not None and min(instants) >= barrier):
+            if self._dirty:
+                self._dirty = False
+                await self._project()
+            return WAIT if instants else CAUGHT_UP
+        self._dirty = True
+        if due is not None and (imported is None or due.message.at <= imported[2]):
+            skip_before_adoption(due, s.history)
+            return DID
+        await self._take_import(*imported, now)
+        return DID
+
+    async def _take_import(self, kind: str, item, at: datetime, now: datetime) -> None:
+        s = self.state
+        getattr(s.imports, {"progress": "progress", "register": "register", "decision": "decisions"}[kind]).pop(0)
+        s.imports_done += 1
+        key = f"{self.workflow_id}/import/{s.imports_done}"
+        recorded = self.adopted_at
+        what = f"{kind} of {item.on.isoformat()}"
+        try:
+            if kind == "progress":
+                request = ProgressRequest(item.claim, item.text, item.by, on=item.on)
+                self._judge_progress(request, now)
+                await self._progress(request, at, recorded, key)
+            elif kind == "register":
+                request = RegisterStatusRequest(item.status, item.comment, item.by, on=item.on)
+                self._judge_register(request, now)
+                await self._register(request, at, recorded, key)
+            else:
+                if item.cycle != s.cycle:
+                    raise ValueError(f"it is for cycle {item.cycle}; the recommendation is in cycle {s.cycle}")
+                request = DecisionRequest(item.outcome, item.rationale, item.by, on=item.on)
+                self._judge_decision(request, now)
+                await self._decide(request, at, recorded, key, notice_at=at)
+        except ValueError as exc:
+            import_refused(s.history, self.workflow_id, at, what, str(exc), getattr(item, "by", "system"))
+        except ApplicationError as exc:
+            if exc.type not in (RECORD_REJECTED, "ActionRefused"):
+                raise
+            import_refused(s.history, self.workflow_id, at, what, exc.message, getattr(item, "by", "system"))
+
+    async def _notify(self, request: NotificationRequest) -> None:
+        await notify_unless_before_adoption(self.outbox, request, self.adopted_at, self.state.history)
+
+    def _check_on(self, on: date | None, now: datetime, what: str) -> None:
+        check_on(on, published=self.inp.published, today=self._today(now), what=what)
 
     async def _project(self) -> None:
         s = self.state
@@ -290,64 +432,87 @@ class RecommendationWorkflow:
     async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
         async with self.turn:
             now = await self._step_now()
-            refuse_unless(lambda: self._validate_progress(request))
-            s = self.state
-            await run_activity(
-                "record_progress",
-                ProgressRecord(update_key(self.workflow_id), self.inp.recommendation_id, request.claim, request.text.strip(), request.by, now),
-            )
-            s.force_claim = ForceClaim(request.claim)
-            if s.phase is Phase.FORCE_NOTIFIED:
-                s.phase = Phase.IN_PROGRESS
-            history(s.history, now, "progress reported", request.by, f"{request.claim}: {request.text.strip()}")
-            await self._project()
-            self.wake = True
+            refuse_unless(lambda: self._judge_progress(request, now))
+            at, recorded = occurred(self.calendar, request.on, now)
+            await self._progress(request, at, recorded, update_key(self.workflow_id))
             return self.view()
+
+    async def _progress(self, request: ProgressRequest, at: datetime, recorded: datetime | None, key: str) -> None:
+        """Progress reported (`at` when it happened; `recorded` when it was recorded, if back-dated)."""
+        s = self.state
+        text = request.text.strip()
+        await run_activity(
+            "record_progress",
+            ProgressRecord(key, self.inp.recommendation_id, request.claim, text, request.by, at, recorded),
+        )
+        s.force_claim = ForceClaim(request.claim)
+        if s.phase is Phase.FORCE_NOTIFIED:
+            s.phase = Phase.IN_PROGRESS
+        history(s.history, at, "progress reported", request.by, f"{request.claim}: {text}" + recorded_note(self.calendar, recorded))
+        await self._project()
+        self.wake = True
 
     @submit_progress.validator
     def _validate_progress(self, request: ProgressRequest) -> None:
+        self._judge_progress(request, self._now())
+
+    def _judge_progress(self, request: ProgressRequest, now: datetime) -> None:
         self._accepting()
         check_progress(self.state, request)
+        self._check_on(request.on, now, "progress")
 
     @workflow.update
     async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
         async with self.turn:
             now = await self._step_now()
-            refuse_unless(lambda: self._validate_evidence(request))
+            refuse_unless(lambda: self._judge_evidence(request, now))
             s = self.state
+            at, recorded = occurred(self.calendar, request.on, now)
             evidence_id = await run_activity(
                 "record_evidence",
-                EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request),
+                EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request, at, recorded),
                 result_type=int,
             )
-            s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, now, s.cycle))
+            s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, at, s.cycle, recorded))
             if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
-                s.evidence_deadline.met_at = now
+                s.evidence_deadline.met_at = at
             if s.phase is not Phase.UNDER_REVIEW:
                 s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
-            history(s.history, now, "evidence submitted", request.by, f"{printable(request.filename)} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})")
+            history(s.history, at, "evidence submitted", request.by,
+                    f"{printable(request.filename)} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})" + recorded_note(self.calendar, recorded))
             await self._project()
             self.wake = True
             return self.view()
 
     @submit_evidence.validator
     def _validate_evidence(self, request: EvidenceRequestInput) -> None:
+        self._judge_evidence(request, self._now())
+
+    def _judge_evidence(self, request: EvidenceRequestInput, now: datetime) -> None:
         self._accepting()
         check_evidence(self.state, request)
+        self._check_on(request.on, now, "evidence")
 
     # ------------------------------------------------------------------ the revisit
 
     @workflow.signal
     async def open_review(self, review: OpenReview) -> None:
         async with self.turn:
-            await self._open_review()
+            await self._open_review(review)
 
-    async def _open_review(self) -> None:
+    async def _open_review(self, review: OpenReview | None = None) -> None:
         s = self.state
         if s.phase is Phase.CLOSED or s.review_open:
             return
         s.review_open = True
-        now = await self._step_now()
+        if review is not None and review.backdated:
+            # A past or back-dated revisit: the review opened then. Its evidence request is sent now (a
+            # person back-dated the revisit today), or, caught up with on adoption, not at all.
+            now = review.revisit_opened_at
+            notice_at = now if self.adopted_at is not None and now < self.adopted_at else await self._step_now()
+        else:
+            now = notice_at = await self._step_now()
+        s.review_opened_at = now
         if any(e.cycle == s.cycle for e in s.evidence):
             s.phase = Phase.UNDER_REVIEW
             history(s.history, now, "under review", detail="evidence already submitted")
@@ -372,12 +537,12 @@ class RecommendationWorkflow:
                 DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id,
                                    f"evidence:{self.inp.ref}", DeadlineKind.EVIDENCE.value, s.cycle, due),
             )
-            await self.outbox.notify(
+            await self._notify(
                 NotificationRequest(
                     idempotency_key=key, kind="evidence_request", inspection_id=self.inp.inspection_id,
                     recommendation_id=self.inp.recommendation_id, recipients=("liaison_officer",),
                     subject=f"Evidence requested: recommendation {self.inp.ref}, by {long_date(due)}",
-                    scheduled_for=now, context={"due": due.isoformat(), "cycle": s.cycle},
+                    scheduled_for=notice_at, context={"due": due.isoformat(), "cycle": s.cycle},
                 )
             )
             history(s.history, now, "evidence requested", detail=f"by {long_date(due)}")
@@ -403,38 +568,44 @@ class RecommendationWorkflow:
         async with self.turn:
             now = await self._step_now()
             refuse_unless(lambda: self._judge_decision(request, now))
-            s = self.state
-            outcome = Outcome(request.outcome)
-            rationale, by = request.rationale.strip(), request.by.strip()
-            await run_activity(
-                "record_decision",
-                DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, outcome.value, rationale, by, now),
-            )
-            history(s.history, now, f"decision: {outcome.value}", by, rationale)
-            # Each email carries the facts of its own event: it renders from these, never from the newest row.
-            facts = {"outcome": outcome.value, "rationale": rationale, "by": by, "at": now.isoformat(), "cycle": s.cycle}
-            await self.outbox.notify(
-                NotificationRequest(
-                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
-                    inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                    recipients=FORCE_CONTACTS,
-                    subject=f"Decision on recommendation {self.inp.ref}: {outcome.value.replace('_', ' ')}",
-                    scheduled_for=now, context=facts,
-                )
-            )
-            if outcome is Outcome.NOT_ACHIEVED:
-                await self.outbox.notify(
-                    NotificationRequest(
-                        idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
-                        inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                        recipients=NOT_ACHIEVED_ESCALATION,
-                        subject=f"Escalation: recommendation {self.inp.ref} not achieved ({self.inp.force_name})",
-                        scheduled_for=now, context={**facts, "rung": "not_achieved"},
-                    )
-                )
-            s.outcome = outcome
-            await self._settle(outcome, now, rationale, by, facts)
+            at, recorded = occurred(self.calendar, request.on, now)
+            await self._decide(request, at, recorded, update_key(self.workflow_id), notice_at=now)
             return self.view()
+
+    async def _decide(self, request: DecisionRequest, at: datetime, recorded: datetime | None, key: str, notice_at: datetime) -> None:
+        """A decision made at `at` (recorded at `recorded` when back-dated); its emails are scheduled for
+        `notice_at` (now for a person's Update, sent at once; the decision's instant for an imported one)."""
+        s = self.state
+        outcome = Outcome(request.outcome)
+        rationale, by = request.rationale.strip(), request.by.strip()
+        await run_activity(
+            "record_decision",
+            DecisionRecord(key, self.inp.recommendation_id, s.cycle, outcome.value, rationale, by, at, recorded),
+        )
+        history(s.history, at, f"decision: {outcome.value}", by, rationale + recorded_note(self.calendar, recorded))
+        # Each email carries the facts of its own event: it renders from these, never from the newest row.
+        facts = {"outcome": outcome.value, "rationale": rationale, "by": by, "at": at.isoformat(), "cycle": s.cycle}
+        await self._notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/decision", kind="decision",
+                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                recipients=FORCE_CONTACTS,
+                subject=f"Decision on recommendation {self.inp.ref}: {outcome.value.replace('_', ' ')}",
+                scheduled_for=notice_at, context=facts,
+            )
+        )
+        if outcome is Outcome.NOT_ACHIEVED:
+            await self._notify(
+                NotificationRequest(
+                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/not_achieved_escalation", kind="escalation",
+                    inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                    recipients=NOT_ACHIEVED_ESCALATION,
+                    subject=f"Escalation: recommendation {self.inp.ref} not achieved ({self.inp.force_name})",
+                    scheduled_for=notice_at, context={**facts, "rung": "not_achieved"},
+                )
+            )
+        s.outcome = outcome
+        await self._settle(outcome, at, rationale, by, facts, recorded=recorded, notice_at=notice_at)
 
     @record_decision.validator
     def _validate_decision(self, request: DecisionRequest) -> None:
@@ -444,36 +615,58 @@ class RecommendationWorkflow:
         """The validator's rules at a given instant: the handler judges again at its step's instant."""
         self._accepting()
         check_decision(self.state, request, self.calendar, now)
+        self._check_on(request.on, now, "the decision")
+        opened = self.state.review_opened_at
+        if request.on is not None and opened is not None and request.on < self._today(opened):
+            raise ValueError(
+                f"--on {request.on.isoformat()} is before this cycle's revisit opened on {self._today(opened).isoformat()}: "
+                "the decision cannot be dated earlier"
+            )
 
-    async def _settle(self, outcome: Outcome, now: datetime, rationale: str, by: str, facts: dict) -> None:
-        """Close, or start a further follow-up cycle; tell the inspection either way."""
+    async def _settle(
+        self, outcome: Outcome, now: datetime, rationale: str, by: str, facts: dict,
+        recorded: datetime | None = None, notice_at: datetime | None = None,
+    ) -> None:
+        """Close, or start a further follow-up cycle; tell the inspection either way. `now` is when it was
+        decided (a back-dated decision's instant: the further cycle's clock starts then)."""
         s = self.state
         decided_cycle = s.cycle
         further = outcome not in CLOSING_OUTCOMES
         if further:
-            await self._start_cycle(now, f"further follow-up after {outcome.value.replace('_', ' ')}", "further_follow_up", facts)
+            await self._start_cycle(now, f"further follow-up after {outcome.value.replace('_', ' ')}", "further_follow_up", facts,
+                                    notice_at=notice_at)
         else:
             s.phase = Phase.CLOSED
             s.closed_at = now
-            await self._set_register(RegisterStatus.NO_FURTHER_ACTION.value, rationale, by, now, decided_cycle)
+            await self._set_register(RegisterStatus.NO_FURTHER_ACTION.value, rationale, by, now, decided_cycle, recorded_at=recorded)
         await self._project()
         await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
-            "recommendation_settled", Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now)
+            "recommendation_settled",
+            Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now, backdated=recorded is not None),
         )
         self.wake = True
 
-    async def _set_register(self, status: str, comment: str, by: str, at: datetime, cycle: int, key: str | None = None) -> None:
-        """A step of the public register's trail: in the state, and (for new histories) in the records."""
+    async def _set_register(
+        self, status: str, comment: str, by: str, at: datetime, cycle: int, key: str | None = None,
+        recorded_at: datetime | None = None,
+    ) -> None:
+        """A step of the public register's trail: in the state, and (for new histories) in the records.
+        A back-dated status set by a person (`key`) takes its place in the trail by when it happened; a
+        step of a decision or re-opening is always the newest."""
         s = self.state
-        s.register.append(RegisterEntry(status, comment, by, at))
+        entry = RegisterEntry(status, comment, by, at, recorded_at)
+        if recorded_at is None or key is None:
+            s.register.append(entry)
+        else:
+            s.register.insert(bisect.bisect_right([e.at for e in s.register], at), entry)
         if key is not None or workflow.patched(REGISTER_TRAIL_PATCH):
             await run_activity(
                 "record_register_status",
                 RegisterRecord(key or f"{self.workflow_id}/c{cycle}/register/{len(s.register)}",
-                               self.inp.recommendation_id, cycle, status, comment, by, at),
+                               self.inp.recommendation_id, cycle, status, comment, by, at, recorded_at),
             )
 
-    async def _start_cycle(self, now: datetime, why: str, kind: str, facts: dict) -> None:
+    async def _start_cycle(self, now: datetime, why: str, kind: str, facts: dict, notice_at: datetime | None = None) -> None:
         """The next follow-up cycle, with a new deadline; `kind` names its notice (further_follow_up or reopened)."""
         s = self.state
         s.cycle += 1
@@ -485,6 +678,7 @@ class RecommendationWorkflow:
         # The force's claim answered the last cycle's deadline; this cycle's reminders must not wait on it.
         s.force_claim = None
         s.review_open = False
+        s.review_opened_at = None
         s.evidence_deadline = None
         s.closed_at = None
         await run_activity(
@@ -497,11 +691,11 @@ class RecommendationWorkflow:
             if kind == "reopened"
             else f"Further follow-up: recommendation {self.inp.ref}, new deadline {long_date(deadline.due)}"
         )
-        await self.outbox.notify(
+        await self._notify(
             NotificationRequest(
                 idempotency_key=f"{self.workflow_id}/c{s.cycle}/{kind}", kind=kind,
                 inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                recipients=FORCE_CONTACTS, subject=subject, scheduled_for=now,
+                recipients=FORCE_CONTACTS, subject=subject, scheduled_for=notice_at or now,
                 context={**facts, "due": deadline.due.isoformat(), "cycle": s.cycle, "why": why},
             )
         )
@@ -583,18 +777,26 @@ class RecommendationWorkflow:
     async def set_register_status(self, request: RegisterStatusRequest) -> RecommendationView:
         async with self.turn:
             now = await self._step_now()
-            refuse_unless(lambda: self._validate_register(request))
-            s = self.state
-            await self._set_register(request.status, request.comment.strip(), request.by.strip(), now, s.cycle,
-                                     key=update_key(self.workflow_id))
-            history(s.history, now, f"register: {request.status}", request.by.strip(), request.comment.strip())
-            await self._project()
+            refuse_unless(lambda: self._judge_register(request, now))
+            at, recorded = occurred(self.calendar, request.on, now)
+            await self._register(request, at, recorded, update_key(self.workflow_id))
             return self.view()
+
+    async def _register(self, request: RegisterStatusRequest, at: datetime, recorded: datetime | None, key: str) -> None:
+        s = self.state
+        comment, by = request.comment.strip(), request.by.strip()
+        await self._set_register(request.status, comment, by, at, s.cycle, key=key, recorded_at=recorded)
+        history(s.history, at, f"register: {request.status}", by, comment + recorded_note(self.calendar, recorded))
+        await self._project()
 
     @set_register_status.validator
     def _validate_register(self, request: RegisterStatusRequest) -> None:
+        self._judge_register(request, self._now())
+
+    def _judge_register(self, request: RegisterStatusRequest, now: datetime) -> None:
         self._accepting()
         check_register_status(self.state, request)
+        self._check_on(request.on, now, "the register status")
 
     @workflow.update
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:

@@ -36,16 +36,22 @@ INSPECTION_DEADLINES = ("action_plan", "pcc_response", "immediate_update", "revi
 DELIVERABLE_ITEMS = ("action_plan", "pcc_response", "immediate_update")
 
 
-async def trigger_revisit(settings, client, inspection_id: str, by: str) -> RevisitResult:
-    """Open the revisit (post-inspection review) now."""
+async def trigger_revisit(settings, client, inspection_id: str, by: str, on: date | None = None) -> RevisitResult:
+    """Open the revisit (post-inspection review) now, or (`on`) as opened on an earlier day: its
+    fieldwork start. Every action's `on` is back-dating: the workflow refuses a future day or one
+    before publication, and records both dates (when it happened, when it was recorded)."""
     insp = parse_inspection(inspection_id)
-    return await send_update(settings, client, INSPECTION, insp, "trigger_revisit", TriggerRevisitRequest(by=by), RevisitResult)
+    request = TriggerRevisitRequest(by=by, on=on)
+    return await send_update(settings, client, INSPECTION, insp, "trigger_revisit", request, RevisitResult)
 
 
-async def record_decision(settings, client, recommendation_id: str, outcome: str, rationale: str, by: str) -> RecommendationView:
-    """The inspectorate's judgement on a recommendation under review."""
+async def record_decision(
+    settings, client, recommendation_id: str, outcome: str, rationale: str, by: str, on: date | None = None,
+) -> RecommendationView:
+    """The inspectorate's judgement on a recommendation under review (`on`: decided that day, not
+    before its revisit opened)."""
     rec = parse_recommendation(recommendation_id)
-    request = DecisionRequest(outcome=outcome, rationale=rationale, by=by)
+    request = DecisionRequest(outcome=outcome, rationale=rationale, by=by, on=on)
     return await send_update(settings, client, RECOMMENDATION, rec, "record_decision", request)
 
 
@@ -59,25 +65,29 @@ async def withdraw(settings, client, recommendation_id: str, reason: str, by: st
     return await send_update(settings, client, RECOMMENDATION, rec, "withdraw", ReasonRequest(reason=reason, by=by))
 
 
-async def set_register_status(settings, client, recommendation_id: str, status: str, comment: str, by: str) -> RecommendationView:
+async def set_register_status(
+    settings, client, recommendation_id: str, status: str, comment: str, by: str, on: date | None = None,
+) -> RecommendationView:
     rec = parse_recommendation(recommendation_id)
-    request = RegisterStatusRequest(status=status, comment=comment, by=by)
+    request = RegisterStatusRequest(status=status, comment=comment, by=by, on=on)
     return await send_update(settings, client, RECOMMENDATION, rec, "set_register_status", request)
 
 
 async def record_delivery(
     settings, client, inspection_id: str, item: str, by: str, note: str = "",
-    sha256: str | None = None, filename: str | None = None, url: str | None = None,
+    sha256: str | None = None, filename: str | None = None, url: str | None = None, on: date | None = None,
 ) -> InspectionView:
     """The force (or PCC) delivered a report-level item: its deadline is met and its reminders stop.
-    `sha256` and `filename` name the document received (kept in the evidence store), or `url` its address."""
+    `sha256` and `filename` name the document received (kept in the evidence store), or `url` its address;
+    `on` the day it was received, when that was earlier."""
     insp = parse_inspection(inspection_id)
-    request = DeliveryRequest(item=item, by=by, note=note, sha256=sha256, filename=filename, url=url)
+    request = DeliveryRequest(item=item, by=by, note=note, sha256=sha256, filename=filename, url=url, on=on)
     return await send_update(settings, client, INSPECTION, insp, "record_delivery", request)
 
 
 async def record_delivery_received(
     settings, client, inspection_id: str, item: str, by: str, note: str = "", *, document=None, url: str | None = None,
+    on: date | None = None,
 ) -> InspectionView:
     """Receipt of the action plan, the PCC's response or the immediate update recorded by an
     inspector (`ncpi deliver --document/--url`, the web app's form) with the document received, as
@@ -99,7 +109,7 @@ async def record_delivery_received(
         url = check_url(url)  # the portal's rule for a document's address
     request = DeliveryRequest(item=item, by=by, note=note, url=url or None,
                               sha256=document.sha256 if document is not None else None,
-                              filename=document.filename if document is not None else None)
+                              filename=document.filename if document is not None else None, on=on)
     try:
         check_delivery(request)
     except ValueError as exc:
@@ -112,6 +122,9 @@ async def record_delivery_received(
         if item not in DELIVERABLE_ITEMS:
             raise UserError(f"unknown item {item!r}; use one of: immediate_update, action_plan, pcc_response")
         current = await query_state(settings, client, INSPECTION, insp)
+        from ncpi_workflow.app.force_responses import check_backdate
+
+        check_backdate(on, insp, current, f"the {item.replace('_', ' ')}'s receipt")
         deadline = next((d for d in current.state.deadlines if d.key == item), None)
         if deadline is None:
             raise UserError(f"this report has no {item} deadline")
@@ -119,7 +132,7 @@ async def record_delivery_received(
             raise UserError(f"the {item.replace('_', ' ')} was already received on {local_date(deadline.met_at):%Y-%m-%d}")
         keep_file(document.path, settings.evidence_dir, settings.evidence_max_bytes)
     return await record_delivery(settings, client, insp, item, by, note,
-                                 sha256=request.sha256, filename=request.filename, url=request.url)
+                                 sha256=request.sha256, filename=request.filename, url=request.url, on=on)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from ncpi_workflow import publishing
 from ncpi_workflow.app.temporal_calls import database_errors, temporal_errors
 from ncpi_workflow.errors import UserError
 from ncpi_workflow.forces import load_forces
-from ncpi_workflow.publishing import Publication
+from ncpi_workflow.publishing import PAST_CHOICE_HELP, PastChoice, PastDeadlines, PastSummary, Publication
 from ncpi_workflow.report import LoadedReport, ReportInvalid, load_report
 
-__all__ = ["Checked", "Publication", "check_file", "check_upload", "publish_file", "publish_upload", "upload_name"]
+__all__ = ["PAST_CHOICE_HELP", "Checked", "PastChoice", "PastDeadlines", "PastSummary", "Publication", "check_file", "check_upload",
+           "import_file", "publish_file", "publish_upload", "upload_name"]
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,37 @@ def check_file(settings, file: Path, display_name: str | None = None) -> Checked
 
 
 async def publish_file(
-    settings, client, file: Path, *, anchor: datetime | None = None, by: str = "cli", checked: Checked | None = None
+    settings, client, file: Path, *, anchor: datetime | None = None, by: str = "cli", checked: Checked | None = None,
+    past: PastChoice | None = None, imported: tuple | None = None,
 ) -> Publication:
-    """Validate, write, start. Raises ReportInvalid (its `problems` one line each) for a bad file.
+    """Validate, write, start. Raises ReportInvalid (its `problems` one line each) for a bad file,
+    PastDeadlines for a report whose deadlines have passed given without a `past` choice.
     `checked` is `check_file`'s result when the caller has checked the file already (the CLI does,
-    before connecting to Temporal)."""
+    before connecting to Temporal). `imported` is `state_file.load_state`'s result (adoption)."""
     checked = checked or check_file(settings, file)
     if not checked.ok:
         raise ReportInvalid(checked.problems)
     with database_errors(settings), temporal_errors(settings, str(file)):
-        return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by, loaded=checked.loaded)
+        return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by, loaded=checked.loaded,
+                                        past=past, imported=imported)
+
+
+async def import_file(
+    settings, client, report_file: Path, state_file: Path, *, by: str = "cli", checked: Checked | None = None,
+) -> Publication:
+    """`ncpi import REPORT STATE`: both files checked (ReportInvalid with every problem, nothing written
+    on any), then the report published in adopt mode with the state's actions already taken."""
+    from ncpi_workflow.state_file import StateInvalid, load_state
+
+    checked = checked or check_file(settings, report_file)
+    if not checked.ok:
+        raise ReportInvalid(checked.problems)
+    try:
+        imported = load_state(Path(state_file), checked.loaded.report, max_bytes=settings.report_max_bytes)
+    except StateInvalid as exc:
+        raise ReportInvalid(exc.problems) from None
+    return await publish_file(settings, client, report_file, by=by, checked=checked, past=PastChoice.ADOPT,
+                              imported=imported)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -92,7 +114,8 @@ def check_upload(settings, filename: str | None, content: bytes) -> Checked:
 
 
 async def publish_upload(
-    settings, client, filename: str | None, content: bytes, *, by: str, anchor: datetime | None = None
+    settings, client, filename: str | None, content: bytes, *, by: str, anchor: datetime | None = None,
+    past: PastChoice | None = None,
 ) -> Publication:
     """Publish an uploaded report. Problems and refusals name the uploaded file, not a temporary copy."""
     name = upload_name(filename)
@@ -106,7 +129,10 @@ async def publish_upload(
             raise ReportInvalid(checked.problems)
         try:
             with database_errors(settings), temporal_errors(settings, name):
-                return await publishing.publish(settings, client, path, anchor=anchor, by=by, loaded=checked.loaded)
+                return await publishing.publish(settings, client, path, anchor=anchor, by=by, loaded=checked.loaded,
+                                                past=past, name=name)
+        except PastDeadlines:
+            raise  # it names the upload already
         except ReportInvalid as exc:
             raise ReportInvalid(_renamed(exc.problems, path, name)) from None
         except UserError as exc:

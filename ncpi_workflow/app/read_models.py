@@ -99,6 +99,82 @@ async def show(settings, client, target_id: str):
     return kind, await query_state(settings, client, kind, business_id)
 
 
+@dataclass(frozen=True)
+class RecordedDates:
+    """When each back-dated action of one follow-up was recorded, from the records (the workflow's
+    state holds when it happened). Only actions recorded at another instant than they happened."""
+
+    actions: dict[tuple[datetime, str], datetime] = field(default_factory=dict)
+    """(when it happened, who) -> when it was recorded: progress, evidence, decisions, register
+    statuses, revisits (a history entry at that instant by that person is the action)."""
+    met: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    """(deadline key, cycle) -> when its receipt was recorded."""
+    revisits: dict[int, datetime] = field(default_factory=dict)
+    """cycle -> when the revisit's opening was recorded."""
+    evidence: dict[str, datetime] = field(default_factory=dict)
+    """sha256 -> when the file's receipt was recorded."""
+
+    def action(self, at: datetime | None, by: str | None) -> datetime | None:
+        """When the action at `at` by `by` was recorded (a receipt, whose record names nobody: by anyone)."""
+        if at is None:
+            return None
+        return self.actions.get((_utc(at), by or "")) or self.actions.get((_utc(at), "*"))
+
+    def any_at(self, at: datetime | None) -> datetime | None:
+        """When the back-dated action at `at` was recorded, whoever took it (a deadline met, a closure by it)."""
+        instant = _utc(at)
+        return next((recorded for (happened, _), recorded in self.actions.items() if happened == instant), None)
+
+
+def _utc(instant: datetime | None) -> datetime | None:
+    from datetime import timezone
+
+    if instant is None:
+        return None
+    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
+
+
+def _backdated(at: datetime | None, recorded_at: datetime | None) -> bool:
+    return at is not None and recorded_at is not None and _utc(at) != _utc(recorded_at)
+
+
+async def recorded_dates(sessions, kind: str, business_id: str) -> RecordedDates:
+    """The recorded instants of a follow-up's back-dated actions (`RecordedDates`), for `ncpi show`."""
+    from ncpi_workflow.app.temporal_calls import RECOMMENDATION
+
+    dates = RecordedDates()
+    async with sessions() as session:
+        if kind == RECOMMENDATION:
+            where = {"rec": business_id}
+            for model, at, by in ((ProgressUpdate, ProgressUpdate.submitted_at, ProgressUpdate.submitted_by),
+                                  (Decision, Decision.decided_at, Decision.decided_by),
+                                  (RegisterStatusEntry, RegisterStatusEntry.set_at, RegisterStatusEntry.set_by)):
+                for happened, who, recorded in (await session.execute(
+                        select(at, by, model.recorded_at).where(model.recommendation_id == where["rec"]))).all():
+                    if _backdated(happened, recorded):
+                        dates.actions[(_utc(happened), who)] = _utc(recorded)
+            for happened, who, sha256, recorded in (await session.execute(
+                    select(Evidence.submitted_at, Evidence.submitted_by, Evidence.sha256, Evidence.recorded_at)
+                    .where(Evidence.recommendation_id == business_id))).all():
+                if _backdated(happened, recorded):
+                    dates.actions[(_utc(happened), who)] = _utc(recorded)
+                    dates.evidence[sha256] = _utc(recorded)
+        else:
+            for key, cycle, happened, recorded in (await session.execute(
+                    select(Deadline.key, Deadline.cycle, Deadline.met_at, Deadline.met_recorded_at)
+                    .where(Deadline.inspection_id == business_id, Deadline.recommendation_id.is_(None)))).all():
+                if _backdated(happened, recorded):
+                    dates.met[(key, cycle)] = _utc(recorded)
+                    dates.actions[(_utc(happened), "*")] = _utc(recorded)
+            for cycle, happened, who, recorded in (await session.execute(
+                    select(Revisit.cycle, Revisit.opened_at, Revisit.triggered_by, Revisit.recorded_at)
+                    .where(Revisit.inspection_id == business_id))).all():
+                if _backdated(happened, recorded):
+                    dates.revisits[cycle] = _utc(recorded)
+                    dates.actions[(_utc(happened), who)] = _utc(recorded)
+    return dates
+
+
 # ---------------------------------------------------------------- the all-forces dashboard
 
 

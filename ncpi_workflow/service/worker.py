@@ -49,6 +49,7 @@ def delivery_activities(sessions, mailer: Mailer, settings: Settings) -> Deliver
 
     return DeliveryActivities(
         sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir,
+                                           relay_retry_seconds=settings.smtp_held_retry_seconds,
                                            links=LinkSettings.from_settings(settings))
     )
 

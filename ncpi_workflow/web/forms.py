@@ -47,18 +47,53 @@ class DateProblem(ValueError):
     pass
 
 
-def date_from(form, prefix: str) -> date:
+def date_from(form, prefix: str, what: str = "the new date") -> date:
     """A date from the three fields of a GOV.UK date input (`prefix-day`, `-month`, `-year`)."""
     parts = [text(form, f"{prefix}-{p}") for p in ("day", "month", "year")]
     if not any(parts):
-        raise DateProblem("Enter the new date")
+        raise DateProblem(f"Enter {what}")
     if not all(parts):
         missing = [name for name, value in zip(("day", "month", "year"), parts) if not value]
-        raise DateProblem(f"The new date must include a {' and '.join(missing)}")
+        raise DateProblem(f"{what[:1].upper()}{what[1:]} must include a {' and '.join(missing)}")
     try:
         day, month, year = (int(p) for p in parts)
         if year < 1000:
             raise ValueError
         return date(year, month, day)
     except ValueError:
-        raise DateProblem("The new date must be a real date, for example 27 3 2027") from None
+        raise DateProblem(f"{what[:1].upper()}{what[1:]} must be a real date, for example 27 3 2027") from None
+
+
+HAPPENED = "on"
+"""The name prefix of the optional "Date it happened" input of the inspectors' action forms (back-dating)."""
+
+
+def happened_on(form, refusal: Refusal, field_id: str) -> date | None:
+    """The optional "Date it happened" (`on-day`, `-month`, `-year`): None when left blank (it happened
+    now); a bad date is added to `refusal` at `field_id` (the day field) and gives None. The values
+    typed are kept in the refusal, so the form shows them again."""
+    parts = {f"{HAPPENED}-{p}": text(form, f"{HAPPENED}-{p}") for p in ("day", "month", "year")}
+    refusal.values.update(parts)
+    if not any(parts.values()):
+        return None
+    try:
+        return date_from(form, HAPPENED, "the date it happened")
+    except DateProblem as exc:
+        refusal.add(field_id, str(exc))
+        return None
+
+
+def happened_reason(message: str) -> str:
+    """A workflow's refusal of a back-dating day, worded for the form: the validators name the CLI's
+    option ("--on 2027-01-01 is in the future ..."); the page names its field."""
+    import re
+
+    found = re.match(r"--on (\d{4})-(\d{2})-(\d{2})\b", message)
+    if not found:
+        return message
+    day = date(int(found[1]), int(found[2]), int(found[3]))
+    return f"The date it happened ({day.day} {day:%B %Y})" + message[found.end():]
+
+
+HAPPENED_WORDS = ("--on ", "the date it happened", "before its revisit", "before the revisit")
+"""Words of a refusal that is about the day given (field_for rules for the date field)."""

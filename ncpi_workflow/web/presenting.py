@@ -26,9 +26,11 @@ async def live_view(services, kind: str, business_id: str):
         return None, str(exc)
 
 
-def tracked_deadline(d) -> dict[str, Any]:
+def tracked_deadline(d, recorded=None) -> dict[str, Any]:
+    """`recorded`: the records' `read_models.RecordedDates` (when a back-dated receipt was recorded)."""
     return {
         "key": d.key, "due": d.due, "original_due": d.original_due, "met_at": d.met_at, "cycle": d.cycle,
+        "met_recorded_at": (recorded.met.get((d.key, d.cycle)) or recorded.any_at(d.met_at)) if recorded is not None else None,
         "revisions": [
             {"at": r.at, "by": r.by, "previous_due": r.previous_due, "new_due": r.new_due, "reason": r.reason}
             for r in d.revisions
@@ -39,6 +41,7 @@ def tracked_deadline(d) -> dict[str, Any]:
 def recorded_deadline(d) -> dict[str, Any]:
     return {
         "key": d.key, "due": d.current_due, "original_due": d.original_due, "met_at": d.met_at, "cycle": d.cycle,
+        "met_recorded_at": getattr(d, "met_recorded_at", None),
         "revisions": [
             {"at": r.changed_at, "by": r.changed_by, "previous_due": r.previous_due, "new_due": r.new_due, "reason": r.reason}
             for r in d.revisions
@@ -46,8 +49,11 @@ def recorded_deadline(d) -> dict[str, Any]:
     }
 
 
-def history_entries(view) -> list[dict[str, Any]]:
-    return [{"at": h.at, "event": h.event, "by": h.by, "detail": h.detail} for h in view.state.history]
+def history_entries(view, recorded=None) -> list[dict[str, Any]]:
+    """`recorded`: `read_models.RecordedDates`, to show when each back-dated action was recorded."""
+    return [{"at": h.at, "event": h.event, "by": h.by, "detail": h.detail,
+             "recorded_at": recorded.action(h.at, h.by) if recorded is not None else None}
+            for h in view.state.history]
 
 
 def audit_entries(events) -> list[dict[str, Any]]:
@@ -55,5 +61,6 @@ def audit_entries(events) -> list[dict[str, Any]]:
     for e in events:
         detail = e.detail or {}
         shown = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in detail.items() if v not in (None, "", [], {}))
-        out.append({"at": e.occurred_at, "event": e.action.replace(".", " ").replace("_", " "), "by": e.actor, "detail": shown})
+        out.append({"at": e.occurred_at, "event": e.action.replace(".", " ").replace("_", " "), "by": e.actor, "detail": shown,
+                    "recorded_at": None})
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, PrefixLoader, select_autoescape
+from jinja2 import BytecodeCache, ChoiceLoader, Environment, FileSystemLoader, PackageLoader, PrefixLoader, select_autoescape
 
 from ncpi_workflow.formatting import LONDON, long_date, outcome_words, role_name
 from ncpi_workflow.views import DEADLINE_NAMES, utc, words
@@ -51,6 +51,14 @@ def _when(value: datetime | None) -> str:
     return f"{local.day} {local:%B %Y} {local:%H:%M}"
 
 
+def _happened(value: datetime | None, recorded_at: datetime | None = None) -> str:
+    """When an action happened, and when it was recorded if that was another day (back-dated):
+    "22 March 2017 (recorded 2 December 2026)"; otherwise as `when`."""
+    if value is None or recorded_at is None or _date(value) == _date(recorded_at):
+        return _when(value)
+    return f"{_date(value)} (recorded {_date(recorded_at)})"
+
+
 def _iso(value: date | datetime | None) -> str:
     if value is None:
         return ""
@@ -80,8 +88,30 @@ def _sentence(value) -> str:
     return text[:1].upper() + text[1:]
 
 
+class _SharedBytecodeCache(BytecodeCache):
+    """The compiled templates, shared by every environment `build_environment` makes in this process
+    (one per app and per static export: the test suite makes hundreds, each compiling every page it
+    renders again otherwise). Jinja checks each entry against the checksum of the template's source,
+    so an edited template is compiled afresh."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_BYTECODE_CACHE = _SharedBytecodeCache()
+
+
 def build_environment() -> Environment:
     env = Environment(
+        bytecode_cache=_BYTECODE_CACHE,  # every environment is built here, with the same options
         loader=ChoiceLoader(
             [
                 FileSystemLoader(str(TEMPLATES)),
@@ -94,7 +124,7 @@ def build_environment() -> Environment:
     )
     env.filters.update(
         day=_date, when=_when, iso=_iso, words=words, long_date=long_date, outcome=outcome_words, role=role_name,
-        deadline_name=_deadline_name, sentence=_sentence,
+        deadline_name=_deadline_name, sentence=_sentence, happened=_happened,
     )
     env.globals.update(
         service_name=SERVICE_NAME, phase_tag=_tag, status_tag=lambda s: _tag(s, STATUS_TAGS), rag_tags=RAG_TAGS,

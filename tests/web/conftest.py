@@ -20,7 +20,7 @@ from ncpi_workflow.policy import load_policy
 from ncpi_workflow.report import load_report
 from ncpi_workflow.settings import Settings
 from ncpi_workflow.store import insert_report, load_reference_forces
-from tests.conftest import ROOT
+from tests.conftest import ROOT, migrate
 from tests.lifecycle_support import write_report
 
 PASSWORD = "correct horse battery staple"
@@ -139,7 +139,7 @@ def error_summary(html: str) -> list[tuple[str, str]]:
 @pytest.fixture
 async def sqlite_sessions(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'web.db'}"
-    await db.upgrade(url)
+    await migrate(url)  # a copy of the session's migrated template
     async with db.open_database(url) as sessions:
         yield url, sessions
 

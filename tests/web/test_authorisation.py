@@ -29,7 +29,9 @@ VISITORS = ("anonymous", "disabled", "viewer", "inspector", "admin")
 async def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("authz")
     url = f"sqlite+aiosqlite:///{tmp / 'web.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     settings = web_settings(url, tmp)
     async with db.open_database(url) as sessions:
         inspection = await seed_report(sessions, tmp, "CUM", days_ago(30), [("R1", "within_three_months"), ("R2", "immediately")])

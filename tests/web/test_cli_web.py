@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ncpi_db_upgraded
 from tests.postgres import free_port
 
 ENTRY = (
@@ -31,8 +31,7 @@ ENTRY = (
 
 @pytest.fixture
 def env(cli_env):
-    subprocess.run([sys.executable, "-m", "ncpi_workflow.cli", "db", "upgrade"], env=cli_env, cwd=ROOT, check=True,
-                   capture_output=True, timeout=120)
+    ncpi_db_upgraded(cli_env)  # `ncpi db upgrade`, exit 0: a copy of what it made once this session
     return cli_env
 
 

@@ -18,7 +18,9 @@ LIMIT = 4096
 @pytest.fixture
 async def inspector(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'web.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     settings = web_settings(url, tmp_path, evidence_max_bytes=LIMIT)
     async with db.open_database(url) as sessions:
         inspection = await seed_report(sessions, tmp_path, "DER", days_ago(5), [("R1", "within_three_months")])

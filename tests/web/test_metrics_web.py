@@ -23,7 +23,9 @@ from tests.web.conftest import FakeClock, add_user, browser, error_summary, web_
 async def site(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("metrics-web")
     url = f"sqlite+aiosqlite:///{tmp_path / 'web.db'}"
-    await db.upgrade(url)
+    from tests.conftest import migrate
+
+    await migrate(url)  # db.upgrade: a new SQLite file is a copy of the session's migrated template
     async with db.open_database(url) as sessions:
         await seed_register(sessions, tmp_path)
         viewer = await add_user(sessions, "viewer")

@@ -180,3 +180,91 @@ async def test_register_pages_and_the_export_are_axe_clean_in_chromium(playwrigh
         finally:
             await chromium.close()
     assert json.loads((out / "register.json").read_text())["generated_on"] == TODAY.isoformat()
+
+
+async def test_reviews_and_areas_for_improvement_pages_are_axe_clean_in_chromium(playwright_ready, tmp_path):  # noqa: F811
+    """The public register's page of a recommendation with re-inspection findings and its report's areas
+    for improvement (the web app's and the static export's), and the inspectors' inspection and
+    recommendation pages with the review report, the areas and the action plan's receipt."""
+    from datetime import date
+
+    import yaml
+    from playwright.async_api import async_playwright
+
+    from activities.records import InspectorateAddresses, RecordActivities
+    from ncpi_workflow.clocks import calendar_for_report, plan_report
+    from ncpi_workflow.lifecycle import AuditRecord, DeadlineMetRecord
+    from ncpi_workflow.models import RevisitFinding, RevisitReport
+    from ncpi_workflow.policy import load_policy
+    from ncpi_workflow.report import load_report
+    from ncpi_workflow.store import insert_report, load_reference_forces
+    from tests.conftest import ROOT
+    from tests.test_register import FORCES, utc
+    from tests.web.conftest import PASSWORD
+
+    document_ = yaml.safe_load((ROOT / "examples" / "cumbria-2017.yaml").read_text())
+    document_["areas_for_improvement"] = [
+        {"ref": "AFI1", "text": "The force should improve how it records the voice of the child."},
+        {"ref": "AFI2", "text": "The force should make sure supervisors review missing-person risk assessments."},
+    ]
+    path = tmp_path / "cumbria-afi.yaml"
+    path.write_text(yaml.safe_dump(document_, sort_keys=False))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'reviews.db'}"
+    await db.upgrade(url)
+    policy = load_policy(ROOT / "config" / "policy.toml")
+    findings = "Police now attend every initial strategy discussion; the inspectors sampled 40 cases."
+    async with db.open_database(url) as sessions:
+        loaded = load_report(path, known_forces=set(FORCES), max_bytes=1 << 20)
+        published = loaded.report.published
+        timeline = plan_report(published, [(r.ref, r.timeframe) for r in loaded.report.recommendations], policy,
+                               calendar_for_report(policy, published))
+        async with sessions.begin() as session:
+            await load_reference_forces(session, FORCES)
+            await insert_report(session, loaded, timeline, actor="test")
+            report = RevisitReport(inspection_id="CUM-2017-01-26", cycle=1, title="Cumbria: post-inspection review",
+                                   source_url="https://www.justiceinspectorates.gov.uk/hmicfrs/cumbria-pir/",
+                                   published_on=date(2017, 9, 21), fieldwork_start=date(2017, 6, 12),
+                                   fieldwork_end=date(2017, 6, 16), inspectors=["A. Inspector"], report_sha256="cd" * 32,
+                                   recorded_by="hmi.lead")
+            report.findings = [RevisitFinding(recommendation_id="CUM-2017-01-26-R1", text=findings)]
+            session.add(report)
+        w = RecordActivities(sessions, InspectorateAddresses("inspectors@example.org", "lead@example.org"))
+        await w.mark_deadline_met(DeadlineMetRecord("CUM-2017-01-26", "action_plan", 1, utc(2017, 3, 6)))
+        await w.audit(AuditRecord("axe/plan", "hmi.lead", "action_plan.received", "inspection", "CUM-2017-01-26",
+                                  {"note": "", "url": "https://www.cumbria.police.example/action-plan"}))
+        settings = web_settings(url, tmp_path).model_copy(update={"web_port": free_port()})
+        app = create_app(settings, sessions=sessions, today=lambda: TODAY)
+        email = await add_user(sessions, "viewer")
+        shots = Pages(Path(os.environ["NCPI_SCREENSHOTS"]) if os.environ.get("NCPI_SCREENSHOTS") else tmp_path / "screenshots")
+        out = tmp_path / "export"
+        export_register(await document(sessions), out)
+        r1 = "CUM-2017-01-26-R1"
+        try:
+            async with running_web(settings, app) as address, async_playwright() as p:
+                chromium = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+                try:
+                    page = await (await chromium.new_context(base_url=address, viewport={"width": 1280, "height": 900},
+                                                             bypass_csp=True)).new_page()
+                    await page.goto(f"/register/{r1}")
+                    assert findings in await page.locator("#reinspection-findings ~ .govuk-summary-card").first.inner_text()
+                    assert "voice of the child" in await page.content()
+                    await shots.check(page, "register-reinspection")
+                    await page.goto((out / f"recommendations/{r1}.html").as_uri())
+                    assert findings in await page.content()
+                    await shots.check(page, "register-export-reinspection")
+                    await page.goto("/sign-in")
+                    await page.fill("#email", email)
+                    await page.fill("#password", PASSWORD)
+                    await page.click("button:has-text('Sign in')")
+                    await page.wait_for_url(re.compile(r".*/$"))
+                    await page.goto("/inspections/CUM-2017-01-26")
+                    assert await page.locator("#received-items tbody tr").count() == 3  # action plan, PCC response, immediate update
+                    assert "Cumbria: post-inspection review" in await page.locator("#review-cycle-1").inner_text()
+                    await shots.check(page, "inspection-review")
+                    await page.goto(f"/recommendations/{r1}")
+                    assert findings in await page.content()
+                    await shots.check(page, "recommendation-reinspection")
+                finally:
+                    await chromium.close()
+        finally:
+            await app.state.services.close()

@@ -15,7 +15,16 @@ from ncpi_workflow.formatting import local_date
 from ncpi_workflow.uploads import ACCEPTED_WORDS, UploadRefused, check_upload, clean_filename
 from ncpi_workflow.views import calendar_now, words
 from ncpi_workflow.web.auth import Principal, checked_form, may_act, services, signed_in
-from ncpi_workflow.web.forms import DateProblem, Refusal, date_from, field_for, text
+from ncpi_workflow.web.forms import (
+    HAPPENED_WORDS,
+    DateProblem,
+    Refusal,
+    date_from,
+    field_for,
+    happened_on,
+    happened_reason,
+    text,
+)
 from ncpi_workflow.web.presenting import audit_entries, history_entries, live_view, recorded_deadline, tracked_deadline
 from ncpi_workflow.web.rendering import render
 from ncpi_workflow.web.timeline import events_of, timeline_svg
@@ -35,10 +44,12 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
     view, unavailable = await live_view(svc, INSPECTION, inspection_id)
     if view is not None:
         state = view.state
-        deadlines = [tracked_deadline(d) for d in state.deadlines]
-        history = history_entries(view)
+        recorded = await read_models.recorded_dates(svc.sessions, INSPECTION, inspection_id)
+        deadlines = [tracked_deadline(d, recorded) for d in state.deadlines]
+        history = history_entries(view, recorded)
         phase, cycle = state.phase.value, state.cycle
-        revisit = {"opened_at": state.revisit_opened_at, "trigger": state.revisit_trigger, "by": state.revisit_by}
+        revisit = {"opened_at": state.revisit_opened_at, "trigger": state.revisit_trigger, "by": state.revisit_by,
+                   "recorded_at": recorded.revisits.get(state.cycle)}
         next_action, next_at = view.next_action, view.next_action_at
     else:
         deadlines = [recorded_deadline(d) for d in page.deadlines]
@@ -47,7 +58,7 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
         phase, cycle = insp.phase, insp.cycle
         latest = next((r for r in reversed(page.revisits) if r.cycle == insp.cycle), None)
         revisit = {"opened_at": latest.opened_at if latest else None, "trigger": latest.trigger if latest else None,
-                   "by": latest.triggered_by if latest else None}
+                   "by": latest.triggered_by if latest else None, "recorded_at": latest.recorded_at if latest else None}
         next_action, next_at = insp.next_action, insp.next_action_at
     # The calendar's today: under a time scale the follow-up's, from its live view.
     today = local_date(calendar_now(view)) if view is not None else local_date(datetime.now(timezone.utc))
@@ -59,6 +70,10 @@ async def _page(request: Request, inspection_id: str, status_code: int = 200, re
     from ncpi_workflow.app import force_portal
 
     context["links"] = await force_portal.links_for(svc.sessions, inspection_id)  # the force's links, each revocable
+    from ncpi_workflow import revisit_reports
+
+    # Areas for improvement, post-inspection review reports, the action plan's and PCC response's receipt.
+    context.update(await revisit_reports.inspection_extras(svc.sessions, inspection_id, page.deadlines, page.audit))
     return render(
         request, "inspection.html", status_code, title=f"{page.force.name}: inspection published {page.inspection.published_on:%-d %B %Y}",
         page=page, deadlines=deadlines, history=history, phase=phase, cycle=cycle, revisit=revisit,
@@ -88,14 +103,20 @@ def _done(request: Request, inspection_id: str, message: str) -> RedirectRespons
 
 @router.post("/inspections/{inspection_id}/revisit")
 async def open_revisit(request: Request, inspection_id: str, user: Principal = Depends(may_act)):
-    await checked_form(request)
+    form = await checked_form(request)
     await _exists(request, inspection_id)
+    refusal = Refusal("revisit")
+    on = happened_on(form, refusal, "revisit-on-day")
+    if refusal.errors:
+        return await _page(request, inspection_id, 400, refusal)
     svc = services(request)
     try:
-        result = await inspector_actions.trigger_revisit(svc.settings, await svc.client(), inspection_id, by=user.email)
+        result = await inspector_actions.trigger_revisit(svc.settings, await svc.client(), inspection_id, by=user.email, on=on)
     except UserError as exc:
-        return await _page(request, inspection_id, 400, Refusal("revisit").add("open-revisit", str(exc)))
-    return _done(request, inspection_id, f"The revisit is open (cycle {result.cycle}). Every open recommendation is "
+        field = field_for(str(exc), [(w, "revisit-on-day") for w in HAPPENED_WORDS], "open-revisit")
+        return await _page(request, inspection_id, 400, refusal.add(field, happened_reason(str(exc))))
+    opened = f" on {on.day} {on:%B %Y}" if on is not None else ""
+    return _done(request, inspection_id, f"The revisit is open (cycle {result.cycle}){opened}. Every open recommendation is "
                                          "asked for evidence or is under review.")
 
 
@@ -124,6 +145,7 @@ async def record_delivery(request: Request, inspection_id: str, user: Principal 
     upload = form.get("document")
     has_file = not isinstance(upload, str) and upload is not None and bool(upload.filename)
     refusal = Refusal("delivery", values={"item": item, "note": note, "url": url})
+    on = happened_on(form, refusal, "delivery-on-day")
     if not item:
         refusal.add("delivery-item", "Select what was received")
     if has_file and url:
@@ -142,14 +164,15 @@ async def record_delivery(request: Request, inspection_id: str, user: Principal 
             return await _page(request, inspection_id, 400, refusal.add("delivery-document", exc.reason, sentence=False))
     try:
         await inspector_actions.record_delivery_received(svc.settings, await svc.client(), inspection_id, item,
-                                                         by=user.email, note=note, document=checked, url=url or None)
+                                                         by=user.email, note=note, document=checked, url=url or None, on=on)
     except UserError as exc:
-        field = field_for(str(exc), DELIVERY_FIELDS, "delivery-item")
-        return await _page(request, inspection_id, 400, refusal.add(field, str(exc)))
+        field = field_for(str(exc), [(w, "delivery-on-day") for w in HAPPENED_WORDS] + DELIVERY_FIELDS, "delivery-item")
+        return await _page(request, inspection_id, 400, refusal.add(field, happened_reason(str(exc))))
     finally:
         if checked is not None:
             checked.discard()
     what = f" with {checked.filename}" if checked is not None else (" with its web address" if url else "")
+    what += f", received {on.day} {on:%B %Y}" if on is not None else ""
     return _done(request, inspection_id, f"{ITEM_NAMES.get(item, words(item))}: receipt recorded{what}; its reminders stop.")
 
 

@@ -15,7 +15,16 @@ from ncpi_workflow.errors import UserError
 from ncpi_workflow.formatting import outcome_words
 from ncpi_workflow.lifecycle import SETTABLE_REGISTER_STATUSES, Outcome
 from ncpi_workflow.web.auth import Principal, checked_form, may_act, services, signed_in
-from ncpi_workflow.web.forms import DateProblem, Refusal, date_from, field_for, text
+from ncpi_workflow.web.forms import (
+    HAPPENED_WORDS,
+    DateProblem,
+    Refusal,
+    date_from,
+    field_for,
+    happened_on,
+    happened_reason,
+    text,
+)
 from ncpi_workflow.web.presenting import audit_entries, history_entries, live_view, recorded_deadline, tracked_deadline
 from ncpi_workflow.web.rendering import render, security_headers
 
@@ -41,8 +50,9 @@ async def _page(request: Request, rec_id: str, status_code: int = 200, refusal: 
     rec = page.recommendation
     if view is not None:
         s = view.state
-        deadlines = [tracked_deadline(d) for d in (s.deadline, s.evidence_deadline) if d is not None]
-        history = history_entries(view)
+        recorded = await read_models.recorded_dates(svc.sessions, RECOMMENDATION, rec_id)
+        deadlines = [tracked_deadline(d, recorded) for d in (s.deadline, s.evidence_deadline) if d is not None]
+        history = history_entries(view, recorded)
         state = {"phase": s.phase.value, "cycle": s.cycle, "force_claim": s.force_claim, "outcome": s.outcome,
                  "register_status": view.register_status, "next_action": view.next_action, "next_at": view.next_action_at,
                  "closed_at": s.closed_at}
@@ -68,6 +78,9 @@ async def _page(request: Request, rec_id: str, status_code: int = 200, refusal: 
     from ncpi_workflow.app import force_portal
 
     links = await force_portal.links_for(svc.sessions, rec_id)  # the force's links, each revocable
+    from ncpi_workflow import revisit_reports
+
+    context["reinspection"] = await revisit_reports.recommendation_reviews(svc.sessions, rec_id)  # the PIR reports' findings
     return render(
         request, "recommendation.html", status_code, title=f"Recommendation {rec.ref}: {page.force.name}", links=links,
         page=page, state=state, deadlines=deadlines, history=history, live=view is not None, unavailable=unavailable,
@@ -100,6 +113,7 @@ async def decide(request: Request, rec_id: str, user: Principal = Depends(may_ac
     await _exists(request, rec_id)
     outcome, rationale = text(form, "outcome"), text(form, "rationale")
     refusal = Refusal("decision", values={"outcome": outcome, "rationale": rationale})
+    on = happened_on(form, refusal, "decision-on-day")
     if not outcome:
         refusal.add("decision-outcome", "Select the outcome")
     if not rationale:
@@ -108,16 +122,18 @@ async def decide(request: Request, rec_id: str, user: Principal = Depends(may_ac
         return await _page(request, rec_id, 400, refusal)
     svc = services(request)
     try:
-        view = await inspector_actions.record_decision(svc.settings, await svc.client(), rec_id, outcome, rationale, by=user.email)
+        view = await inspector_actions.record_decision(svc.settings, await svc.client(), rec_id, outcome, rationale,
+                                                       by=user.email, on=on)
     except UserError as exc:
-        field = field_for(str(exc), [("rationale", "decision-rationale")], "decision-outcome")
-        return await _page(request, rec_id, 400, refusal.add(field, str(exc)))
+        rules = [(w, "decision-on-day") for w in HAPPENED_WORDS] + [("rationale", "decision-rationale")]
+        return await _page(request, rec_id, 400, refusal.add(field_for(str(exc), rules, "decision-outcome"), happened_reason(str(exc))))
     s = view.state
+    decided = f" It was decided on {on.day} {on:%B %Y}." if on is not None else ""
     if s.phase.value == "closed":
-        message = f"Decision recorded: {outcome_words(outcome)}. The recommendation is closed."
+        message = f"Decision recorded: {outcome_words(outcome)}. The recommendation is closed.{decided}"
     else:
         message = (f"Decision recorded: {outcome_words(outcome)}. A further follow-up cycle ({s.cycle}) runs to "
-                   f"{s.deadline.due:%-d %B %Y}.")
+                   f"{s.deadline.due:%-d %B %Y}.{decided}")
     return _done(request, rec_id, message)
 
 
@@ -179,6 +195,7 @@ async def register_status(request: Request, rec_id: str, user: Principal = Depen
     await _exists(request, rec_id)
     status, comment = text(form, "status"), text(form, "comment")
     refusal = Refusal("register", values={"status": status, "comment": comment})
+    on = happened_on(form, refusal, "register-on-day")
     if not status:
         refusal.add("register-status", "Select the register status")
     if not comment:
@@ -187,11 +204,13 @@ async def register_status(request: Request, rec_id: str, user: Principal = Depen
         return await _page(request, rec_id, 400, refusal)
     svc = services(request)
     try:
-        await inspector_actions.set_register_status(svc.settings, await svc.client(), rec_id, status, comment, by=user.email)
+        await inspector_actions.set_register_status(svc.settings, await svc.client(), rec_id, status, comment,
+                                                    by=user.email, on=on)
     except UserError as exc:
-        field = field_for(str(exc), [("comment", "register-comment")], "register-status")
-        return await _page(request, rec_id, 400, refusal.add(field, str(exc)))
-    return _done(request, rec_id, f"Register status set: {status}.")
+        rules = [(w, "register-on-day") for w in HAPPENED_WORDS] + [("comment", "register-comment")]
+        return await _page(request, rec_id, 400, refusal.add(field_for(str(exc), rules, "register-status"), happened_reason(str(exc))))
+    judged = f" (judged on {on.day} {on:%B %Y})" if on is not None else ""
+    return _done(request, rec_id, f"Register status set: {status}{judged}.")
 
 
 @router.get("/evidence/{evidence_id}")

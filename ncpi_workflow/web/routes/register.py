@@ -14,6 +14,7 @@ from ncpi_workflow.app import read_models
 from ncpi_workflow.register import (
     STATUSES,
     RegisterDocument,
+    areas_csv,
     build_register,
     national_by_theme,
     page_context,
@@ -111,6 +112,12 @@ async def register_download_json(request: Request):
 async def register_download_csv(request: Request):
     doc = await _document(request)
     return _download(register_csv(doc), "text/csv; charset=utf-8", "register.csv")
+
+
+@router.get("/register/areas-for-improvement.csv")
+async def register_download_areas(request: Request):
+    doc = await _document(request)
+    return _download(areas_csv(doc), "text/csv; charset=utf-8", "areas-for-improvement.csv")
 
 
 @router.get("/register/{rec_id}")
