@@ -633,6 +633,9 @@ class OpenReview:
     revisit_opened_at: datetime
     backdated: bool = False
     """The child takes revisit_opened_at as its instant (a past or back-dated revisit)."""
+    notice_at: datetime | None = None
+    """When a back-dated review's evidence requests are scheduled: the step's now for a person's revisit
+    (sent at once), the past instant for one caught up with on adoption (not sent). None: as before."""
 
 
 @dataclass
@@ -647,6 +650,9 @@ class Settled:
     decided_at: datetime
     backdated: bool = False
     """The decision was back-dated (or imported): the cycle is decided at decided_at, not when this arrives."""
+    notice_at: datetime | None = None
+    """When the decision's emails were scheduled (now for a person's Update, the past for an imported one):
+    the revisit's outcome notice follows it. None: as before."""
 
 
 @dataclass
@@ -802,6 +808,8 @@ class InspectionState:
     """The latest decided_at among this cycle's settlements."""
     settled_backdated: bool = False
     """A settlement of this cycle was back-dated: the cycle is decided at settled_latest."""
+    settled_notice_at: datetime | None = None
+    """The latest notice instant of this cycle's back-dated settlements: its outcome notice's."""
 
 
 @dataclass

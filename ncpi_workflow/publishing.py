@@ -398,6 +398,11 @@ async def inspection_input_from_records(
         await session.scalars(select(Recommendation).where(Recommendation.inspection_id == inspection_id))
     ).all()
     recommendations = sorted(recommendations, key=lambda r: (len(r.ref), r.ref))  # report order: R1, R2, ... R10
+    # Restarted from publication, an adopted follow-up is adopted again, with its imports: never a
+    # catch-up that would send the past it was adopted to keep quiet.
+    adopted_at, imported_inspection, imported_recommendations = (
+        await adoption_from_records(session, inspection_id) if carried is None else (None, None, {})
+    )
     return InspectionInput(
         inspection_id=inspection.id,
         force_code=inspection.force_code,
@@ -405,9 +410,35 @@ async def inspection_input_from_records(
         programme=inspection.programme,
         title=inspection.title,
         published=inspection.published_on,
-        recommendations=[RecommendationRef(r.id, r.ref, r.timeframe) for r in recommendations],
+        recommendations=[RecommendationRef(r.id, r.ref, r.timeframe, **({"imported": imported_recommendations[r.ref]}
+                                                                       if r.ref in imported_recommendations else {}))
+                         for r in recommendations],
         policy=policy,
         calendar=calendar or calendar_for_report(policy, inspection.published_on),
         time_scale=time_scale,
         carried=carried,
+        **_adoption(adopted_at, imported_inspection),
     )
+
+
+async def adoption_from_records(session, inspection_id: str):
+    """(adopted_at, ImportedInspection | None, {ref: ImportedRecommendation}) of a report published with
+    --adopt or imported, from the audit row `_record_choice` wrote with its records; (None, None, {}) otherwise."""
+    from pydantic import TypeAdapter
+
+    from ncpi_workflow.lifecycle import ImportedInspection, ImportedRecommendation
+    from ncpi_workflow.models import AuditEvent
+
+    detail = await session.scalar(
+        select(AuditEvent.detail)
+        .where(AuditEvent.entity_type == "inspection", AuditEvent.entity_id == inspection_id,
+               AuditEvent.action.in_(("report.adopt", "report.imported")))
+        .order_by(AuditEvent.id.desc()).limit(1)
+    )
+    if not detail:
+        return None, None, {}
+    imported = detail.get("imported") or {}
+    inspection = TypeAdapter(ImportedInspection).validate_python(imported["inspection"]) if imported else None
+    recommendations = {ref: TypeAdapter(ImportedRecommendation).validate_python(r)
+                       for ref, r in (imported.get("recommendations") or {}).items()}
+    return datetime.fromisoformat(detail["at"]), inspection, recommendations

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import datetime, timezone
+import re
+from datetime import date, datetime, time, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from pydantic import TypeAdapter
@@ -117,15 +118,33 @@ def _deadline_lines(deadline: TrackedDeadline, recorded=None) -> list[str]:
     return lines
 
 
+_RECORDED_NOTE = re.compile(r" \(recorded (\d{4}-\d{2}-\d{2})\)$")
+
+
+def history_recorded(entry, recorded=None) -> tuple[str, datetime | None]:
+    """A history entry's detail without the workflow's " (recorded YYYY-MM-DD)" note of a back-dated action,
+    and when it was recorded: from the records (`recorded`) when they know, else from that note. The date
+    column says it once ("22 March 2017 (recorded 2 December 2026)"), not the detail again."""
+    detail = entry.detail or ""
+    noted = _RECORDED_NOTE.search(detail)
+    at = recorded.action(entry.at, entry.by) if recorded is not None else None
+    if noted is not None:
+        detail = detail[:noted.start()]
+        if at is None:
+            at = datetime.combine(date.fromisoformat(noted[1]), time(12, 0), LONDON)
+    return detail, at
+
+
 def _history_lines(history, recorded=None) -> list[str]:
     lines = []
     for entry in history:
-        shown = both_dates(entry.at, recorded.action(entry.at, entry.by) if recorded is not None else None)
+        detail, recorded_at = history_recorded(entry, recorded)
+        shown = both_dates(entry.at, recorded_at)
         line = f"  {shown:<22} {entry.event}"
         if entry.by and entry.by != "system":
             line += f" (by {entry.by})"
-        if entry.detail:
-            line += f": {entry.detail}"
+        if detail:
+            line += f": {detail}"
         lines.append(line)
     return lines or ["  -"]
 

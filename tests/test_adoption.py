@@ -434,3 +434,45 @@ async def _refusals(h, inspection_id):
 async def _claimed(h, rec_id):
     view = await rec_view(h, rec_id)
     return view if view.state.force_claim == "in_progress" else None
+
+
+async def test_a_person_backdating_to_before_adoption_still_tells_the_force(time_skipping_env, tmp_path):
+    # Adopted on Monday 1 May 2017 with nothing imported; then, live, an inspector records that the revisit
+    # opened on Thursday 20 April and, later, decisions dated Tuesday 25 April: both before adoption. What a
+    # person does is sent (the evidence requests, the decisions, the revisit's outcome), dated or not;
+    # only what the follow-up catches up with on adoption is kept quiet.
+    report = write_report(tmp_path, "DEC", PUBLISHED, [("R1", "within_three_months"), ("R2", "within_three_months")])
+    async with harness(time_skipping_env, tmp_path) as h:
+        h.anchor = await h.env.get_current_time()
+        h.published_at = at(PUBLISHED.year, PUBLISHED.month, PUBLISHED.day)
+        await skip_to(h, at(2017, 5, 1, 10))
+        adopted = await start_adopted(h, report, await calendar_now(h))
+        insp = h.inspection(adopted)
+        await eventually(lambda: _projected_phase(h, f"{adopted}-R1", "in_progress", "force_notified"))
+        assert {n.kind for n in await rows_of(h, adopted)} <= {"reminder", "due_today"}  # nothing for the past
+
+        await skip_to(h, at(2017, 5, 2, 12))
+        await insp.execute_update("trigger_revisit", TriggerRevisitRequest("hmi.lead", on=date(2017, 4, 20)))
+        requests = await eventually(lambda: _kind_rows(h, adopted, "evidence_request", 2))
+        assert all(minute(n.scheduled_for) >= minute(at(2017, 5, 2, 12)) for n in requests)  # sent now, not the past
+
+        # The evidence (due 20 working days after 20 April) never came: the inspectors judge without it.
+        await skip_to(h, at(2017, 6, 1, 12))
+        for ref in ("R1", "R2"):
+            await h.recommendation(f"{adopted}-{ref}").execute_update(
+                "record_decision", DecisionRequest("achieved", "Done.", "hmi.lead", on=date(2017, 4, 25)))
+        [outcome] = await eventually(lambda: _kind_rows(h, adopted, "revisit_outcome", 1))
+        assert len(await _kind_rows(h, adopted, "decision", 2)) == 2
+        view = await insp_view(h, adopted)
+        assert view.state.phase == "closed" and minute(view.state.closed_at) == minute(at(2017, 4, 25, 12))
+        assert minute(outcome.scheduled_for) >= minute(at(2017, 6, 1, 12))
+
+
+async def _projected_phase(h, rec_id, *phases):
+    view = await rec_view(h, rec_id)
+    return view if view.state.phase in phases else None
+
+
+async def _kind_rows(h, inspection_id, kind, count):
+    rows = [n for n in await rows_of(h, inspection_id) if n.kind == kind]
+    return rows if len(rows) >= count else None

@@ -162,6 +162,8 @@ async def test_back_dated_actions_keep_both_dates(cli):
     history = shown.split("History:")[1]
     for n in (1, 2, 6, 7):
         assert f"  {long(published + timedelta(days=n))} {recorded} " in history, (n, history)
+    # Said once, in the date column: the workflow's own note of it is not repeated in the detail.
+    assert "(recorded" in history and all(line.count("(recorded") <= 1 for line in history.splitlines()), history
     as_json = await cli.json("show", r1)
     assert [(r["happened_at"], r["by"]) for r in as_json["recorded"]] == [
         (noon(published + timedelta(days=n)).isoformat(), by)

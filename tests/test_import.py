@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ncpi_workflow.app import inspector_actions
 from ncpi_workflow.app.force_responses import submit_progress
 from ncpi_workflow.app.publishing import import_file
+from ncpi_workflow.publishing import inspection_input_from_records
 from ncpi_workflow.models import AuditEvent, Deadline, Decision, Inspection, ProgressUpdate, RegisterStatusEntry, Revisit
 from tests.conftest import ROOT, run_ncpi
 from tests.lifecycle_support import harness, skip_to
@@ -29,6 +30,7 @@ from tests.test_adoption import (
 )
 from tests.test_cli_devserver import cli, eventually  # noqa: F401  (the `cli` fixture)
 from tests.test_lifecycle_timeskipping import insp_view
+from tests.test_publish_past import _started_with
 
 KENT = ROOT / "examples" / "kent-2017.yaml"
 KENT_STATE = ROOT / "examples" / "states" / "kent-2017-state.yaml"
@@ -92,6 +94,16 @@ async def test_an_import_in_real_time_ends_as_the_same_actions_taken_live(dev_se
         before = datetime.now(timezone.utc)
         result = await import_file(h.settings, h.client, imported_file, imported_state, by="test")
         assert result.started and result.inspection_id == imported_id
+        # Restarted from publication by the reconciler (its start lost), the follow-up is adopted again with its
+        # imports, never caught up: the input rebuilt from the records is the one the import started.
+        started = await _started_with(h, imported_id)
+        async with h.sessions() as session:
+            rebuilt = await inspection_input_from_records(session, imported_id, policy=started.policy,
+                                                          calendar=started.calendar, time_scale=started.time_scale)
+        assert before <= rebuilt.adopted_at == started.adopted_at
+        assert rebuilt.imported == started.imported and rebuilt.imported.deliveries
+        assert [r.imported for r in rebuilt.recommendations] == [r.imported for r in started.recommendations]
+        assert any(r.imported is not None and r.imported.decisions for r in rebuilt.recommendations)
         await eventually(lambda: _closed(h, imported_id), timeout=60)
         async with h.sessions() as session:
             def of(rows):

@@ -438,7 +438,7 @@ class InspectionWorkflow:
         )
         history(s.history, now, f"revisit opened ({trigger})", by,
                 f"{len(s.open_recommendations)} recommendations under review" + recorded_note(self.calendar, recorded))
-        review = OpenReview(s.cycle, now, backdated=backdated)
+        review = OpenReview(s.cycle, now, backdated=backdated, notice_at=(notice_at or now) if backdated else None)
         for rec_id in list(s.open_recommendations):
             await workflow.get_external_workflow_handle(recommendation_workflow_id(rec_id)).signal(
                 RecommendationWorkflow.open_review, review
@@ -447,7 +447,7 @@ class InspectionWorkflow:
         s.phase = InspectionPhase.REVISIT_OPEN
         s.revisit_opened_at, s.revisit_trigger, s.revisit_by = now, trigger, by
         s.settled = {}
-        s.settled_latest, s.settled_backdated = None, False
+        s.settled_latest, s.settled_backdated, s.settled_notice_at = None, False, None
         await self._project()
 
     def _all_settled(self) -> bool:
@@ -456,8 +456,11 @@ class InspectionWorkflow:
     async def _finish_cycle(self, now: datetime | None = None) -> None:
         s = self.state
         now = now or self._now()
+        notice_at = now
         if s.settled_backdated and s.settled_latest is not None:
             now = s.settled_latest  # decided (back-dated or imported) then: the next cycle counts from then
+            # Sent at once when a person decided (back-dated or not); imported decisions' past: not sent.
+            notice_at = s.settled_notice_at or now
         outcomes = {r: s.settled[r] for r in s.open_recommendations}
         further = [r for r, o in outcomes.items() if o in (Outcome.PARTIALLY_ACHIEVED.value, Outcome.NOT_ACHIEVED.value)]
         await self._notify(
@@ -466,7 +469,7 @@ class InspectionWorkflow:
                 inspection_id=self.inp.inspection_id, recommendation_id=None, recipients=FORCE_AND_PCC,
                 subject=f"Outcome of the revisit of {self.inp.force_name}"
                 + (f": {len(further)} recommendations followed up further" if further else ": all recommendations closed"),
-                scheduled_for=now, context={"cycle": s.cycle, "outcomes": outcomes},
+                scheduled_for=notice_at, context={"cycle": s.cycle, "outcomes": outcomes},
             )
         )
         history(s.history, now, f"revisit cycle {s.cycle} decided", detail=", ".join(f"{r}: {o}" for r, o in outcomes.items()))
@@ -490,7 +493,7 @@ class InspectionWorkflow:
         s.deadlines = [d for d in s.deadlines if d.kind is not DeadlineKind.REVISIT_BY] + [limit]
         s.open_recommendations = open_recommendations
         s.settled = {}
-        s.settled_latest, s.settled_backdated = None, False
+        s.settled_latest, s.settled_backdated, s.settled_notice_at = None, False, None
         s.deferred = {}
         s.phase = InspectionPhase.FOLLOWING_UP
         s.revisit_opened_at = s.revisit_trigger = s.revisit_by = s.closed_at = None
@@ -533,6 +536,9 @@ class InspectionWorkflow:
             if s.settled_latest is None or settled.decided_at > s.settled_latest:
                 s.settled_latest = settled.decided_at
             s.settled_backdated = s.settled_backdated or settled.backdated
+            if settled.backdated and settled.notice_at is not None and (
+                    s.settled_notice_at is None or settled.notice_at > s.settled_notice_at):
+                s.settled_notice_at = settled.notice_at
         elif not settled.open:
             # Closed before the revisit (withdrawn): nothing left to review.
             s.open_recommendations.remove(settled.recommendation_id)

@@ -509,7 +509,10 @@ class RecommendationWorkflow:
             # A past or back-dated revisit: the review opened then. Its evidence request is sent now (a
             # person back-dated the revisit today), or, caught up with on adoption, not at all.
             now = review.revisit_opened_at
-            notice_at = now if self.adopted_at is not None and now < self.adopted_at else await self._step_now()
+            if review.notice_at is not None:  # the inspection says: now (a person's revisit) or the past (caught up)
+                notice_at = review.notice_at
+            else:
+                notice_at = now if self.adopted_at is not None and now < self.adopted_at else await self._step_now()
         else:
             now = notice_at = await self._step_now()
         s.review_opened_at = now
@@ -642,7 +645,8 @@ class RecommendationWorkflow:
         await self._project()
         await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
             "recommendation_settled",
-            Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now, backdated=recorded is not None),
+            Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now, backdated=recorded is not None,
+                    notice_at=notice_at if recorded is not None else None),
         )
         self.wake = True
 

@@ -51,9 +51,13 @@ def recorded_deadline(d) -> dict[str, Any]:
 
 def history_entries(view, recorded=None) -> list[dict[str, Any]]:
     """`recorded`: `read_models.RecordedDates`, to show when each back-dated action was recorded."""
-    return [{"at": h.at, "event": h.event, "by": h.by, "detail": h.detail,
-             "recorded_at": recorded.action(h.at, h.by) if recorded is not None else None}
-            for h in view.state.history]
+    from ncpi_workflow.views import history_recorded
+
+    entries = []
+    for h in view.state.history:
+        detail, recorded_at = history_recorded(h, recorded)
+        entries.append({"at": h.at, "event": h.event, "by": h.by, "detail": detail, "recorded_at": recorded_at})
+    return entries
 
 
 def audit_entries(events) -> list[dict[str, Any]]:
