@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -311,18 +310,9 @@ __all__ = ["RecordedReview", "Review", "ReviewFinding", "ReceivedItem", "record_
 async def record_review_upload(settings, client, filename: str | None, content: bytes, *, by: str) -> RecordedReview:
     """`record_review` of an uploaded file (the web app's publish form): problems and refusals name
     the uploaded file, not the temporary copy it is checked from."""
-    import tempfile
+    from ncpi_workflow.app.publishing import checked_upload
 
-    from ncpi_workflow.app.publishing import check_file, upload_name
-    from ncpi_workflow.report import ReportInvalid
-
-    name = upload_name(filename)
-    with tempfile.TemporaryDirectory(prefix="ncpi-upload-") as folder:
-        path = Path(folder) / name
-        path.write_bytes(content)
-        checked = check_file(settings, path, name)
-        if not checked.ok:
-            raise ReportInvalid(checked.problems)
+    with checked_upload(settings, filename, content) as (name, path, checked):
         try:
             return await record_review(settings, client, checked.loaded, by=by)
         except UserError as exc:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 from ncpi_workflow import publishing
 from ncpi_workflow.app.temporal_calls import database_errors, temporal_errors
@@ -113,11 +115,10 @@ def check_upload(settings, filename: str | None, content: bytes) -> Checked:
         return check_file(settings, path, name)
 
 
-async def publish_upload(
-    settings, client, filename: str | None, content: bytes, *, by: str, anchor: datetime | None = None,
-    past: PastChoice | None = None,
-) -> Publication:
-    """Publish an uploaded report. Problems and refusals name the uploaded file, not a temporary copy."""
+@contextmanager
+def checked_upload(settings, filename: str | None, content: bytes) -> Iterator[tuple[str, Path, Checked]]:
+    """An uploaded report as a checked file in a temporary folder, for as long as the block runs:
+    (its safe name, the path, the check). ReportInvalid (naming the upload) when it fails the check."""
     name = upload_name(filename)
     if len(content) > settings.report_max_bytes:
         raise ReportInvalid(check_upload(settings, filename, content).problems)
@@ -127,6 +128,15 @@ async def publish_upload(
         checked = check_file(settings, path, name)
         if not checked.ok:
             raise ReportInvalid(checked.problems)
+        yield name, path, checked
+
+
+async def publish_upload(
+    settings, client, filename: str | None, content: bytes, *, by: str, anchor: datetime | None = None,
+    past: PastChoice | None = None,
+) -> Publication:
+    """Publish an uploaded report. Problems and refusals name the uploaded file, not a temporary copy."""
+    with checked_upload(settings, filename, content) as (name, path, checked):
         try:
             with database_errors(settings), temporal_errors(settings, name):
                 return await publishing.publish(settings, client, path, anchor=anchor, by=by, loaded=checked.loaded,
