@@ -81,3 +81,29 @@ async def test_a_past_report_offers_the_three_choices_and_adopts_the_same_upload
                 ("#report", "The file chosen before is no longer here: select the report file again")]
         finally:
             await admin.aclose()
+
+
+def test_the_kept_upload_never_follows_a_link(tmp_path):
+    from ncpi_workflow.settings import Settings
+    from ncpi_workflow.web.routes.publish import _keep, _kept, _pending_folder
+
+    settings = Settings(data_dir=tmp_path / "data")
+    content = b"force: CUM\n"
+    sha = hashlib.sha256(content).hexdigest()
+    folder = _pending_folder(settings)
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_bytes(b"not to be overwritten")
+    (folder / f"{sha}.yaml").symlink_to(elsewhere)
+    # Kept: the planted link is replaced by the upload itself; what it pointed at is untouched.
+    assert _keep(settings, content) == sha
+    assert elsewhere.read_bytes() == b"not to be overwritten"
+    assert not (folder / f"{sha}.yaml").is_symlink() and _kept(settings, sha) == content
+    assert [p.name for p in folder.iterdir()] == [f"{sha}.yaml"]  # no partial file left behind
+    # Read back: a link under the name is not followed, even to a file with the very same content.
+    same = tmp_path / "same.yaml"
+    same.write_bytes(content)
+    (folder / f"{sha}.yaml").unlink()
+    (folder / f"{sha}.yaml").symlink_to(same)
+    assert _kept(settings, sha) is None
+    assert _kept(settings, "../" + sha) is None and _kept(settings, sha.upper()) is None

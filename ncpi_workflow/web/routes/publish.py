@@ -9,13 +9,17 @@ again in full then, and removed once published."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
 from ncpi_workflow.app import publishing
 from ncpi_workflow.errors import UserError
+from ncpi_workflow.evidence_files import open_evidence
 from ncpi_workflow.report import ReportInvalid
 from ncpi_workflow.web.auth import Principal, admin_only, checked_form, services
 from ncpi_workflow.web.forms import Refusal
@@ -35,22 +39,31 @@ def _pending_folder(settings):
 
 
 def _keep(settings, content: bytes) -> str:
-    """Keep a refused upload for the choice that follows: its SHA-256 names it."""
+    """Keep a refused upload for the choice that follows: its SHA-256 names it. Written to a new file and
+    renamed into place, so a link planted under that name is replaced, never followed."""
     sha = hashlib.sha256(content).hexdigest()
     folder = _pending_folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{sha}.yaml").write_bytes(content)
+    fd, partial = tempfile.mkstemp(prefix=".incoming-", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(partial, folder / f"{sha}.yaml")
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return sha
 
 
 def _kept(settings, sha: str) -> bytes | None:
+    """The upload kept under this SHA-256, read without following a link and within the report limit."""
     if not _SHA256.match(sha):
         return None
-    path = _pending_folder(settings) / f"{sha}.yaml"
     try:
-        content = path.read_bytes()
-    except OSError:
+        fd, _ = open_evidence(_pending_folder(settings) / f"{sha}.yaml", settings.report_max_bytes)
+    except UserError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        content = handle.read(settings.report_max_bytes + 1)
     return content if hashlib.sha256(content).hexdigest() == sha else None
 
 
