@@ -8,6 +8,13 @@ In the same invocation, on the same rows:
 - baseline: a bare `SELECT id FROM recommendations` fetching every row.
 The command's output is checked byte for byte against the old code's JSON before anything is timed.
 
+Issue 15, each against a baseline doing the same work:
+- streamed JSON (`stream_status_json`, what `ncpi status --json` runs): time and tracemalloc peak,
+  against the same columns by a bare SQL query (every row fetched at once, values as the driver
+  gives them) encoded by the same `status_json`;
+- the default text (`status_page` and its rendering: the summary, then page 1 of 50 rows), against
+  the same summary query (`status_summary`) plus a bare SQL query of the same columns for the page.
+
 `.venv/bin/python -m bench.listing [--quick]` prints JSON (quick: 10,000 recommendations).
 """
 
@@ -30,7 +37,10 @@ from ncpi_workflow import db
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.models import Inspection, Recommendation
 from ncpi_workflow.store import load_reference_forces
-from ncpi_workflow.views import london_iso, status_records, status_rows
+from ncpi_workflow.views import (
+    london_iso, render_status, render_status_summary, status_json, status_records, status_rows, status_summary,
+    stream_status_json,
+)
 
 RECS_PER_INSPECTION = 10
 PHASES = ["published", "force_notified", "in_progress", "evidence_requested", "evidence_submitted", "under_review", "closed"]
@@ -161,6 +171,102 @@ async def _cli(args: list[str], env: dict) -> bytes:
     return result.stdout
 
 
+# ---------------------------------------------------------------- issue 15: streamed JSON, the paged text
+
+BARE_LISTING_SQL = (
+    "SELECT i.id, i.force_code, i.published_on, i.phase, i.cycle, i.next_action, i.next_action_at, "
+    "r.id, r.ref, r.timeframe, r.phase, r.cycle, r.force_claim, r.outcome, r.register_status, r.next_action, "
+    "r.next_action_at FROM inspections i LEFT OUTER JOIN recommendations r ON r.inspection_id = i.id "
+    "ORDER BY i.published_on, i.id, length(r.ref), r.ref"
+)
+RECORD_KEYS = ("inspection_id", "force", "published", "inspection_phase", "inspection_cycle", "inspection_next_action",
+               "inspection_next_action_at", "recommendation_id", "ref", "timeframe", "phase", "cycle", "force_claim",
+               "outcome", "register_status", "next_action", "next_action_at")
+
+
+def _bare_value(value):
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+async def _bare_json(sessions, write) -> None:
+    """The baseline of the streamed JSON: the same columns by bare SQL, all rows at once, the same encoder."""
+    async with sessions() as session:
+        connection = await session.connection()
+        rows = (await connection.exec_driver_sql(BARE_LISTING_SQL)).all()
+    write(status_json([dict(zip(RECORD_KEYS, map(_bare_value, row))) for row in rows if row[7] is not None]))
+
+
+async def _streamed_json(sessions, write) -> None:
+    async with sessions() as session:
+        await stream_status_json(session, write)
+
+
+async def _default_text(sessions, names: dict, today: date) -> list[str]:
+    from ncpi_workflow.app.read_models import status_page
+
+    page = await status_page(sessions, page=1, page_size=50, today=today)
+    return [*render_status_summary(page.summary, today), "", *render_status(page.rows, names), "", f"page 1 of {page.pages:,}"]
+
+
+async def _bare_text(sessions, today: date) -> list:
+    """The baseline of the default text: the same summary query, and the page's columns by bare SQL."""
+    async with sessions() as session:
+        summary = await status_summary(session, today=today)
+        connection = await session.connection()
+        count = (await connection.exec_driver_sql(
+            "SELECT count(*) FROM inspections i LEFT OUTER JOIN recommendations r ON r.inspection_id = i.id")).scalar_one()
+        rows = (await connection.exec_driver_sql(BARE_LISTING_SQL + " LIMIT 50")).all()
+    return [summary, count, rows]
+
+
+async def _peak_mib(action) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        await action()
+        return round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    finally:
+        tracemalloc.stop()
+
+
+async def _issue15(sessions, expected_json: bytes) -> dict:
+    forces = load_forces(ROOT / "config" / "forces.yaml")
+    names = {code: force.name for code, force in forces.items()}
+    from ncpi_workflow.formatting import LONDON
+
+    today = datetime.now(LONDON).date()
+    pieces: list[str] = []
+    await _streamed_json(sessions, pieces.append)
+    if ("".join(pieces) + "\n").encode() != expected_json:
+        raise AssertionError("stream_status_json no longer writes what the old listing printed")
+    del pieces
+    written = 0
+
+    def sink(piece: str) -> None:  # written and forgotten, as stdout does
+        nonlocal written
+        written += len(piece)
+
+    streamed = (await median_ms(lambda: _streamed_json(sessions, sink), RUNS))["median_ms"]
+    bare_json = (await median_ms(lambda: _bare_json(sessions, sink), RUNS))["median_ms"]
+    streamed_peak = await _peak_mib(lambda: _streamed_json(sessions, sink))
+    bare_json_peak = await _peak_mib(lambda: _bare_json(sessions, sink))
+    text_ms = (await median_ms(lambda: _default_text(sessions, names, today), RUNS))["median_ms"]
+    bare_text_ms = (await median_ms(lambda: _bare_text(sessions, today), RUNS))["median_ms"]
+    return {
+        "streamed_json_ms": streamed,
+        "streamed_json_peak_mib": streamed_peak,
+        "baseline_json": "the same columns by a bare SQL query, every row fetched at once, encoded by the same status_json",
+        "baseline_json_ms": bare_json,
+        "baseline_json_peak_mib": bare_json_peak,
+        "json_ratio": round(bare_json / streamed, 3) if streamed else None,
+        "default_text_ms": text_ms,
+        "baseline_text": "the same summary query (status_summary) and the page's 50 rows by a bare SQL query with a bare count",
+        "baseline_text_ms": bare_text_ms,
+        "text_ratio": round(bare_text_ms / text_ms, 3) if text_ms else None,
+    }
+
+
 # ---------------------------------------------------------------- the figures
 
 
@@ -176,6 +282,8 @@ async def _measure(url: str, rows: int, workdir: Path) -> dict:
     del before
     if await _cli(["status", "--json"], env) != old_output:
         raise AssertionError("ncpi status --json no longer prints what the old listing printed")
+    async with db.open_database(url) as sessions:
+        issue15 = await _issue15(sessions, old_output)
     del old_output
 
     async with db.open_database(url) as sessions:
@@ -219,6 +327,7 @@ async def _measure(url: str, rows: int, workdir: Path) -> dict:
     startup = (await median_ms(cli_startup, RUNS))["median_ms"]
     return {
         **figures,
+        **issue15,
         "status_query_before_ms": query_before,
         "status_query_and_records_before_ms": before,
         "status_query_ms": after_query,

@@ -42,9 +42,14 @@ def table(results: dict) -> str:
                 f"{bare['recommendations_per_second']} recommendations/s ({bare['seconds']} s) | {figures['ratio']} |")
     p = results.get("publication")
     if p:
-        rows.append(f"| publication: {p['reports']} reports x 10 recommendations, files to every workflow started | "
+        # Figures measured before publish_many (no "concurrency") were one file, one start, after the other.
+        bound = f"{p['concurrency']} at a time" if "concurrency" in p else "one after the other"
+        how = (f"`publish_many` as `ncpi publish A B ...` ({bound}, one engine, one client)" if "concurrency" in p
+               else "one `ncpi publish` after the other")
+        rows.append(f"| publication: {p['reports']} reports x 10 recommendations, {how}, files to every workflow started | "
                     f"{p['seconds']} s ({p['per_recommendation_ms']} ms per recommendation) | "
-                    f"as many bare workflow starts: {p['baseline_bare_starts_seconds']} s | {p['ratio']} |")
+                    f"as many bare workflow starts (one per report and per recommendation) from one client, "
+                    f"{bound}: {p['baseline_bare_starts_seconds']} s | {p['ratio']} |")
     u = results.get("update_latency")
     if u:
         base = u["baseline_bare_update"]
@@ -70,6 +75,15 @@ def table(results: dict) -> str:
         rows.append(f"| listing, {label}: `ncpi status --json` end to end, {_n(figures['recommendations'])} recommendations | "
                     f"{_n(figures['cli_status_json_ms'])} ms | `ncpi --help` (start-up alone): {_n(figures['cli_startup_ms'])} ms | "
                     f"{round(figures['cli_startup_ms'] / figures['cli_status_json_ms'], 3)} |")
+        if "streamed_json_ms" in figures:
+            rows.append(f"| listing, {label}: `ncpi status --json` streamed (`stream_status_json`), {_n(figures['recommendations'])} "
+                        f"recommendations | {_n(figures['streamed_json_ms'])} ms, peak {figures['streamed_json_peak_mib']} MiB | "
+                        f"the same columns by bare SQL, all rows at once, the same JSON encoder: {_n(figures['baseline_json_ms'])} ms, "
+                        f"peak {figures['baseline_json_peak_mib']} MiB | {figures['json_ratio']} |")
+            rows.append(f"| listing, {label}: `ncpi status` default text (summary and page 1 of 50 rows), "
+                        f"{_n(figures['recommendations'])} recommendations | {_n(figures['default_text_ms'])} ms | "
+                        f"the same summary query and the page's rows by bare SQL: {_n(figures['baseline_text_ms'])} ms | "
+                        f"{figures['text_ratio']} |")
     email = results.get("email") or {}
     if "smtp_send" in email:
         e = email["smtp_send"]

@@ -363,7 +363,7 @@ def _echo_json(document: Any) -> None:
 
 @app.command()
 def publish(
-    file: Path = typer.Argument(..., help="A report file (YAML)."),
+    files: List[Path] = typer.Argument(..., metavar="FILE", help="Report files (YAML)."),
     catch_up: bool = typer.Option(
         False,
         "--catch-up",
@@ -382,12 +382,18 @@ def publish(
 ) -> None:
     """Publish a report: write its records and start its follow-up workflow. Publishing it again starts nothing.
     A report whose deadlines have already passed is refused, saying what would be sent, unless one of
-    --catch-up, --adopt or --anchor-now says how to follow it up."""
+    --catch-up, --adopt or --anchor-now says how to follow it up.
+    Several files: every one is checked first (a bad one: nothing is published from any), then they are
+    published together (NCPI_PUBLISH_CONCURRENCY at a time), one line each; a refused one does not stop the others."""
     from ncpi_workflow.app.publishing import PastChoice, PastDeadlines, check_file, publish_file
 
     chosen = [c for c, on in ((PastChoice.CATCH_UP, catch_up), (PastChoice.ADOPT, adopt), (PastChoice.ANCHOR_NOW, anchor_now)) if on]
     if len(chosen) > 1:
         fail("give one of --catch-up, --adopt and --anchor-now, not " + " and ".join(f"--{c.value}" for c in chosen))
+    if len(files) > 1:
+        _publish_many(files, chosen[0] if chosen else None)
+        return
+    file = files[0]
     checked = check_file(_settings(), file)  # refuse a bad file before touching Temporal or the database
     if not checked.ok:
         fail(checked.problems[0])
@@ -407,6 +413,36 @@ def publish(
     except PastDeadlines as exc:
         _refused_for_the_past(exc)
     _published_line(result)
+
+
+def _publish_many(files: List[Path], past) -> None:
+    """`ncpi publish A B ...`: all checked (every problem one line; nothing published from any file),
+    then published with one engine and one client; each file's outcome one line, in argument order."""
+    from ncpi_workflow.app.publishing import PastDeadlines, check_file, publish_files
+
+    settings = _settings()
+    checked = [check_file(settings, file) for file in files]
+    problems = [problem for c in checked for problem in c.problems]
+    problems += [f"{c.name}: a post-inspection review's report (programme: PIR) is recorded on its own: "
+                 "give it to `ncpi publish` alone" for c in checked if c.ok and c.loaded.report.is_review]
+    if problems:
+        for problem in problems:
+            typer.echo(f"ncpi: {_line(problem)}", err=True)
+        typer.echo(f"ncpi: nothing was published from any of the {len(files)} files", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    refused = 0
+    for outcome in _call(publish_files, checked, past=past):
+        if outcome.publication is not None:
+            _published_line(outcome.publication)
+            continue
+        refused += 1
+        if isinstance(outcome.refused, PastDeadlines):
+            typer.echo(f"ncpi: {_line(outcome.refused.lines[0])}; publish it alone to see what would be sent, "
+                       "or again with --catch-up, --adopt or --anchor-now", err=True)
+        else:
+            typer.echo(f"ncpi: {_line(outcome.refused)}", err=True)
+    if refused:
+        raise typer.Exit(EXIT_INVALID)
 
 
 def _refused_for_the_past(exc) -> None:
@@ -457,19 +493,39 @@ def import_(
     _published_line(result)
 
 
+STATUS_PAGE_SIZE = 50
+"""Rows of the listing on one page of `ncpi status`."""
+STATUS_PAGE_SIZE_MAX = 10_000
+
+
 @app.command()
 def status(
     force: Optional[str] = typer.Option(None, "--force", metavar="CODE", help="Only this force's inspections, e.g. CUM."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a list of objects, one per recommendation."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a list of objects, one per recommendation (always all of them)."),
+    page: Optional[int] = typer.Option(None, "--page", metavar="N", help="Which page of the listing to show after the summary (default 1)."),
+    page_size: Optional[int] = typer.Option(None, "--page-size", metavar="K", help=f"Rows per page (default {STATUS_PAGE_SIZE}, at most {STATUS_PAGE_SIZE_MAX:,})."),
+    show_all: bool = typer.Option(False, "--all", help="The whole listing and no summary (the text before paging)."),
 ) -> None:
     """Where every recommendation stands, from the database's projection of the workflows (no Temporal needed).
 
-    A follow-up whose workflow task keeps failing (as the reconciler last found it) is marked
+    By default a summary per force (reports, recommendations open and closed, overdue, revisits due,
+    counted from today's date in London) and then one page of the listing; --all prints the whole
+    listing alone. A follow-up whose workflow task keeps failing (as the reconciler last found it) is marked
     "STUCK: <error>"; in --json its record has a "stuck" (or "inspection_stuck") key, present only then."""
+    import sys
+    from datetime import datetime
+
     from ncpi_workflow import db
     from ncpi_workflow.app import read_models
-    from ncpi_workflow.views import render_status, status_json, status_records
+    from ncpi_workflow.formatting import LONDON
+    from ncpi_workflow.views import render_status, render_status_summary
 
+    if (as_json or show_all) and (page is not None or page_size is not None):
+        fail(f"--page and --page-size page the default text, not {'--json' if as_json else '--all'}")
+    if page is not None and page < 1:
+        fail(f"--page: {page} is not a page number (1 or more)")
+    if page_size is not None and not 1 <= page_size <= STATUS_PAGE_SIZE_MAX:
+        fail(f"--page-size: {page_size} is not between 1 and {STATUS_PAGE_SIZE_MAX:,}")
     settings = _settings()
     known = _forces()
     code = None
@@ -478,19 +534,39 @@ def status(
         if code not in known:
             fail(f"unknown force code {force!r}; `ncpi forces` lists the {len(known)} codes")
 
+    if as_json:
+        # Streamed: a chunk of rows at a time from a server-side cursor, written as it comes.
+        async def stream():
+            async with db.open_database(settings.database_url) as sessions:
+                await read_models.stream_status_listing(sessions, sys.stdout.write, code)
+
+        with _database_errors(settings):
+            run(stream())
+        sys.stdout.write("\n")
+        return
+
     async def fetch():
         async with db.open_database(settings.database_url) as sessions:
-            return await read_models.status(sessions, code), await read_models.stuck_workflows(sessions)
+            stuck = await read_models.stuck_workflows(sessions)
+            if show_all:
+                return await read_models.status(sessions, code), stuck
+            today = datetime.now(LONDON).date()
+            return await read_models.status_page(sessions, code, page=page or 1, page_size=page_size or STATUS_PAGE_SIZE,
+                                                 today=today), stuck
 
     with _database_errors(settings):
-        rows, stuck = run(fetch())
-    if as_json:
-        typer.echo(status_json(status_records(rows, stuck)))
-        return
+        listing, stuck = run(fetch())
+    rows = listing if show_all else listing.rows
     if not rows:
         typer.echo("no published inspections" + (f" for {code}" if code else ""))
         return
-    _echo_lines(render_status(rows, {c: f.name for c, f in known.items()}, stuck))
+    names = {c: f.name for c, f in known.items()}
+    if show_all:
+        _echo_lines(render_status(rows, names, stuck))
+        return
+    more = f"; --page {listing.page + 1} for more" if listing.page < listing.pages else ""
+    _echo_lines([*render_status_summary(listing.summary, listing.today), "", *render_status(rows, names, stuck), "",
+                 f"page {listing.page:,} of {listing.pages:,}{more}"])
 
 
 @app.command()

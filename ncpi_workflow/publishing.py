@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 from dataclasses import dataclass
@@ -223,6 +225,7 @@ async def publish(
     past: PastChoice | None = None,
     imported: tuple | None = None,
     name: str | None = None,
+    sessions=None,
 ) -> Publication:
     """Validate, write, start. A report that fails validation writes nothing and starts nothing;
     the same report again starts nothing; a different file for a published report is refused.
@@ -241,7 +244,9 @@ async def publish(
     (every clock from publication, the latest due message of each deadline sent at once), ADOPT
     (the past recorded as history, nothing sent for it) or ANCHOR_NOW (as if published now).
     `imported` is `state_file.load_state`'s result: actions already taken, applied by the workflows
-    on adoption (ADOPT implied). `name` is how refusals name the file (an upload's own name)."""
+    on adoption (ADOPT implied). `name` is how refusals name the file (an upload's own name).
+    `sessions` is a session factory the caller holds (publish_many's one engine for every file);
+    without it the database is opened (and closed) here."""
     past = PastChoice(past) if past is not None else None
     if imported is not None:
         if past not in (None, PastChoice.ADOPT):
@@ -273,15 +278,19 @@ async def publish(
     adopted_at = now if past is PastChoice.ADOPT else None
     imported_inspection, imported_recommendations = imported if imported is not None else (None, {})
 
-    async with db.open_database(settings.database_url) as sessions:
+    async with _sessions(settings, sessions) as sessions:
         existing = await _published(sessions, report.inspection_id)
         created = False
-        if existing is None:
-            if await _workflow_exists(client, workflow_id):
+        if existing is None and await _workflow_exists(client, workflow_id):
+            # Unless another publisher of this report (`ncpi publish A A`, two at once) committed it and
+            # started its follow-up since the first look: then it is published, as below.
+            existing = await _published(sessions, report.inspection_id)
+            if existing is None:
                 raise UserError(
                     f"{report.inspection_id}: a follow-up workflow {workflow_id} exists but the database has no record "
                     "of this report (was the database replaced?); nothing was written"
                 )
+        if existing is None:
             if refusal is not None:
                 raise refusal  # before anything is written
             try:
@@ -335,6 +344,76 @@ async def publish(
         # the reconciler): the follow-up runs on them.
         return publication(started=created)
     return publication(started=True)
+
+
+@contextlib.asynccontextmanager
+async def _sessions(settings: Settings, sessions):
+    """The caller's session factory, or the database opened for this call alone."""
+    if sessions is not None:
+        yield sessions
+        return
+    async with db.open_database(settings.database_url) as opened:
+        yield opened
+
+
+# ---------------------------------------------------------------- many reports at once (`ncpi publish A B ...`)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One file's outcome in publish_many: its publication, or the UserError that refused it."""
+
+    name: str
+    publication: Publication | None = None
+    refused: UserError | None = None
+
+
+async def publish_many(
+    settings: Settings,
+    client: Client,
+    reports: list[tuple[Path, LoadedReport]],
+    *,
+    anchor: datetime | None = None,
+    by: str = "cli",
+    past: PastChoice | None = None,
+    concurrency: int | None = None,
+    errors=None,
+) -> list[Outcome]:
+    """Publish checked reports (path, loaded) with one database engine and the caller's one Temporal
+    client, at most `concurrency` (NCPI_PUBLISH_CONCURRENCY) at a time. Each is `publish` as for one
+    file (the same refusals, `past` and `anchor` applied to every file); a refused file (a UserError:
+    its deadlines passed, a different file for a published report, ...) is its Outcome's `refused` and
+    the others still go. The outcomes are in the order given. Any other failure is raised once every
+    file has finished. `errors(name)` is a context manager around each file's publication (the app
+    layer's conversion of database and Temporal failures into UserErrors naming the file)."""
+    limit = concurrency or settings.publish_concurrency
+    if limit < 1:
+        raise UserError(f"publish concurrency must be at least 1, not {limit}")
+    gate = asyncio.Semaphore(limit)
+
+    async with db.open_database(settings.database_url) as sessions:
+        if reports:
+            # The forces and contacts first, once: every publication then finds them as they should be
+            # and writes none (concurrent first inserts of the same force would collide).
+            with errors(str(reports[0][0])) if errors is not None else contextlib.nullcontext():
+                async with sessions.begin() as session:
+                    await load_reference_forces(session, load_forces(settings.forces_file))
+
+        async def one(file: Path, loaded: LoadedReport) -> Outcome:
+            async with gate:
+                try:
+                    with errors(str(file)) if errors is not None else contextlib.nullcontext():
+                        result = await publish(settings, client, file, anchor=anchor, by=by, loaded=loaded, past=past,
+                                               sessions=sessions)
+                except UserError as exc:
+                    return Outcome(str(file), refused=exc)
+                return Outcome(str(file), publication=result)
+
+        results = await asyncio.gather(*(one(f, l) for f, l in reports), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)
 
 
 async def _record_choice(session, inspection_id: str, by: str, past: PastChoice, now: datetime, imported) -> None:

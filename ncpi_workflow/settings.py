@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     publishing_grace_minutes: float = Field(default=5.0, gt=0, description=(
         "A report recorded less than this long ago whose follow-up never projected anything is left to "
         "its publisher by the reconciler (it commits the records, then starts the workflow with its own clocks)."))
+    publish_concurrency: int = Field(default=8, ge=1, le=64, description=(
+        "`ncpi publish A B ...`: at most this many reports are being published (written, their workflow started) at once."))
     stuck_task_attempts: int = Field(default=5, ge=2, description=(
         "A running workflow whose workflow task has been attempted this many times without success is "
         "reported as stuck by the reconciler, `ncpi health` and `ncpi status`."))

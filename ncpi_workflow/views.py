@@ -212,13 +212,8 @@ def render_inspection(view: InspectionView, recorded=None) -> list[str]:
 # ---------------------------------------------------------------- the database projection (`ncpi status`)
 
 
-async def status_rows(session: AsyncSession, force_code: str | None = None) -> list[Row]:
-    """Every recommendation with its inspection's projection, in listing order, from one query.
-
-    Order: publication day, inspection, then R1, R2, ..., R10 (not R1, R10, R2). An inspection without
-    recommendations is one row whose recommendation columns are None. Only the columns the listing
-    shows are read: loading ORM objects costs more than the query itself at 100,000 rows.
-    """
+def status_query(force_code: str | None = None):
+    """The SELECT behind `status_rows` (and `stream_status_rows`): the listing's columns, in listing order."""
     from sqlalchemy import func, select
 
     from ncpi_workflow.models import Inspection, Recommendation
@@ -238,10 +233,112 @@ async def status_rows(session: AsyncSession, force_code: str | None = None) -> l
     )
     if force_code:
         query = query.where(Inspection.force_code == force_code)
+    return query
+
+
+async def status_rows(session: AsyncSession, force_code: str | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> list[Row]:
+    """Every recommendation with its inspection's projection, in listing order, from one query.
+
+    Order: publication day, inspection, then R1, R2, ..., R10 (not R1, R10, R2). An inspection without
+    recommendations is one row whose recommendation columns are None. Only the columns the listing
+    shows are read: loading ORM objects costs more than the query itself at 100,000 rows.
+    `limit` and `offset` give one page of those rows (`ncpi status --page`).
+    """
+    query = status_query(force_code)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
     # On the session's connection, not session.execute: the ORM's per-row processing of plain columns
     # costs as much again as building the rows.
     connection = await session.connection()
     return (await connection.execute(query)).all()
+
+
+async def status_row_count(session: AsyncSession, force_code: str | None = None) -> int:
+    """How many rows `status_rows` gives (a recommendation each, and one per inspection without any)."""
+    from sqlalchemy import func, select
+
+    from ncpi_workflow.models import Inspection, Recommendation
+
+    query = select(func.count()).select_from(Inspection).outerjoin(Recommendation, Recommendation.inspection_id == Inspection.id)
+    if force_code:
+        query = query.where(Inspection.force_code == force_code)
+    connection = await session.connection()
+    return int((await connection.execute(query)).scalar_one())
+
+
+STATUS_STREAM_CHUNK = 2000
+"""Rows fetched at a time by `stream_status_rows` (a server-side cursor on both databases)."""
+
+
+async def stream_status_rows(session: AsyncSession, force_code: str | None = None, chunk: int = STATUS_STREAM_CHUNK):
+    """`status_rows`, `chunk` rows at a time from a server-side cursor (`AsyncConnection.stream`): an
+    async iterator of lists of rows, never holding more than one chunk."""
+    connection = await session.connection()
+    result = await connection.stream(status_query(force_code).execution_options(yield_per=chunk))
+    try:
+        async for part in result.partitions(chunk):
+            yield part
+    finally:
+        await result.close()
+
+
+async def status_summary(session: AsyncSession, force_code: str | None = None, *, today: date) -> list[dict[str, Any]]:
+    """Per force with published inspections (or only `force_code`), in code order: reports,
+    recommendations open and closed, overdue, revisits due -- "overdue" and "revisits due" as the
+    dashboard defines them (app/read_models.py), counted from `today`."""
+    from sqlalchemy import case, func, select
+
+    from ncpi_workflow.app.read_models import dashboard_query
+    from ncpi_workflow.models import Inspection, Recommendation
+
+    connection = await session.connection()
+    counts = (
+        select(
+            Inspection.force_code,
+            func.count(func.distinct(Inspection.id)),
+            func.count(Recommendation.id),
+            func.sum(case((Recommendation.phase == "closed", 1), else_=0)),
+        )
+        .outerjoin(Recommendation, Recommendation.inspection_id == Inspection.id)
+        .group_by(Inspection.force_code)
+    )
+    if force_code:
+        counts = counts.where(Inspection.force_code == force_code)
+    by_force = {code: (int(reports), int(total), int(closed or 0)) for code, reports, total, closed in (await connection.execute(counts)).all()}
+    if not by_force:
+        return []
+    summary = []
+    for code, name, _region, _inspections, _open, overdue, overdue_items, _rn, _in, revisits, *_fresh in (
+        await connection.execute(dashboard_query(today))
+    ).all():
+        if code not in by_force:
+            continue
+        reports, total, closed = by_force[code]
+        summary.append({
+            "force": code, "name": name, "reports": reports, "open": total - closed, "closed": closed,
+            "overdue": int(overdue or 0) + int(overdue_items or 0), "revisits_due": int(revisits or 0),
+        })
+    summary.sort(key=lambda f: f["force"])
+    return summary
+
+
+def render_status_summary(summary: list[dict[str, Any]], today: date) -> list[str]:
+    """The summary table `ncpi status` prints first: a line per force, then the totals."""
+    columns = ("reports", "open", "closed", "overdue", "revisits_due")
+    heads = ("reports", "open", "closed", "overdue", "revisits due")
+    totals = {c: sum(f[c] for f in summary) for c in columns}
+    label = max([len(f"{f['force']}  {f['name']}") for f in summary] + [len("total")])
+    widths = [max(len(h), *(len(f"{f[c]:,}") for f in summary), len(f"{totals[c]:,}")) for c, h in zip(columns, heads)]
+
+    def line(name: str, values) -> str:
+        return f"{name:<{label}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, widths))
+
+    lines = [f"Summary ({long_date(today)}; overdue and revisits due as on the dashboard)",
+             line("force", heads)]
+    lines += [line(f"{f['force']}  {f['name']}", [f"{f[c]:,}" for c in columns]) for f in summary]
+    lines.append(line("total", [f"{totals[c]:,}" for c in columns]))
+    return lines
 
 
 def _remembered(function: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
@@ -263,6 +360,59 @@ def stuck_note(error: str) -> str:
     return "STUCK: " + " ".join(error.split())
 
 
+class StatusRecords:
+    """Builds the records of `status_records` from rows given in any number of pieces (the
+    inspection a piece starts in carries over from the piece before). Its caches are bounded, so that
+    a streamed listing holds only the piece at hand."""
+
+    def __init__(self, stuck: dict[str, str] | None = None, *, cache: int | None = None):
+        self.iso = functools.lru_cache(maxsize=cache)(london_iso)
+        self.inspection_stuck, self.recommendation_stuck = _stuck_notes(stuck)
+        self.shown = self.inspection = None
+
+    def records(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
+        iso, inspection_stuck, recommendation_stuck = self.iso, self.inspection_stuck, self.recommendation_stuck
+        shown, inspection = self.shown, self.inspection
+        records = []
+        for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
+             rec_id, ref, timeframe, phase, cycle, force_claim, outcome, register_status, next_action, next_action_at) in rows:
+            if insp_id != shown:
+                shown = insp_id
+                inspection = {
+                    "inspection_id": insp_id,
+                    "force": force_code,
+                    "published": published_on.isoformat(),
+                    "inspection_phase": insp_phase,
+                    "inspection_cycle": insp_cycle,
+                    "inspection_next_action": insp_next,
+                    "inspection_next_action_at": iso(insp_next_at),
+                }
+                error = inspection_stuck(insp_id)
+                if error:
+                    inspection["inspection_stuck"] = " ".join(error.split())
+            if rec_id is None:
+                continue
+            record = {
+                    **inspection,
+                    "recommendation_id": rec_id,
+                    "ref": ref,
+                    "timeframe": timeframe,
+                    "phase": phase,
+                    "register_status": register_status,
+                    "cycle": cycle,
+                    "force_claim": force_claim,
+                    "outcome": outcome,
+                    "next_action": next_action,
+                    "next_action_at": iso(next_action_at),
+            }
+            error = recommendation_stuck(rec_id)
+            if error:
+                record["stuck"] = " ".join(error.split())
+            records.append(record)
+        self.shown, self.inspection = shown, inspection
+        return records
+
+
 def status_records(rows: Iterable[Row], stuck: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One record per recommendation (rows from `status_rows`), with its inspection's projection.
 
@@ -270,46 +420,7 @@ def status_records(rows: Iterable[Row], stuck: dict[str, str] | None = None) -> 
     a follow-up whose workflow task keeps failing, and to those only, so that every other record
     is exactly as before: "stuck" (the recommendation's workflow) and "inspection_stuck" (its
     inspection's), each the error in one line."""
-    iso = _remembered(london_iso)
-    inspection_stuck, recommendation_stuck = _stuck_notes(stuck)
-    records = []
-    shown = inspection = None
-    for (insp_id, force_code, published_on, insp_phase, insp_cycle, insp_next, insp_next_at,
-         rec_id, ref, timeframe, phase, cycle, force_claim, outcome, register_status, next_action, next_action_at) in rows:
-        if insp_id != shown:
-            shown = insp_id
-            inspection = {
-                "inspection_id": insp_id,
-                "force": force_code,
-                "published": published_on.isoformat(),
-                "inspection_phase": insp_phase,
-                "inspection_cycle": insp_cycle,
-                "inspection_next_action": insp_next,
-                "inspection_next_action_at": iso(insp_next_at),
-            }
-            error = inspection_stuck(insp_id)
-            if error:
-                inspection["inspection_stuck"] = " ".join(error.split())
-        if rec_id is None:
-            continue
-        record = {
-                **inspection,
-                "recommendation_id": rec_id,
-                "ref": ref,
-                "timeframe": timeframe,
-                "phase": phase,
-                "register_status": register_status,
-                "cycle": cycle,
-                "force_claim": force_claim,
-                "outcome": outcome,
-                "next_action": next_action,
-                "next_action_at": iso(next_action_at),
-        }
-        error = recommendation_stuck(rec_id)
-        if error:
-            record["stuck"] = " ".join(error.split())
-        records.append(record)
-    return records
+    return StatusRecords(stuck).records(rows)
 
 
 def status_json(records: list[dict[str, Any]]) -> str:
@@ -325,6 +436,25 @@ def status_json(records: list[dict[str, Any]]) -> str:
         return "[]"
     flat = json.dumps(records, separators=(",\n    ", ": "))
     return "[\n  {\n    " + flat[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }\n]"
+
+
+async def stream_status_json(session: AsyncSession, write: Callable[[str], Any], force_code: str | None = None,
+                             stuck: dict[str, str] | None = None, chunk: int = STATUS_STREAM_CHUNK) -> None:
+    """Writes `status_json(status_records(status_rows(...), stuck))`, byte for byte, through `write`,
+    a chunk of rows at a time (`stream_status_rows`): memory does not grow with the listing.
+
+    `json.dumps(list, indent=2)` is "[\n", the items (each indented by two) joined by ",\n", then
+    "\n]"; `status_json` of one chunk's records is that for the chunk, so its inside is the chunk's
+    part of the whole."""
+    builder = StatusRecords(stuck, cache=4096)
+    started = False
+    async for rows in stream_status_rows(session, force_code, chunk):
+        records = builder.records(rows)
+        if not records:
+            continue
+        write(("[\n" if not started else ",\n") + status_json(records)[2:-2])
+        started = True
+    write("\n]" if started else "[]")
 
 
 def render_status(rows: Iterable[Row], force_names: dict[str, str], stuck: dict[str, str] | None = None) -> list[str]:

@@ -298,7 +298,7 @@ async def test_publish_status_show_and_temporal_visibility(cli):
     wf = f"ncpi/NTH/{published.isoformat()}"
     (status_text, status_json, status_nth, status_avs_json, status_avs, status_xxx, plan_json,
      show_insp, show_insp_json, show_rec, show_rec_json, show_avs, show_r9, show_bad) = await asyncio.gather(
-        cli("status"), cli("status", "--json"), cli("status", "--force", "nth", "--json"),
+        cli("status", "--all"), cli("status", "--json"), cli("status", "--force", "nth", "--json"),
         cli("status", "--force", "AVS", "--json"), cli("status", "--force", "AVS"), cli("status", "--force", "XXX"),
         cli("plan", report, "--json"),
         cli("show", insp), cli("show", insp, "--json"), cli("show", f"{wf}/R2"), cli("show", recs[1], "--json"),

@@ -24,7 +24,7 @@ from ncpi_workflow.publishing import PAST_CHOICE_HELP, PastChoice, PastDeadlines
 from ncpi_workflow.report import LoadedReport, ReportInvalid, load_report
 
 __all__ = ["PAST_CHOICE_HELP", "Checked", "PastChoice", "PastDeadlines", "PastSummary", "Publication", "check_file", "check_upload",
-           "import_file", "publish_file", "publish_upload", "upload_name"]
+           "import_file", "publish_file", "publish_files", "publish_upload", "upload_name"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,29 @@ async def publish_file(
     with database_errors(settings), temporal_errors(settings, str(file)):
         return await publishing.publish(settings, client, Path(file), anchor=anchor, by=by, loaded=checked.loaded,
                                         past=past, imported=imported)
+
+
+async def publish_files(
+    settings, client, checked: list[Checked], *, anchor: datetime | None = None, by: str = "cli",
+    past: PastChoice | None = None,
+) -> list[publishing.Outcome]:
+    """`ncpi publish A B ...`: every file checked first (ReportInvalid with every file's problems, and
+    nothing published from any file, when one fails), then all published with one database engine and
+    this one client, NCPI_PUBLISH_CONCURRENCY at a time (publishing.publish_many); the outcomes in the
+    order given, a refused file's (PastDeadlines, ...) among them."""
+    problems = [problem for c in checked for problem in c.problems]
+    if problems:
+        raise ReportInvalid(problems)
+    with database_errors(settings):
+        return await publishing.publish_many(
+            settings, client, [(Path(c.name), c.loaded) for c in checked], anchor=anchor, by=by, past=past,
+            errors=lambda name: _file_errors(settings, name))
+
+
+@contextmanager
+def _file_errors(settings, name: str) -> Iterator[None]:
+    with database_errors(settings), temporal_errors(settings, name):
+        yield
 
 
 async def import_file(

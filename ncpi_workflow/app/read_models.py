@@ -57,7 +57,7 @@ from ncpi_workflow.models import (
     RegisterStatusEntry,
     Revisit,
 )
-from ncpi_workflow.views import status_records, status_rows
+from ncpi_workflow.views import status_records, status_row_count, status_rows, status_summary, stream_status_json
 
 SOON_DAYS = 30
 """"Within 30 days": the horizon of amber and of revisits due."""
@@ -91,6 +91,43 @@ async def stuck_workflows(sessions) -> dict[str, str]:
 async def status_listing(sessions, force_code: str | None = None) -> list[dict[str, Any]]:
     """The records of `ncpi status --json` (stuck follow-ups marked)."""
     return status_records(await status(sessions, force_code), await stuck_workflows(sessions))
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """The default text of `ncpi status`: the summary, then one page of the listing's rows."""
+
+    today: date
+    summary: list[dict[str, Any]]
+    rows: list
+    page: int
+    pages: int
+    total_rows: int
+
+
+async def status_page(sessions, force_code: str | None = None, *, page: int = 1, page_size: int = 50,
+                      today: date) -> StatusPage:
+    """The summary (`views.status_summary`, counted from `today`) and page `page` (from 1) of
+    `page_size` rows of the listing. A page past the last is a UserError naming --page."""
+    if page < 1:
+        raise UserError(f"--page: {page} is not a page number (1 or more)")
+    if page_size < 1:
+        raise UserError(f"--page-size: {page_size} is not 1 or more")
+    async with sessions() as session:
+        total = await status_row_count(session, force_code)
+        pages = max(1, -(-total // page_size))
+        if page > pages:
+            raise UserError(f"--page: {page} is past the last page ({pages:,} of {page_size:,} rows)")
+        summary = await status_summary(session, force_code, today=today)
+        rows = await status_rows(session, force_code, limit=page_size, offset=(page - 1) * page_size)
+    return StatusPage(today, summary, rows, page, pages, total)
+
+
+async def stream_status_listing(sessions, write, force_code: str | None = None) -> None:
+    """`ncpi status --json`: status_json(status_listing(...)) written through `write` a chunk at a time."""
+    stuck = await stuck_workflows(sessions)
+    async with sessions() as session:
+        await stream_status_json(session, write, force_code, stuck)
 
 
 async def show(settings, client, target_id: str):
