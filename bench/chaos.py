@@ -885,7 +885,9 @@ class Run:
             if state is not None:
                 done = now() >= plan_end and state["pending"] == 0 and state["missing"] == 0
                 key = (state["rows"], state["received"])
-                if not done or key != last:
+                # Done since this poll (the plan's end reached, the last row sent) counts from now, even
+                # with no new row or message since the poll before.
+                if not done or key != last or held_since is None:
                     held_since, last = (now() if done else None), key
                 elif now() - held_since >= plan.quiet_seconds:
                     break
