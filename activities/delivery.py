@@ -4,12 +4,16 @@
 sent. Transient failures raise, and Temporal retries them with backoff for as long as it takes;
 a permanent refusal is recorded as failed with the server's answer and the inspectors are told.
 
-- **Rendered once.** The first delivery attempt renders the message and stores its exact bytes
-  (RFC 5322, CRLF, 7-bit) with the outbox row, in the transaction that counts the attempt, before
-  anything is sent. Every retry and every `ncpi outbox resend` sends those bytes under the same
-  Message-ID (a resend to corrected addresses changes the To header only). Rendering at the first
-  attempt rather than at record time keeps the workflows and the recording activity as they are
-  (histories replay unchanged), and rows recorded before this change render on their first attempt.
+- **Rendered once, as the event is recorded.** The recording activity renders the message and
+  stores its exact bytes (RFC 5322, CRLF, 7-bit) with the outbox row, its Message-ID and its access
+  links, in the event's transaction (activities/rendering.py: it keeps them only if they are what
+  this activity would render from the committed rows). The delivery's hot path then only leases
+  the row and reads those bytes in one statement, sends, and marks sent (`_send_rendered`): no
+  context read, no templates, no MIME. A row stored unrendered (recorded by an older worker, before
+  this change, or one the recording could not render: a template error) is rendered by the first
+  delivery attempt as before, in the transaction that counts the attempt, before anything is sent.
+  Every retry and every `ncpi outbox resend` sends the stored bytes under the same Message-ID (a
+  resend to corrected addresses changes the To header only).
 - **One deliverer at a time.** A row is leased (`lease_owner`, `lease_until`) for the attempt that
   sends it: the workflow's delivery and the reconciler's, or two retries on two workers, never
   send it at once.
@@ -46,6 +50,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -196,6 +201,30 @@ async def _unless_started(sent: asyncio.Future):
         return sent.result()
 
 
+_NO_SYNC = {"synchronize_session": False}
+"""For an UPDATE in a session that holds no objects: nothing to bring up to date in Python."""
+
+
+def _to_header(data: bytes) -> list[str]:
+    """`mailer.message_recipients` of a flattened message, reading its header block only (parsing the
+    whole message, both parts, cost more than the rest of a delivery's hot path)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    value, inside = [], False
+    for line in head.split(b"\r\n"):
+        if inside and line[:1] in (b" ", b"\t"):
+            value.append(line)
+        elif line[:3].lower() == b"to:" and not value:
+            value.append(line[3:])
+            inside = True
+        else:
+            inside = False
+    raw = b" ".join(value)
+    if not value or b"=?" in raw or not raw.isascii():
+        return message_recipients(data if end < 0 else data[: end + 4])  # encoded words, no To: the full parser
+    return [address for _, address in getaddresses([raw.decode("ascii")])]
+
+
 MARK_POOL_SIZE = 2
 """Connections of the pool that marks messages sent (and records the relay's state): the SMTP
 connection carries one message at a time until it is marked, so one mark is in progress at a time."""
@@ -225,6 +254,7 @@ class DeliveryActivities:
         self.settings = settings
         self.mark_sessions = mark_sessions or _mark_engine_sessions(sessions)
         """Where "sent" and the relay's state are written: a connection of their own."""
+        self._recording_relay = False
 
     def all(self) -> list:
         return [self.deliver_notification]
@@ -255,6 +285,9 @@ class DeliveryActivities:
             # The server accepted it in an earlier attempt, which could not record it: record it now.
             await self._mark_sent(notification_id, outcome)
             return SENT
+        status = await self._send_rendered(notification_id)
+        if status is not None:
+            return status
         async with self.sessions() as session:
             notification = await session.get(Notification, notification_id)
             if notification is None:
@@ -340,7 +373,7 @@ class DeliveryActivities:
                     if links is not None:
                         data = await links.issue(session, data)  # the links' rows, stored with the rendering
                 to = list(notification.recipients["to"])
-                if message_recipients(data) != to:
+                if _to_header(data) != to:
                     data = with_recipients(data, to)  # a resend to the contacts' corrected addresses
                 if data != notification.rendered:
                     notification.rendered = data
@@ -349,16 +382,53 @@ class DeliveryActivities:
             if status in (SENT, FAILED):
                 return status  # delivered (or refused) by the other deliverer meanwhile
             raise _held(f"notification {notification_id} is being delivered by {holder} (lease until {until}); retried later")
+        return await self._send_leased(notification_id, owner, message_id, data, to)
+
+    def _not_after(self) -> float:
+        """time.monotonic() by which this attempt must have its turn on the SMTP connection."""
+        not_after = time.monotonic() + max(1.0, self.settings.lease_seconds - 60.0)
+        deadline = _attempt_deadline(self.settings.mark_sent_patience + 10.0)
+        return not_after if deadline is None else min(not_after, deadline)
+
+    async def _send_rendered(self, notification_id: int) -> str | None:
+        """The hot path, for a row rendered already (at record time, activities/rendering.py, or by an
+        earlier attempt): lease the row and read its bytes in one statement (no read before it, no
+        context, no rendering), then send and mark sent. None: not such a row now (not pending, leased
+        by another, or not rendered) and nothing was changed: the general path deals with it."""
+        owner = self._lease_owner()
+        now = utcnow()
+        async with self.sessions.begin() as session:
+            leased = (await session.execute(
+                update(Notification)
+                .where(Notification.id == notification_id, Notification.status == PENDING,
+                       Notification.rendered.is_not(None),
+                       or_(Notification.lease_until.is_(None), Notification.lease_until < now, Notification.lease_owner == owner))
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+                        attempts=Notification.attempts + 1, last_attempt_at=now)
+                .returning(Notification.rendered, Notification.recipients, Notification.message_id,
+                           Notification.idempotency_key),
+                execution_options=_NO_SYNC,
+            )).one_or_none()
+            if leased is None:
+                return None
+            data, recipients, message_id, key = leased
+        message_id = message_id or message_id_for(key, self.settings.mail_from)
+        to = list(recipients["to"])
+        if _to_header(data) != to:
+            data = with_recipients(data, to)  # a resend to the contacts' corrected addresses (the lease is ours)
+            async with self.sessions.begin() as session:
+                await session.execute(update(Notification).where(Notification.id == notification_id)
+                                      .values(rendered=data, message_id=message_id))
+        return await self._send_leased(notification_id, owner, message_id, data, to)
+
+    async def _send_leased(self, notification_id: int, owner: str, message_id: str, data: bytes, to: list[str]) -> str:
+        """Send a leased row's bytes and record the outcome."""
         if self.settings.links is not None:
             # Access links: the raw tokens replace their placeholders only now, in what goes to the relay;
             # they are never stored, and the same stored bytes always give the same sent bytes.
             data = fill_link_tokens(data, self.settings.links.key)
-        not_after = time.monotonic() + max(1.0, self.settings.lease_seconds - 60.0)
-        deadline = _attempt_deadline(self.settings.mark_sent_patience + 10.0)
-        if deadline is not None:
-            not_after = min(not_after, deadline)
         try:
-            turn = await self.mailer.turn(not_after=not_after)
+            turn = await self.mailer.turn(not_after=self._not_after())
             # From here the turn is given back only once the outcome is durable (or cannot be made
             # so): shielded, so that a cancelled attempt (its timeout, a worker shutting down) still
             # records what the relay said before the connection carries anyone else's message.
@@ -415,7 +485,8 @@ class DeliveryActivities:
                         update(Notification)
                         .where(Notification.id == notification_id, Notification.status != SENT)
                         .values(status=SENT, sent_at=datetime.fromisoformat(outcome["sent_at"]),
-                                message_id=outcome["message_id"], last_error=None, lease_owner=None, lease_until=None)
+                                message_id=outcome["message_id"], last_error=None, lease_owner=None, lease_until=None),
+                        execution_options=_NO_SYNC,
                     )
                 return
             except (SQLAlchemyError, OSError) as exc:
@@ -438,8 +509,15 @@ class DeliveryActivities:
     async def _record_relay(self) -> None:
         """Write the relay's state as this process found it, when it changed (or is due again)."""
         report = self.mailer.relay_report()
-        if report is None:
-            return
+        if report is None or self._recording_relay:
+            return  # current, or being written by another delivery of this process right now
+        self._recording_relay = True
+        try:
+            await self._write_relay(report)
+        finally:
+            self._recording_relay = False
+
+    async def _write_relay(self, report) -> None:
         now = utcnow()
         values = dict(relay=report.relay, state=report.state, category=report.category, reason=report.reason,
                       since=report.since, checked_at=now)

@@ -122,38 +122,99 @@ class OurStack:
     sessions: object  # the benchmark's own view of the database
     worker: object  # the `ncpi worker` process
     smtp: object  # the loopback SMTP capture's handler: `.messages`
+    workers: list = None  # every `ncpi worker` process (`worker` is the first)
 
 
 @asynccontextmanager
-async def our_stack(env, workdir: Path, database_url: str, **settings):
-    """Ours as in production: `ncpi worker` in its own process on the dev server of `env`, the
-    database at `database_url` (migrated here), a loopback SMTP capture in this process."""
+async def our_stack(env, workdir: Path, database_url: str, workers: int = 1, **settings):
+    """Ours as in production: `ncpi worker` in its own process on the dev server of `env` (`workers`
+    of them on the one task queue), the database at `database_url` (migrated here), a loopback SMTP
+    capture in this process."""
+    from contextlib import AsyncExitStack
+
     from ncpi_workflow import db
     from ncpi_workflow.settings import Settings
     from ncpi_workflow.smtp_capture import start_capture
     from tests.postgres import free_port
 
     await db.upgrade(database_url)
-    values = dict(database_url=database_url, task_queue="ncpi-bench", data_dir=workdir / "data", smtp_host="127.0.0.1",
+    values = dict(database_url=database_url, task_queue=settings.pop("task_queue", "ncpi-bench"), data_dir=workdir / "data", smtp_host="127.0.0.1",
                   smtp_port=free_port(), temporal_address=temporal_address(env), worker_alive_file=workdir / "ncpi.alive",
                   **settings)
     controller, smtp = start_capture(port=values["smtp_port"])
     try:
-        async with db.open_database(database_url) as sessions, worker_process(
-            [ncpi_command(), "worker"], ncpi_env(workdir, **values), values["worker_alive_file"], workdir / "ncpi-worker.log"
-        ) as worker:
-            yield OurStack(Settings(**values), sessions, worker, smtp)
+        async with db.open_database(database_url) as sessions, AsyncExitStack() as stack:
+            processes = []
+            for n in range(workers):
+                alive = values["worker_alive_file"] if n == 0 else workdir / f"ncpi-{n + 1}.alive"
+                own = dict(values, worker_alive_file=alive)
+                log = workdir / ("ncpi-worker.log" if n == 0 else f"ncpi-worker-{n + 1}.log")
+                processes.append(await stack.enter_async_context(
+                    worker_process([ncpi_command(), "worker"], ncpi_env(workdir, **own), alive, log)))
+            yield OurStack(Settings(**values), sessions, processes[0], smtp, processes)
     finally:
         controller.stop()
 
 
 @asynccontextmanager
-async def bare_worker(env, workdir: Path, task_queue: str):
-    """The bare baselines' worker in its own process (bench/bare_worker.py), like `ncpi worker`."""
-    alive = workdir / f"{task_queue}.alive"
+async def bare_worker(env, workdir: Path, task_queue: str, instance: str = ""):
+    """The bare baselines' worker in its own process (bench/bare_worker.py), like `ncpi worker`;
+    `instance` tells apart several on one task queue."""
+    alive = workdir / f"{task_queue}{instance}.alive"
     args = [sys.executable, "-m", "bench.bare_worker", temporal_address(env), task_queue, str(alive)]
-    async with worker_process(args, dict(os.environ), alive, workdir / f"{task_queue}-worker.log") as process:
+    async with worker_process(args, dict(os.environ), alive, workdir / f"{task_queue}{instance}-worker.log") as process:
         yield process
+
+
+@asynccontextmanager
+async def peak_rss(pids: list[int], every: float = 0.25):
+    """Sample the resident set of processes `pids` every `every` seconds while the block runs; the
+    dict yielded is filled at its end: each process's peak, the peak of their sum, the first sample,
+    and the CPU time (user + system) each spent while the block ran."""
+    import asyncio
+
+    figures: dict = {}
+    peaks = [0.0] * len(pids)
+    first: list[float] = []
+    total = [0.0]
+    cpu_at_start = [cpu_seconds(pid) for pid in pids]
+    cpu = list(cpu_at_start)
+
+    def sample() -> None:
+        values = []
+        for k, pid in enumerate(pids):
+            try:
+                values.append(rss_mib(pid))
+                cpu[k] = cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):  # ended: its last sample stands
+                values.append(0.0)
+        if not first:
+            first.extend(values)
+        for k, value in enumerate(values):
+            peaks[k] = max(peaks[k], value)
+        total[0] = max(total[0], sum(values))
+
+    async def sampler() -> None:
+        while True:
+            sample()
+            await asyncio.sleep(every)
+
+    sample()
+    task = asyncio.create_task(sampler())
+    try:
+        yield figures
+    finally:
+        task.cancel()
+        sample()
+        figures.update(peak_mib_per_worker=[round(p, 1) for p in peaks], peak_mib_all_workers=round(total[0], 1),
+                       start_mib_per_worker=[round(v, 1) for v in first],
+                       cpu_seconds_per_worker=[round(b - a, 2) for a, b in zip(cpu_at_start, cpu)])
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def temporal_address(env) -> str:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bench.bare import BareFollowUp, BareInput, Step
-from bench.common import ROOT, bare_worker, create_database, dev_server, our_stack, postgres_or_reason
+from bench.common import ROOT, bare_worker, create_database, dev_server, our_stack, peak_rss, postgres_or_reason
 from bench.shape import shape_counts, steps_from_history, timeline
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import DecisionRequest, EvidenceRequestInput, inspection_workflow_id, recommendation_workflow_id
@@ -40,6 +41,23 @@ TIME_SCALE = 2_000_000.0
 POLL_SECONDS = 0.2
 
 
+async def execute_update(handle, update, arg, update_id: str, not_ready_for: float = 120.0):
+    """The Update, again by its ID when the server is too busy to answer in time (the server runs it once),
+    or while the workflow's task is failing for now (a task timed out on an overloaded machine: it is
+    retried), for up to `not_ready_for` seconds."""
+    not_ready = 0.0
+    while True:
+        try:
+            return await handle.execute_update(update, arg, id=update_id)
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            await asyncio.sleep(POLL_SECONDS)
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.FAILED_PRECONDITION or not_ready >= not_ready_for:
+                raise
+            not_ready += 1.0
+            await asyncio.sleep(1.0)
+
+
 async def ended(client, workflow_id: str):
     """The workflow's result, once it exists and has ended (children start a moment after their parent)."""
     while True:
@@ -51,25 +69,44 @@ async def ended(client, workflow_id: str):
             await asyncio.sleep(POLL_SECONDS)
 
 
-async def _ours(env, workdir: Path, database_url: str, published: date, reports: int) -> dict:
-    codes = sorted(load_forces(ROOT / "config" / "forces.yaml"))[:reports]
-    files = [write_report(workdir, code, published, [(f"R{i}", "within_six_months") for i in range(1, RECS_PER_REPORT + 1)])
-             for code in codes]
-    inspections = [f"{code}-{published.isoformat()}" for code in codes]
+def report_dates(reports: int, published: date) -> list[tuple[str, date]]:
+    """(force, publication date) of each report: one per force, then the forces again a week later."""
+    codes = sorted(load_forces(ROOT / "config" / "forces.yaml"))
+    return [(codes[k % len(codes)], published + timedelta(weeks=k // len(codes))) for k in range(reports)]
+
+
+async def _ours(env, workdir: Path, database_url: str, published: date, reports: int, *, workers: int = 1,
+                time_scale: float = TIME_SCALE, many: bool = False) -> dict:
+    """Ours; `workers` `ncpi worker` processes; `many`: published by `publish_many` as `ncpi publish A B ...`
+    does (else one `publish` after the other)."""
+    from ncpi_workflow.app.publishing import check_file
+    from ncpi_workflow.publishing import publish_many
+
+    pairs = report_dates(reports, published)
+    files = [write_report(workdir, code, day, [(f"R{i}", "within_six_months") for i in range(1, RECS_PER_REPORT + 1)])
+             for code, day in pairs]
+    inspections = [f"{code}-{day.isoformat()}" for code, day in pairs]
     recommendations = [f"{i}-R{n}" for i in inspections for n in range(1, RECS_PER_REPORT + 1)]
-    async with our_stack(env, workdir, database_url, time_scale=TIME_SCALE) as ours:
+    async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale) as ours, \
+            peak_rss([w.pid for w in ours.workers]) as rss:
         started = time.perf_counter()
-        for file in files:
-            await publish(ours.settings, env.client, file)
+        if many:
+            checked = [check_file(ours.settings, f) for f in files]
+            outcomes = await publish_many(ours.settings, env.client, [(Path(c.name), c.loaded) for c in checked])
+            assert all(o.publication is not None and o.publication.started for o in outcomes), outcomes
+        else:
+            for file in files:
+                await publish(ours.settings, env.client, file)
         driven: set[str] = set()
         drivers: list[asyncio.Task] = []
 
         async def evidence_then_decision(rec_id: str) -> None:
             handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
-            await handle.execute_update("submit_evidence", EvidenceRequestInput(
+            await execute_update(handle, "submit_evidence", EvidenceRequestInput(
                 filename=f"{rec_id}.pdf", sha256="ab" * 32, size_bytes=10, storage_path="/dev/null",
-                content_type="application/pdf", by="bench"))
-            await handle.execute_update("record_decision", DecisionRequest("achieved", "implemented in full", "bench"))
+                content_type="application/pdf", by="bench"), f"{rec_id}/evidence")
+            await execute_update(handle, "record_decision", DecisionRequest("achieved", "implemented in full", "bench"),
+                                 f"{rec_id}/decision")
 
         async def drive() -> None:
             # The force answers when the revisit asks for evidence, as its portal would show it.
@@ -95,6 +132,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
         "emails_received": emails,
+        "worker_rss": rss,
         "inspection_steps": steps_from_history(inspection_history),
         "recommendation_steps": steps_from_history(recommendation_history),
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
@@ -102,10 +140,16 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
     }
 
 
-async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> dict:
+async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int,
+                *, workers: int = 1) -> dict:
+    from contextlib import AsyncExitStack
+
     queue = "bare-lifecycle"
     updates = [s.name for s in recommendation_steps if s.trigger == "update"]
-    async with bare_worker(env, workdir, queue):
+    async with AsyncExitStack() as stack:
+        processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else ""))
+                     for n in range(workers)]
+        rss = await stack.enter_async_context(peak_rss([p.pid for p in processes]))
         started = time.perf_counter()
         parents = []
         for k in range(reports):
@@ -119,10 +163,10 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
         async def answer(child_id: str) -> None:
             # Each Update waits in the workflow for its step; the child exists a moment after its parent.
             handle = env.client.get_workflow_handle(child_id)
-            for name in updates:
+            for k, name in enumerate(updates):
                 while True:
                     try:
-                        await handle.execute_update(BareFollowUp.act, name)
+                        await execute_update(handle, BareFollowUp.act, name, f"{child_id}/{k}-{name}")
                         break
                     except RPCError as exc:
                         if exc.status is not RPCStatusCode.NOT_FOUND:
@@ -137,6 +181,7 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(children) / elapsed, 2),
+        "worker_rss": rss,
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
         "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
     }

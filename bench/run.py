@@ -61,9 +61,11 @@ def table(results: dict) -> str:
     m = results.get("memory")
     if m:
         base = m.get("baseline_bare_rss_mib_per_1000_open_workflows")
-        rows.append(f"| worker RSS per 1,000 open recommendation workflows ({_n(m['open_recommendation_workflows'])} open) | "
+        shipped = (f", {m['workflow_sandbox']} sandbox, cache of {_n(m['max_cached_workflows'])}" if "workflow_sandbox" in m else "")
+        rows.append(f"| worker RSS per 1,000 open recommendation workflows ({_n(m['open_recommendation_workflows'])} open{shipped}) | "
                     f"{m['rss_mib_per_1000_open_recommendation_workflows']} MiB | bare workflows: {base} MiB per 1,000 | "
                     f"{round(base / m['rss_mib_per_1000_open_recommendation_workflows'], 3) if base else '-'} |")
+    rows.extend(memory_rows(results.get("memory_parts") or {}))
     for name, figures in (results.get("listing") or {}).items():
         label = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(name, name)
         if "skipped" in figures:
@@ -91,11 +93,48 @@ def table(results: dict) -> str:
                     f"one connection per message: {e['one_connection_per_message_per_second']} msg/s | {e['ratio']} |")
     if "delivery_path" in email:
         d = email["delivery_path"]
-        rows.append(f"| email: the whole delivery activity (outbox row, templates, send, mark sent), {_n(d['notifications'])} "
+        what = ("rendered when recorded; lease, send, mark sent" if d.get("rendered_at_record")
+                else "outbox row, templates, send, mark sent")
+        rows.append(f"| email: the whole delivery activity ({what}), {_n(d['notifications'])} "
                     f"notifications | {d['per_second']} msg/s | `Mailer.send` alone: {email['smtp_send']['reused_connection_per_second']} msg/s | "
                     f"{d['ratio']} |")
+    if "delivery_path_slow_smtp" in email and "smtp_send_slow" in email:
+        d, e = email["delivery_path_slow_smtp"], email["smtp_send_slow"]
+        ms = round(e["server_seconds_per_message"] * 1000)
+        rows.append(f"| email, a relay taking {ms} ms per message: `Mailer.send` alone, {_n(e['messages'])} messages | "
+                    f"{e['reused_connection_per_second']} msg/s | the relay's own ceiling: {e['ceiling_per_second']} msg/s | "
+                    f"{round(e['reused_connection_per_second'] / e['ceiling_per_second'], 2)} |")
+        rows.append(f"| email, a relay taking {ms} ms per message: the delivery activity (rendered when recorded), "
+                    f"{_n(d['notifications'])} notifications | {d['per_second']} msg/s | `Mailer.send` alone to the same relay: "
+                    f"{e['reused_connection_per_second']} msg/s | {d['ratio']} |")
     rows.extend(web_rows(results.get("web") or {}))
     return "\n".join(rows) + "\n"
+
+
+def memory_rows(parts: dict) -> list[str]:
+    """bench/memory.py's rows: worker RSS part by part, and the sandbox's cost per workflow instance."""
+    if not parts:
+        return []
+    b, inst = parts["breakdown"], parts["sandbox_per_instance"]
+    opened = parts["parts"]["shared"]["open_workflows"]
+    ratio = lambda base, ours: round(base / ours, 3) if ours else "-"  # noqa: E731
+    rows = []
+    for label, key in (("isolated sandbox (workflows/ imported for every run, as before)", "ours_isolated"),
+                       ("shared sandbox (as shipped)", "ours_shared"),
+                       (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache")):
+        rows.append(f"| worker RSS, part by part ({_n(opened)} open workflows, the second half's growth), ours with the {label} | "
+                    f"{b[key]} MiB per 1,000 | bare workflows: {b['baseline_bare']} MiB per 1,000 | {ratio(b['baseline_bare'], b[key])} |")
+    bare = inst["bare_sdk_default_sandbox"]
+    for name in ("recommendation_isolated", "recommendation_shared", "inspection_isolated", "inspection_shared"):
+        ours = inst[name]
+        rows.append(f"| sandbox: creating one {name.replace('_', ' workflow instance, ', 1)} sandbox | "
+                    f"{ours['cpu_ms_per_instance']} ms CPU, {ours['kib_per_instance']} KiB | bare workflow, the SDK's default sandbox: "
+                    f"{bare['cpu_ms_per_instance']} ms CPU, {bare['kib_per_instance']} KiB | "
+                    f"{ratio(bare['cpu_ms_per_instance'], ours['cpu_ms_per_instance'])} (CPU) |")
+    s = parts["state"]
+    rows.append(f"| state carried by a recommendation workflow: its Query `state` serialised (and its start input) | "
+                f"{_n(s['state_query_bytes'])} bytes (+{s['bytes_per_progress_report']} per event; input {_n(s['start_input_bytes'])}) | - | - |")
+    return rows
 
 
 def _pp(p: dict) -> str:
@@ -151,13 +190,13 @@ def embed_in_readme(markdown: str) -> None:
 
 
 async def main(quick: bool) -> dict:
-    from bench import email, listing, temporal_bench, web
+    from bench import email, listing, memory, temporal_bench, web
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "quick": quick,
                      "date": datetime.date.today().isoformat()}
     started = time.perf_counter()
     results.update(await temporal_bench.bench(quick))
-    for module, key in ((listing, "listing"), (email, "email"), (web, "web")):
+    for module, key in ((listing, "listing"), (email, "email"), (web, "web"), (memory, "memory_parts")):
         section: dict = {}
         await module.run(section, quick)
         results[key] = section

@@ -148,6 +148,8 @@ async def _publication_latency_memory(env, workdir: Path, quick: bool) -> dict:
             "worker_rss_growth_mib": round(grown, 1),
             "rss_mib_per_1000_open_recommendation_workflows": round(grown / open_recommendations * 1000, 1),
             "baseline_bare_rss_mib_per_1000_open_workflows": bare["rss_mib_per_1000_open_workflows"],
+            # What `ncpi worker` ran with (its defaults): bench/memory.py measures the parts one by one.
+            "workflow_sandbox": settings.workflow_sandbox, "max_cached_workflows": settings.max_cached_workflows,
             "note": "RSS growth of the `ncpi worker` process (and of the bare worker's process) from started to "
                     "every workflow open; ours counts the inspection workflows too (one per 10 recommendations)",
         }

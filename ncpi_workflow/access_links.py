@@ -1,7 +1,7 @@
 """Access links: the links in force-facing emails that let a force act without an account.
 
-Every force-facing email carries two links, issued when the email is first rendered (the delivery
-activity, in the transaction that stores the rendering): a **portal** link (`NCPI_PUBLIC_URL` +
+Every force-facing email carries two links, issued when the email is first rendered (in the
+transaction that stores the rendering: the event's, activities/rendering.py, or the delivery's): a **portal** link (`NCPI_PUBLIC_URL` +
 `/portal/<token>`) and a **reply** address (`NCPI_REPLY_TO` plus-addressed: `local+<token>@domain`).
 Each is scoped to one force and exactly the items that email concerns (a recommendation, a
 report-level item such as the action plan, or for the published notice the whole inspection), expires
@@ -396,7 +396,8 @@ class LinkPlan:
     """The links of one notification, planned before it is rendered (their provisional placeholders
     go into the rendering) and issued in the transaction that stores it (`issue`)."""
 
-    notification_id: int
+    notification_id: int | None
+    """None while the notification is not yet recorded (activities/rendering.py sets it as it stores)."""
     scope: LinkScope
     expires_at: datetime
     settings: LinkSettings = field(repr=False)
@@ -473,11 +474,23 @@ async def plan_links(session: AsyncSession, notification_id: int, settings: Link
     recommendation and report-level item of the inspection. Expiry: `settings.days_after_deadline`
     after the latest deadline of those items (and of the date the notification names, such as a new
     deadline), and never sooner than that after today."""
-    from ncpi_workflow.formatting import local_date
-    from ncpi_workflow.models import Deadline, Inspection, Notification, Recommendation, utcnow
+    from ncpi_workflow.models import Notification
 
     n = await session.get(Notification, notification_id)
-    if n is None or n.inspection_id is None or not is_force_facing((n.recipients or {}).get("roles", [])):
+    if n is None:
+        return None
+    return await plan_links_for(session, n, settings, today, notification_id=notification_id)
+
+
+async def plan_links_for(session: AsyncSession, n: Any, settings: LinkSettings, today: date | None = None, *,
+                         notification_id: int | None = None) -> LinkPlan | None:
+    """`plan_links` for a notification given as its row, or as the row it is about to be (not yet
+    inserted: activities/rendering.py renders it before the event's transaction; its
+    `notification_id` is set when it is stored). The same reading, the same plan."""
+    from ncpi_workflow.formatting import local_date
+    from ncpi_workflow.models import Deadline, Inspection, Recommendation, utcnow
+
+    if n.inspection_id is None or not is_force_facing((n.recipients or {}).get("roles", [])):
         return None
     inspection = await session.get(Inspection, n.inspection_id)
     if inspection is None:
@@ -508,7 +521,8 @@ async def plan_links(session: AsyncSession, notification_id: int, settings: Link
         except (TypeError, ValueError):
             pass
     expires_at = _expiry(scope, deadlines, settings.days_after_deadline, named, today or local_date(utcnow()))
-    plan = LinkPlan(notification_id, scope, expires_at, settings, [_Planned("portal", new_salt())])
+    plan = LinkPlan(notification_id if notification_id is not None else n.id, scope, expires_at, settings,
+                    [_Planned("portal", new_salt())])
     if settings.reply_to:
         plan.planned.append(_Planned("reply", new_salt()))
     return plan

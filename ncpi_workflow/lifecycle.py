@@ -1027,6 +1027,41 @@ class RevisitRecord:
     recorded_at: datetime | None = None
 
 
+@dataclass
+class EventWrite:
+    """Everything one event writes, in one transaction (the `record_event` activity): its records, its
+    notifications (in order) and the projection computed after the state change. Every part is optional."""
+
+    reopen: ReopenRecord | None = None
+    decision: DecisionRecord | None = None
+    progress: ProgressRecord | None = None
+    evidence_request: EvidenceRequestRecord | None = None
+    evidence: EvidenceRecord | None = None
+    deadline_revision: DeadlineRevisionRecord | None = None
+    deadlines_opened: list[DeadlineOpenRecord] = field(default_factory=list)
+    deadlines_met: list[DeadlineMetRecord] = field(default_factory=list)
+    register: list[RegisterRecord] = field(default_factory=list)
+    revisit: RevisitRecord | None = None
+    audits: list[AuditRecord] = field(default_factory=list)
+    notifications: list[NotificationRequest] = field(default_factory=list)
+    recommendation_projection: RecommendationProjection | None = None
+    inspection_projection: InspectionProjection | None = None
+
+    def empty(self) -> bool:
+        return not any(getattr(self, name) for name in self.__dataclass_fields__)
+
+
+@dataclass
+class EventWritten:
+    """What `record_event` wrote: ids the workflow needs (None: that part was absent)."""
+
+    evidence_id: int | None = None
+    evidence_request_id: int | None = None
+    notification_ids: list[int] = field(default_factory=list)
+    projected: bool = False
+    """Whether the projection was written (False: none was given, or a newer one is there already)."""
+
+
 def clock_timeout(time_scale: TimeScale, calendar_instant: datetime, clock_now: datetime) -> timedelta:
     """How long to wait on the workflow clock until a calendar instant (zero if it has passed)."""
     return max(time_scale.to_clock(calendar_instant) - clock_now, timedelta(0))

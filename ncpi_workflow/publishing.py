@@ -215,6 +215,83 @@ async def _published(sessions, inspection_id: str) -> _Published | None:
         return None if row is None else _Published(row.report_sha256, row.projection_version)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What `publish` decides about one report before it touches the database or Temporal."""
+
+    file: Path
+    loaded: LoadedReport
+    forces: dict
+    policy: object
+    calendar: WorkingCalendar
+    timeline: Timeline
+    workflow_id: str
+    scale: TimeScale
+    refusal: PastDeadlines | None
+    past: PastChoice | None
+    adopted_at: datetime | None
+    imported: tuple | None
+    now: datetime
+    by: str
+
+    @property
+    def inspection_id(self) -> str:
+        return self.loaded.report.inspection_id
+
+    def publication(self, started: bool) -> Publication:
+        return Publication(self.inspection_id, self.workflow_id, started, len(self.loaded.report.recommendations))
+
+
+def _plan(
+    settings: Settings,
+    file: Path,
+    *,
+    anchor: datetime | None,
+    by: str,
+    loaded: LoadedReport | None,
+    past: PastChoice | None,
+    imported: tuple | None,
+    name: str | None,
+    forces: dict | None = None,
+    policy=None,
+    calendars: dict | None = None,
+) -> _Plan:
+    """`publish`'s checks and clocks for one report (no I/O but the report, forces and policy files;
+    publish_many passes the forces, the policy and a calendar per publication year it has read once)."""
+    past = PastChoice(past) if past is not None else None
+    if imported is not None:
+        if past not in (None, PastChoice.ADOPT):
+            raise UserError(f"an imported follow-up is adopted: --{past.value} does not apply")
+        past = PastChoice.ADOPT
+    now = datetime.now(timezone.utc)
+    if past is PastChoice.ANCHOR_NOW and anchor is None:
+        anchor = now
+    if past is PastChoice.ADOPT and (anchor is not None or settings.time_scale != 1):
+        raise UserError("--adopt follows a report up in real time: it cannot be combined with an anchor "
+                        f"or a time scale (NCPI_TIME_SCALE is {settings.time_scale:g})")
+    forces = forces if forces is not None else load_forces(settings.forces_file)
+    if loaded is None:
+        loaded = load_report(file, known_forces=set(forces), max_bytes=settings.report_max_bytes)
+    report = loaded.report
+    policy = policy if policy is not None else load_policy(settings.policy)
+    if calendars is None:
+        calendar = calendar_for_report(policy, report.published)
+    else:  # the same policy for every report: one calendar per publication year
+        calendar = calendars.get(report.published.year)
+        if calendar is None:
+            calendar = calendars[report.published.year] = calendar_for_report(policy, report.published)
+    timeline = plan_report(report.published, [(r.ref, r.timeframe) for r in report.recommendations], policy, calendar)
+    published_at = calendar.next_send_time(calendar.at(report.published, time(0, 0)))
+    scale = time_scale_for(settings, published_at, anchor)
+    refusal = None
+    if past is None and scale == TimeScale() and not getattr(report, "is_review", False):
+        summary = past_summary(report.inspection_id, timeline, [r.ref for r in report.recommendations], calendar, now)
+        if summary.passed:
+            refusal = PastDeadlines(name or str(file), summary)
+    return _Plan(file, loaded, forces, policy, calendar, timeline, inspection_workflow_id(report.inspection_id), scale,
+                 refusal, past, now if past is PastChoice.ADOPT else None, imported, now, by)
+
+
 async def publish(
     settings: Settings,
     client: Client,
@@ -226,6 +303,8 @@ async def publish(
     imported: tuple | None = None,
     name: str | None = None,
     sessions=None,
+    forces_loaded: bool = False,
+    plan: _Plan | None = None,
 ) -> Publication:
     """Validate, write, start. A report that fails validation writes nothing and starts nothing;
     the same report again starts nothing; a different file for a published report is refused.
@@ -246,37 +325,14 @@ async def publish(
     `imported` is `state_file.load_state`'s result: actions already taken, applied by the workflows
     on adoption (ADOPT implied). `name` is how refusals name the file (an upload's own name).
     `sessions` is a session factory the caller holds (publish_many's one engine for every file);
-    without it the database is opened (and closed) here."""
-    past = PastChoice(past) if past is not None else None
-    if imported is not None:
-        if past not in (None, PastChoice.ADOPT):
-            raise UserError(f"an imported follow-up is adopted: --{past.value} does not apply")
-        past = PastChoice.ADOPT
-    now = datetime.now(timezone.utc)
-    if past is PastChoice.ANCHOR_NOW and anchor is None:
-        anchor = now
-    if past is PastChoice.ADOPT and (anchor is not None or settings.time_scale != 1):
-        raise UserError("--adopt follows a report up in real time: it cannot be combined with an anchor "
-                        f"or a time scale (NCPI_TIME_SCALE is {settings.time_scale:g})")
-    forces = load_forces(settings.forces_file)
-    if loaded is None:
-        loaded = load_report(file, known_forces=set(forces), max_bytes=settings.report_max_bytes)
+    without it the database is opened (and closed) here. `forces_loaded`: the caller has just made
+    the forces and contacts tables match the reference data (publish_many), so they are not read
+    again in this report's write transaction. `plan`: `_plan`'s result, when the caller made it."""
+    if plan is None:
+        plan = _plan(settings, file, anchor=anchor, by=by, loaded=loaded, past=past, imported=imported, name=name)
+    loaded, past, imported, refusal, workflow_id = plan.loaded, plan.past, plan.imported, plan.refusal, plan.workflow_id
     report = loaded.report
-    policy = load_policy(settings.policy)
-    calendar = calendar_for_report(policy, report.published)
-    timeline = plan_report(report.published, [(r.ref, r.timeframe) for r in report.recommendations], policy, calendar)
-    workflow_id = inspection_workflow_id(report.inspection_id)
-    published_at = calendar.next_send_time(calendar.at(report.published, time(0, 0)))
-    scale = time_scale_for(settings, published_at, anchor)
-    force = forces[report.force]
-    publication = functools.partial(Publication, report.inspection_id, workflow_id, recommendations=len(report.recommendations))
-    refusal = None
-    if past is None and scale == TimeScale() and not getattr(report, "is_review", False):
-        summary = past_summary(report.inspection_id, timeline, [r.ref for r in report.recommendations], calendar, now)
-        if summary.passed:
-            refusal = PastDeadlines(name or str(file), summary)
-    adopted_at = now if past is PastChoice.ADOPT else None
-    imported_inspection, imported_recommendations = imported if imported is not None else (None, {})
+    publication = plan.publication
 
     async with _sessions(settings, sessions) as sessions:
         existing = await _published(sessions, report.inspection_id)
@@ -286,19 +342,15 @@ async def publish(
             # started its follow-up since the first look: then it is published, as below.
             existing = await _published(sessions, report.inspection_id)
             if existing is None:
-                raise UserError(
-                    f"{report.inspection_id}: a follow-up workflow {workflow_id} exists but the database has no record "
-                    "of this report (was the database replaced?); nothing was written"
-                )
+                raise _orphan_workflow(plan)
         if existing is None:
             if refusal is not None:
                 raise refusal  # before anything is written
             try:
                 async with sessions.begin() as session:  # committed on leaving the block, before any start
-                    await load_reference_forces(session, forces)
-                    created = (await insert_report(session, loaded, timeline, actor=by, workflow_id=workflow_id)).created
-                    if created and past is not None:
-                        await _record_choice(session, report.inspection_id, by, past, now, imported)
+                    if not forces_loaded:
+                        await load_reference_forces(session, plan.forces)
+                    created = await _insert(session, plan)
             except IntegrityError:
                 if await _published(sessions, report.inspection_id) is None:
                     raise  # not the report committed meanwhile by another caller
@@ -306,35 +358,69 @@ async def publish(
             if not created:  # published meanwhile by another caller
                 existing = await _published(sessions, report.inspection_id)
         if existing is not None:
-            if existing.sha256 != loaded.sha256:
-                raise UserError(
-                    f"{file}: {report.inspection_id} is already published from a different file "
-                    f"(sha256 {existing.sha256[:12]}); a published report is not replaced"
-                )
-            if existing.projection_version > 0:
-                if imported is not None:
-                    raise UserError(f"{report.inspection_id} is already published and its follow-up runs: "
-                                    "an import is for a report not yet published; nothing was imported")
+            if _already(plan, existing) is not None:
                 return publication(started=False)  # its follow-up has run: nothing to start
-            if refusal is not None:
-                raise refusal  # recorded but never started: starting it needs the choice too
+    return await _start(settings, client, plan, created)
+
+
+def _orphan_workflow(plan: _Plan) -> UserError:
+    return UserError(
+        f"{plan.inspection_id}: a follow-up workflow {plan.workflow_id} exists but the database has no record "
+        "of this report (was the database replaced?); nothing was written"
+    )
+
+
+def _already(plan: _Plan, existing: _Published) -> bool | None:
+    """A report found in the database: True when its follow-up has run (nothing to start), None when
+    its workflow is still to be started; raises the refusal (a different file, an import of a running
+    follow-up, a past report recorded but never started without a choice)."""
+    if existing.sha256 != plan.loaded.sha256:
+        raise UserError(
+            f"{plan.file}: {plan.inspection_id} is already published from a different file "
+            f"(sha256 {existing.sha256[:12]}); a published report is not replaced"
+        )
+    if existing.projection_version > 0:
+        if plan.imported is not None:
+            raise UserError(f"{plan.inspection_id} is already published and its follow-up runs: "
+                            "an import is for a report not yet published; nothing was imported")
+        return True
+    if plan.refusal is not None:
+        raise plan.refusal  # recorded but never started: starting it needs the choice too
+    return None
+
+
+async def _insert(session, plan: _Plan) -> bool:
+    """The report's records (and the choice its past made necessary) in the caller's transaction.
+    True when this call wrote them (False: present already)."""
+    created = (await insert_report(session, plan.loaded, plan.timeline, actor=plan.by, workflow_id=plan.workflow_id)).created
+    if created and plan.past is not None:
+        await _record_choice(session, plan.inspection_id, plan.by, plan.past, plan.now, plan.imported)
+    return created
+
+
+async def _start(settings: Settings, client: Client, plan: _Plan, created: bool) -> Publication:
+    """The report's follow-up workflow started (its records committed): started=True, or, started
+    meanwhile from these records (another publisher of the same file, the reconciler), `created`."""
+    report = plan.loaded.report
+    _, imported_recommendations = plan.imported if plan.imported is not None else (None, {})
+    imported_inspection = plan.imported[0] if plan.imported is not None else None
     try:
         await client.start_workflow(
             "InspectionFollowUp",
             InspectionInput(
                 inspection_id=report.inspection_id,
                 force_code=report.force,
-                force_name=force.name,
+                force_name=plan.forces[report.force].name,
                 programme=report.programme,
                 title=report.title,
                 published=report.published,
                 recommendations=[_ref(report.inspection_id, r, imported_recommendations.get(r.ref)) for r in report.recommendations],
-                policy=policy,
-                calendar=calendar,
-                time_scale=scale,
-                **_adoption(adopted_at, imported_inspection),
+                policy=plan.policy,
+                calendar=plan.calendar,
+                time_scale=plan.scale,
+                **_adoption(plan.adopted_at, imported_inspection),
             ),
-            id=workflow_id,
+            id=plan.workflow_id,
             task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             rpc_timeout=START_RPC_TIMEOUT,
@@ -342,8 +428,8 @@ async def publish(
     except WorkflowAlreadyStartedError:
         # Started since the check above, from these records (another publisher of the same file, or
         # the reconciler): the follow-up runs on them.
-        return publication(started=created)
-    return publication(started=True)
+        return plan.publication(started=created)
+    return plan.publication(started=True)
 
 
 @contextlib.asynccontextmanager
@@ -368,6 +454,10 @@ class Outcome:
     refused: UserError | None = None
 
 
+BATCH_REPORTS = 50
+"""publish_many writes at most this many reports' records in one transaction."""
+
+
 async def publish_many(
     settings: Settings,
     client: Client,
@@ -380,40 +470,157 @@ async def publish_many(
     errors=None,
 ) -> list[Outcome]:
     """Publish checked reports (path, loaded) with one database engine and the caller's one Temporal
-    client, at most `concurrency` (NCPI_PUBLISH_CONCURRENCY) at a time. Each is `publish` as for one
-    file (the same refusals, `past` and `anchor` applied to every file); a refused file (a UserError:
-    its deadlines passed, a different file for a published report, ...) is its Outcome's `refused` and
-    the others still go. The outcomes are in the order given. Any other failure is raised once every
-    file has finished. `errors(name)` is a context manager around each file's publication (the app
-    layer's conversion of database and Temporal failures into UserErrors naming the file)."""
+    client, at most `concurrency` (NCPI_PUBLISH_CONCURRENCY) Temporal calls at a time. Each is
+    `publish` as for one file (the same refusals, `past` and `anchor` applied to every file); a refused
+    file (a UserError: its deadlines passed, a different file for a published report, ...) is its
+    Outcome's `refused` and the others still go. The outcomes are in the order given. Any other
+    failure is raised once every file has finished. `errors(name)` is a context manager around each
+    file's publication (the app layer's conversion of database and Temporal failures into UserErrors
+    naming the file).
+
+    The same steps as `publish`, file by file, but the database's part batched: the forces, the
+    contacts and the policy read once; which reports are recorded, one query; the records of every
+    report to write, one transaction for up to BATCH_REPORTS reports (each report's as `publish`
+    writes it), committed before any of their workflows starts. Every write transaction on SQLite
+    waits for its one write lock, behind a running worker's writes: 43 of them took seconds each.
+    A batch naming one report twice, a report whose workflow exists without records, a review's
+    report, or a batch write that fails (a report committed meanwhile by another publisher) goes file
+    by file through `publish` instead, which settles those cases as it always has."""
     limit = concurrency or settings.publish_concurrency
     if limit < 1:
         raise UserError(f"publish concurrency must be at least 1, not {limit}")
     gate = asyncio.Semaphore(limit)
 
-    async with db.open_database(settings.database_url) as sessions:
-        if reports:
-            # The forces and contacts first, once: every publication then finds them as they should be
-            # and writes none (concurrent first inserts of the same force would collide).
-            with errors(str(reports[0][0])) if errors is not None else contextlib.nullcontext():
-                async with sessions.begin() as session:
-                    await load_reference_forces(session, load_forces(settings.forces_file))
+    def guarded(file: Path):
+        return errors(str(file)) if errors is not None else contextlib.nullcontext()
 
-        async def one(file: Path, loaded: LoadedReport) -> Outcome:
+    outcomes: list[Outcome | BaseException | None] = [None] * len(reports)
+    async with db.open_database(settings.database_url) as sessions:
+        if not reports:
+            return []
+        # The forces and contacts first, once: every publication then finds them as they should be
+        # and writes none (concurrent first inserts of the same force would collide).
+        forces = load_forces(settings.forces_file)
+        with guarded(reports[0][0]):
+            async with sessions.begin() as session:
+                await load_reference_forces(session, forces)
+        policy, calendars = load_policy(settings.policy), {}
+
+        plans: dict[int, _Plan] = {}
+        for i, (file, loaded) in enumerate(reports):
+            try:
+                plans[i] = _plan(settings, file, anchor=anchor, by=by, loaded=loaded, past=past, imported=None,
+                                 name=None, forces=forces, policy=policy, calendars=calendars)
+            except UserError as exc:
+                outcomes[i] = Outcome(str(file), refused=exc)
+
+        async def one_by_one(i: int) -> None:
+            file, loaded = reports[i]
             async with gate:
                 try:
-                    with errors(str(file)) if errors is not None else contextlib.nullcontext():
-                        result = await publish(settings, client, file, anchor=anchor, by=by, loaded=loaded, past=past,
-                                               sessions=sessions)
+                    with guarded(file):
+                        outcomes[i] = Outcome(str(file), publication=await publish(
+                            settings, client, file, sessions=sessions, forces_loaded=True, plan=plans[i]))
                 except UserError as exc:
-                    return Outcome(str(file), refused=exc)
-                return Outcome(str(file), publication=result)
+                    outcomes[i] = Outcome(str(file), refused=exc)
+                except BaseException as exc:  # noqa: BLE001 - raised once every file has finished
+                    outcomes[i] = exc
 
-        results = await asyncio.gather(*(one(f, l) for f, l in reports), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return list(results)
+        ids = [p.inspection_id for p in plans.values()]
+        if len(set(ids)) < len(ids):
+            slow = list(plans)  # one report twice: its copies settle it between them, as two publishers would
+        else:
+            slow = await _publish_batched(settings, client, sessions, plans, outcomes, gate, guarded, reports)
+        await asyncio.gather(*(one_by_one(i) for i in slow))
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return list(outcomes)
+
+
+async def _publish_batched(settings, client, sessions, plans: dict[int, _Plan], outcomes: list, gate, guarded,
+                           reports) -> list[int]:
+    """publish_many's batched path: fills `outcomes` for the plans it settles; returns the indexes
+    left to `publish`, file by file."""
+    slow: list[int] = []
+
+    async def settled(i: int, step) -> None:
+        file = reports[i][0]
+        try:
+            with guarded(file):
+                outcome = await step()
+        except UserError as exc:
+            outcome = Outcome(str(file), refused=exc)
+        except BaseException as exc:  # noqa: BLE001 - raised once every file has finished
+            outcome = exc
+        if outcome is not None:
+            outcomes[i] = outcome
+
+    try:
+        existing = await _published_many(sessions, [p.inspection_id for p in plans.values()])
+    except Exception:  # noqa: BLE001 - file by file, each with its own error
+        return list(plans)
+
+    to_write: list[int] = []
+    to_start: list[int] = []
+
+    async def look(i: int) -> Outcome | None:
+        plan = plans[i]
+        found = existing.get(plan.inspection_id)
+        if found is None:
+            if getattr(plan.loaded.report, "is_review", False):
+                slow.append(i)  # refused by insert_report, as `publish` refuses it
+                return None
+            async with gate:
+                exists = await _workflow_exists(client, plan.workflow_id)
+            if exists:
+                slow.append(i)  # published meanwhile by another publisher, or an orphan workflow: `publish` settles it
+                return None
+            if plan.refusal is not None:
+                raise plan.refusal  # before anything is written
+            to_write.append(i)
+            return None
+        if _already(plan, found):
+            return Outcome(str(reports[i][0]), publication=plan.publication(started=False))
+        to_start.append(i)  # recorded, never started
+        return None
+
+    await asyncio.gather(*(settled(i, functools.partial(look, i)) for i in plans))
+    to_write.sort()
+    for first in range(0, len(to_write), BATCH_REPORTS):
+        chunk = to_write[first:first + BATCH_REPORTS]
+        try:
+            async with sessions.begin() as session:  # committed on leaving the block, before any start
+                for i in chunk:
+                    if not await _insert(session, plans[i]):
+                        raise _WrittenMeanwhile()
+        except Exception:  # noqa: BLE001 - nothing of this chunk was written: file by file, as `publish` does
+            slow.extend(to_write[first:])
+            break
+        to_start.extend((i, True) for i in chunk)
+    to_start = [item if isinstance(item, tuple) else (item, False) for item in to_start]
+
+    async def start(i: int, created: bool) -> Outcome:
+        async with gate:
+            return Outcome(str(reports[i][0]), publication=await _start(settings, client, plans[i], created))
+
+    await asyncio.gather(*(settled(i, functools.partial(start, i, created)) for i, created in to_start))
+    return sorted(slow)
+
+
+class _WrittenMeanwhile(Exception):
+    """A report of the batch was recorded by another publisher since the look: the batch is undone."""
+
+
+async def _published_many(sessions, inspection_ids: list[str]) -> dict[str, _Published]:
+    found: dict[str, _Published] = {}
+    async with sessions() as session:
+        for first in range(0, len(inspection_ids), 500):
+            rows = await session.execute(
+                select(Inspection.id, Inspection.report_sha256, Inspection.projection_version)
+                .where(Inspection.id.in_(inspection_ids[first:first + 500])))
+            found.update({row.id: _Published(row.report_sha256, row.projection_version) for row in rows})
+    return found
 
 
 async def _record_choice(session, inspection_id: str, by: str, past: PastChoice, now: datetime, imported) -> None:

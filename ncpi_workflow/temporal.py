@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
+from pydantic import TypeAdapter
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 FORCE_CODE = SearchAttributeKey.for_keyword("ForceCode")
@@ -22,8 +27,27 @@ SEARCH_ATTRIBUTES = {
 }
 """What `temporal workflow list --query 'ForceCode="CUM"'` and the Temporal UI filter on."""
 
-DATA_CONVERTER = pydantic_data_converter
-"""Dataclasses, dates, times and enums in and out of workflows, the same for client and worker."""
+# The SDK makes a payload converter for every workflow instance, and the pydantic converter builds
+# its TypeAdapters (a schema per type: ~20 ms of CPU for a workflow's input) in a cache of its own: every
+# workflow started, or replayed after eviction, built them all again. A TypeAdapter is immutable once
+# built, so one cache serves the whole process (the types are the same classes: ncpi_workflow is passed
+# through the sandbox). Measured on the publication of 473 workflows: worker CPU 81.5 s -> 24.4 s.
+_TYPE_ADAPTERS = functools.lru_cache(maxsize=1024)(TypeAdapter)
+
+
+class SharedTypeAdapterPayloadConverter(PydanticPayloadConverter):
+    """The pydantic payload converter, its TypeAdapters shared by every instance in the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        json_converter = self.converters[b"json/plain"]
+        assert isinstance(json_converter, PydanticJSONPlainPayloadConverter)
+        json_converter._type_adapter = _TYPE_ADAPTERS
+
+
+DATA_CONVERTER = DataConverter(payload_converter_class=SharedTypeAdapterPayloadConverter)
+"""Dataclasses, dates, times and enums in and out of workflows, the same for client and worker
+(the SDK's `pydantic_data_converter`, with its TypeAdapters built once per process)."""
 
 
 def dev_server_flags() -> list[str]:

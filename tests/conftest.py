@@ -22,6 +22,82 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# ---------------------------------------------------------------- two processes (pytest-xdist)
+#
+# `make test` runs the suite in two pytest-xdist worker processes (`-n 2 --dist loadgroup`). Each
+# worker is a pytest session of its own, so it has its own session fixtures: its own PostgreSQL
+# cluster, Temporal dev server and migrated templates (nothing below is shared between the two but
+# the machine). The tests of one module run in one worker, one after another, as they would alone
+# (their module-scoped fixtures are made once). Run without `-n`, nothing here changes a thing.
+
+ONE_AT_A_TIME = "one-at-a-time"
+"""The xdist group of the tests that run real `ncpi worker` processes (and their Temporal dev
+servers, SMTP captures and databases) and kill or stop them against real-time timeouts: they run in
+one worker, one after another, never two of them at once (the other worker runs ordinary tests)."""
+
+ONE_AT_A_TIME_MODULES = frozenset({
+    "tests/test_chaos_short.py",
+    "tests/test_delivery_kill.py",
+    "tests/test_worker_service.py",
+    "tests/test_dev.py",
+})
+
+SLOW_FIRST = (
+    ONE_AT_A_TIME,
+    "tests/test_lifecycle_model.py",
+    "tests/test_cli_devserver.py",
+    "tests/test_backdate_cli.py",
+    "tests/test_delivery_reliability.py",
+    "tests/test_inspection_can.py",
+    "tests/test_email_delivery.py",
+    "tests/test_import.py",
+    "tests/test_lifecycle_timeskipping.py",
+    "tests/test_lifecycle_defects.py",
+    "tests/test_status_listing.py",
+    "tests/web/test_web_browser.py",
+    "tests/web/test_portal_browser.py",
+)
+"""The groups that take longest (the `--durations` of the clean-clone CI runs), handed out first so
+that neither worker is left with a long one at the end while the other has finished. The other
+groups follow in the order pytest collects them."""
+
+
+def suite_group(nodeid: str) -> str:
+    """The xdist group of a test by its node ID: ONE_AT_A_TIME, or its module."""
+    module = nodeid.split("::", 1)[0]
+    return ONE_AT_A_TIME if module in ONE_AT_A_TIME_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with `suite_group`'s groups. xdist 3.8's own loadgroup passes a group from
+    the worker to the scheduler by rewriting the test's node ID, which pytest 9.2 no longer lets it
+    do (pytest-xdist issue 1386: the marks are then silently ignored and every test goes its own
+    way), so the scheduler here works the groups out from the node IDs themselves; a node ID that
+    does carry xdist's `@group` suffix keeps that group."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SuiteGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.split("@")[-1]
+            return suite_group(nodeid)
+
+    return SuiteGroups(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the SLOW_FIRST groups first (with `--no-loadscope-reorder`: xdist would otherwise
+    sort the groups by their number of tests). Every worker collects the same list in the same
+    order, as xdist requires."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {group: number for number, group in enumerate(SLOW_FIRST)}
+        items.sort(key=lambda item: rank.get(suite_group(item.nodeid), len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster():
     bin_dir = find_pg_bin()
@@ -172,11 +248,12 @@ def cli_env(tmp_path) -> dict[str, str]:
     env["NCPI_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     env["NCPI_DATA_DIR"] = str(tmp_path / "data")
     env["NCPI_SETTINGS_FILE"] = str(tmp_path / "absent-ncpi.toml")
+    env["NCPI_WORKER_ALIVE_FILE"] = str(tmp_path / "worker.alive")  # not the machine-wide default in /tmp
     return env
 
 
 _cli_templates: dict[tuple, Path] = {}
-_CLI_TEMPLATE_IGNORES = ("NCPI_DATABASE_URL", "NCPI_DATA_DIR", "NCPI_SETTINGS_FILE")
+_CLI_TEMPLATE_IGNORES = ("NCPI_DATABASE_URL", "NCPI_DATA_DIR", "NCPI_SETTINGS_FILE", "NCPI_WORKER_ALIVE_FILE")
 
 
 def ncpi_db_upgraded(env: dict[str, str]) -> None:
@@ -220,10 +297,31 @@ def run_ncpi(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float =
 
 import asyncio as _asyncio
 import shutil as _shutil
+from datetime import timedelta as _timedelta
 
 TEMPORAL_SETTLE_SECONDS = 0.5
-"""Pause after a Temporal environment shuts down: the SDK can crash the interpreter at exit
-otherwise (sdk-python issue 300), and a green suite must never end with 134 or 139."""
+"""Pause before the interpreter exits once the SDK has been used: its Rust threads can crash the
+interpreter at exit otherwise ("PyGILState_Release", sdk-python issue 300), and a green suite must
+never end with 134 or 139. Taken once, at the end of the session (`_temporal_settles_before_exit`),
+not after every environment's shutdown: the crash is at exit, and the session's event loop runs on
+between tests, so the threads of an environment shut down earlier finish meanwhile."""
+
+
+TEMPORAL_STARTUP_SECONDS = 60
+"""How long a Temporal dev or time-skipping server may take to answer after it is spawned. The SDK's
+default is 5 s, which a machine loaded by two test processes (and whatever else runs) can miss: the
+session fixture then fails and every dev-server test of that worker errors."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _temporal_settles_before_exit():
+    """The pause of TEMPORAL_SETTLE_SECONDS, in the session's event loop, after every other
+    session fixture (the dev server, the PostgreSQL cluster) has been torn down: an autouse session
+    fixture is set up first, so it is torn down last. Each pytest-xdist worker is an interpreter of
+    its own and pauses before its own exit."""
+    yield
+    if "temporalio.bridge.temporal_sdk_bridge" in sys.modules:
+        await _asyncio.sleep(TEMPORAL_SETTLE_SECONDS)
 
 
 def _venv_binary(name: str) -> str:
@@ -244,12 +342,12 @@ async def time_skipping_env():
     from ncpi_workflow.temporal import DATA_CONVERTER, ensure_search_attributes
 
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
+        test_server_existing_path=_venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER,
+        test_server_startup_timeout=_timedelta(seconds=TEMPORAL_STARTUP_SECONDS),
     )
     await ensure_search_attributes(env.client, "default")
     yield env
     await env.shutdown()
-    await _asyncio.sleep(TEMPORAL_SETTLE_SECONDS)
 
 
 @pytest.fixture(scope="session")
@@ -269,8 +367,8 @@ async def dev_server_env(tmp_path_factory):
         port=port,
         ui=False,
         search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE],
+        dev_server_startup_timeout=_timedelta(seconds=TEMPORAL_STARTUP_SECONDS),
     )
     env.address = f"127.0.0.1:{port}"
     yield env
     await env.shutdown()
-    await _asyncio.sleep(TEMPORAL_SETTLE_SECONDS)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
 
 from sqlalchemy import select
 
 from ncpi_workflow import db
+from ncpi_workflow.formatting import LONDON
 from ncpi_workflow.lifecycle import inspection_workflow_id, recommendation_workflow_id
 from ncpi_workflow.models import Notification
 from ncpi_workflow.settings import Settings
@@ -134,6 +135,22 @@ def local_date(instant: datetime) -> date:
     from zoneinfo import ZoneInfo
 
     return instant.astimezone(ZoneInfo("Europe/London")).date()
+
+
+def noon(day: date) -> datetime:
+    """Noon (Europe/London) of `day`, in UTC: the instant a back-dated action is recorded at
+    (`occurred_instant`), and the hour the back-dating and adoption tests give the days they name."""
+    return datetime.combine(day, time(12), tzinfo=LONDON).astimezone(timezone.utc)
+
+
+def utc(instant: datetime) -> datetime:
+    """A stored instant in UTC: SQLite gives it back naive (it is UTC), PostgreSQL aware."""
+    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
+
+
+def long(day: date) -> str:
+    """A date as the pages and the CLI write it: 1 March 2017."""
+    return f"{day.day} {day:%B %Y}"
 
 
 async def skip_to(h: Harness, calendar_instant: datetime) -> None:

@@ -12,31 +12,17 @@ publication, or (a decision) before its revisit opened is refused by the workflo
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
 
-from ncpi_workflow.formatting import LONDON
 from ncpi_workflow.models import AuditEvent, Deadline, Decision, Evidence, ProgressUpdate, RegisterStatusEntry, Revisit
-from tests.lifecycle_support import harness
+from tests.lifecycle_support import harness, long, noon, utc
 from tests.test_cli_devserver import Cli, phase_is, refused, rows, settled_snapshot, snapshot, today, view
 
 FORCES = {"sqlite": "GWE", "postgresql": "HUM"}
 """Forces no other dev-server test publishes (one server, one workflow ID per report)."""
-
-
-def noon(day: date) -> datetime:
-    """occurred_instant: a back-dated action is recorded at noon (Europe/London) of its day."""
-    return datetime.combine(day, time(12, 0), tzinfo=LONDON).astimezone(timezone.utc)
-
-
-def utc(instant: datetime) -> datetime:
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=timezone.utc)
-
-
-def long(day: date) -> str:
-    return f"{day.day} {day:%B %Y}"
 
 
 def recorded_now(instant: datetime | None, started: datetime) -> bool:

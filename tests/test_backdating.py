@@ -6,7 +6,7 @@ recorded), in the workflow's state and in the records; its clocks count from the
 from __future__ import annotations
 
 import hashlib
-from datetime import date, timedelta, timezone
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -25,7 +25,7 @@ from ncpi_workflow.lifecycle import (
 )
 from ncpi_workflow.models import Deadline, Decision, Evidence, ProgressUpdate, RegisterStatusEntry, Revisit
 from ncpi_workflow.policy import load_policy
-from tests.lifecycle_support import harness, local_date, skip_to, write_report
+from tests.lifecycle_support import harness, local_date, noon, skip_to, utc, write_report
 from tests.test_lifecycle_timeskipping import at, eventually, insp_view, rec_view, start, summary
 
 # Wednesday 1 March 2017: R1 within three months (due 1 June), R2 within six months.
@@ -40,14 +40,6 @@ def evidence(name: str, on: date | None = None) -> EvidenceRequestInput:
         filename=name, sha256=hashlib.sha256(name.encode()).hexdigest(), size_bytes=2048,
         storage_path=f"/evidence/{name}", content_type="application/pdf", by="liaison officer", on=on,
     )
-
-
-def noon(day: date):
-    return at(day.year, day.month, day.day, 12)
-
-
-def utc(instant):
-    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant
 
 
 async def refused(handle, name, request, reason: str) -> None:

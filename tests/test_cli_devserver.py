@@ -136,6 +136,7 @@ async def cli(dev_server_env, tmp_path):
             NCPI_SMTP_HOST=h.settings.smtp_host,
             NCPI_SMTP_PORT=str(h.settings.smtp_port),
             NCPI_SETTINGS_FILE=str(tmp_path / "absent-ncpi.toml"),
+            NCPI_WORKER_ALIVE_FILE=str(tmp_path / "worker.alive"),  # not the machine-wide default in /tmp
         )
         yield Cli(h, env, tmp_path)
 

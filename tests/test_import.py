@@ -6,7 +6,7 @@ on every record and not one email for the past."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -17,7 +17,7 @@ from ncpi_workflow.app.publishing import import_file
 from ncpi_workflow.publishing import inspection_input_from_records
 from ncpi_workflow.models import AuditEvent, Deadline, Decision, Inspection, ProgressUpdate, RegisterStatusEntry, Revisit
 from tests.conftest import ROOT, run_ncpi
-from tests.lifecycle_support import harness, skip_to
+from tests.lifecycle_support import harness, noon, skip_to, utc
 from tests.test_adoption import (
     REFS,
     addresses,
@@ -44,14 +44,6 @@ def copies(folder, force: str):
     state = folder / f"{force.lower()}-2017-state.yaml"
     state.write_text(KENT_STATE.read_text().replace("inspection: KEN-2017-04-21", f"inspection: {force}-2017-04-21"))
     return report, state
-
-
-def noon(day: date) -> datetime:
-    return datetime.combine(day, time(12), LONDON).astimezone(timezone.utc)
-
-
-def utc(instant: datetime) -> datetime:
-    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
 
 
 def test_every_problem_of_both_files_and_nothing_written(cli_env, tmp_path):

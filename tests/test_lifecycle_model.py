@@ -43,7 +43,7 @@ from ncpi_workflow.lifecycle import (
 )
 from ncpi_workflow.models import Deadline, Decision, Evidence as EvidenceRow, EvidenceRequest, Inspection, ProgressUpdate, Revisit
 from ncpi_workflow.policy import load_policy
-from tests.conftest import ROOT, TEMPORAL_SETTLE_SECONDS, _venv_binary
+from tests.conftest import ROOT, TEMPORAL_STARTUP_SECONDS, _venv_binary
 from tests.lifecycle_support import harness, local_date, skip_to, write_report
 from tests.model.actions import (
     Advance,
@@ -377,7 +377,8 @@ async def run_scenario(scenario: Scenario) -> None:
     from ncpi_workflow.temporal import DATA_CONVERTER, ensure_search_attributes
 
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=_venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER)
+        test_server_existing_path=_venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER,
+        test_server_startup_timeout=timedelta(seconds=TEMPORAL_STARTUP_SECONDS))
     try:
         await ensure_search_attributes(env.client, "default")
         with tempfile.TemporaryDirectory(prefix="ncpi-model-") as tmp:
@@ -388,8 +389,7 @@ async def run_scenario(scenario: Scenario) -> None:
                 await drive(driver, scenario)
             await replay_every_history(env, driver.workflow_ids())
     finally:
-        await env.shutdown()
-        await asyncio.sleep(TEMPORAL_SETTLE_SECONDS)
+        await env.shutdown()  # the pause before the interpreter exits: conftest's TEMPORAL_SETTLE_SECONDS
 
 
 def _note(line: str) -> None:

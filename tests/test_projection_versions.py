@@ -13,7 +13,7 @@ from temporalio import activity, workflow
 from temporalio.worker import Interceptor, WorkflowInboundInterceptor, WorkflowInterceptorClassInput
 
 from activities.records import RecordActivities
-from ncpi_workflow.lifecycle import InspectionProjection, ProgressRequest, RecommendationProjection
+from ncpi_workflow.lifecycle import EventWrite, EventWritten, InspectionProjection, ProgressRequest, RecommendationProjection
 from ncpi_workflow.models import Inspection, Recommendation
 from tests.lifecycle_support import harness, write_report
 from tests.test_lifecycle_timeskipping import _phase_is, at, decide, eventually, insp_view, revisit_and_evidence, start
@@ -119,8 +119,17 @@ async def test_a_retried_task_projects_over_what_its_first_attempt_wrote(dev_ser
             writes.append((projection.version, applied, projection.force_claim))
             return applied
 
+        @activity.defn(name="record_event")
+        async def record_event(write: EventWrite) -> EventWritten:
+            """The progress Update's projection is written with its event (one-transaction-per-event); a
+            deadline's message due meanwhile writes its own (not counted here)."""
+            written = await records.record_event(write)
+            if (projection := write.recommendation_projection) is not None and write.progress is not None:
+                writes.append((projection.version, written.projected, projection.force_claim))
+            return written
+
         async with _worker(client, queue, sessions, policy, delivered=[], interceptors=[failing],
-                           replace={"project_recommendation": project_recommendation}):
+                           replace={"project_recommendation": project_recommendation, "record_event": record_event}):
             handle = await client.start_workflow(
                 RecommendationWorkflow.run,
                 RecommendationInput(

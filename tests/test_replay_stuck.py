@@ -198,11 +198,12 @@ def _delivery(sessions, delivered: list[int]):
     return deliver_notification
 
 
-def _slowed(records: RecordActivities, name: str, seconds: float):
+def _slowed(records: RecordActivities, name: str, seconds: float, when=lambda record: True):
     real = getattr(records, name)
 
     async def slowed(record):
-        await asyncio.sleep(seconds)
+        if when(record):
+            await asyncio.sleep(seconds)
         return await real(record)
 
     # Its argument and result types are the real activity's (the activity's own definition is not copied).
@@ -291,7 +292,10 @@ async def test_an_evidence_request_whose_records_outlast_the_task_replays_as_it_
     workflow_id = f"ncpi/NWA/2024-03-07/R1/{uuid.uuid4()}"
     delivered: list[int] = []
     async with db.open_database(settings.database_url) as sessions:
-        async with _worker(client, queue, sessions, policy, delivered=delivered, slow={"record_evidence_request": SLOW}):
+        # The evidence request's records: on their own, or in its event's one write (one-transaction-per-event).
+        slow_event = _slowed(RecordActivities(sessions, ADDRESSES), "record_event", SLOW, when=lambda write: write.evidence_request is not None)
+        async with _worker(client, queue, sessions, policy, delivered=delivered, slow={"record_evidence_request": SLOW},
+                           replace={"record_event": slow_event}):
             handle = await client.start_workflow(
                 RecommendationWorkflow.run,
                 RecommendationInput(
@@ -371,7 +375,8 @@ class FailTheTaskAfterTwoRecords(Interceptor):
                         outer.failed = True
                         time.sleep(1.5)
                         raise RuntimeError("injected: this workflow task is lost")
-                    if input.activity == "record_notification":
+                    # A notification recorded on its own, or with its event (one-transaction-per-event).
+                    if input.activity in ("record_notification", "record_event"):
                         outer.records += 1
                 return super().start_local_activity(input)
 

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from ncpi_workflow.clocks import CalendarExtension, CalendarRefresh, TimeScale, WorkingCalendar
     from ncpi_workflow.lifecycle import (
         RECORD_REJECTED,
         Due,
+        EventWrite,
+        EventWritten,
         occurred_instant,
         HistoryEntry,
         NotificationRequest,
         Revision,
+        TrackedDeadline,
         clock_timeout,
         message_subject,
     )
@@ -220,6 +225,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self.deliveries: dict[int, asyncio.Task] = {}
+        self.event: "Event | None" = None
+        """The event being gathered (see `Events`): a notification joins its write, delivered once written."""
 
     def resume(self, notification_ids: list[int]) -> None:
         """Deliveries handed over by the previous run (see `settle`)."""
@@ -233,6 +240,9 @@ class Outbox:
         )
 
     async def notify(self, request: NotificationRequest) -> None:
+        if self.event is not None:
+            self.event.write.notifications.append(request)
+            return
         self._deliver(await run_activity("record_notification", request, result_type=int))
 
     async def settle(self, patience: timedelta | None = DELIVERY_PATIENCE) -> list[int]:
@@ -248,6 +258,143 @@ class Outbox:
     async def drain(self) -> None:
         """Before completing: every delivery must end."""
         await asyncio.gather(*self.deliveries.values())
+
+
+# ---------------------------------------------------------------- one transaction per event
+# An event (an Update, a signal that acts, a deadline's message) wrote each record, notification and the
+# projection in a local activity (a transaction) of its own, and an Update that told the inspection
+# awaited the server's confirmation of its signal. Behind this patch an event gathers what it writes and
+# writes it in ONE local activity, `record_event` (one transaction: all or nothing), then starts its
+# deliveries, upserts its search attributes and sends its signals without awaiting them (the run waits
+# for them before continuing as new or completing). Histories from before it replay as they ran.
+EVENT_PATCH = "one-transaction-per-event"
+
+_EVENT_PARTS = {
+    "record_progress": "progress", "record_evidence": "evidence", "record_evidence_request": "evidence_request",
+    "record_decision": "decision", "record_reopen": "reopen", "record_deadline_revision": "deadline_revision",
+    "record_revisit": "revisit",
+}
+_EVENT_LISTS = {
+    "open_deadline": "deadlines_opened", "mark_deadline_met": "deadlines_met", "record_register_status": "register",
+    "audit": "audits",
+}
+
+
+class Event:
+    """What one event writes, gathered while its handler runs."""
+
+    def __init__(self) -> None:
+        self.write = EventWrite()
+        self.written: EventWritten | None = None
+        self.search_attributes: list | None = None
+        self.after: list[Callable[[], None]] = []
+        """Run once the event is written (signals to send)."""
+
+
+def snapshot(state):
+    """A copy of a workflow's state to put back should its event's write be refused: what an event changes
+    in place is copied (its lists and dicts, its deadlines), what it only appends to or replaces is shared
+    (history entries, register steps, evidence items are never changed once appended). A deep copy of
+    the whole state would cost time growing with its history on every event."""
+    saved = copy.copy(state)
+    for name, value in vars(state).items():
+        if isinstance(value, TrackedDeadline):
+            setattr(saved, name, copy.deepcopy(value))
+        elif isinstance(value, list):
+            setattr(saved, name, [copy.deepcopy(v) if isinstance(v, TrackedDeadline) else v for v in value])
+        elif isinstance(value, dict):
+            setattr(saved, name, dict(value))
+    return saved
+
+
+class Events:
+    """A workflow's events: gathered (see EVENT_PATCH) or, in histories from before, written part by part."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.current: Event | None = None
+        self.busy = False
+        """An event is being gathered or written (a handler waiting on its outcome waits for it to end)."""
+        self.signals: list[asyncio.Task] = []
+
+    async def record(self, name: str, argument, result_type=None):
+        """A record: part of the event being gathered (None returned; the ids come with `Event.written`), or
+        its own activity outside one."""
+        event = self.current
+        if event is None:
+            return await run_activity(name, argument, result_type=result_type)
+        if name in _EVENT_LISTS:
+            getattr(event.write, _EVENT_LISTS[name]).append(argument)
+        else:
+            assert getattr(event.write, _EVENT_PARTS[name]) is None, f"{name} twice in one event"
+            setattr(event.write, _EVENT_PARTS[name], argument)
+        return None
+
+    def project(self, kind: str, projection, search_attributes: list | None = None) -> bool:
+        """The projection of the event being gathered (the last one computed wins); False outside an event."""
+        event = self.current
+        if event is None:
+            return False
+        setattr(event.write, f"{kind}_projection", projection)
+        event.search_attributes = search_attributes
+        return True
+
+    @asynccontextmanager
+    async def event(self, guarded: bool, keep: Callable[[], object], restore: Callable[[object], None]) -> AsyncIterator[Event | None]:
+        """One event, written in one transaction when its body is done. `guarded`: the workflow holds its
+        lock around actions (no other handler interleaves). If the write fails (a record refused for good),
+        nothing of it is in the database and `restore` puts back what `keep` took before the body ran: the
+        workflow's state is as before the event. Yields None (nothing gathered) in histories from before."""
+        if self.current is not None:
+            yield self.current  # inside an event already: part of it
+            return
+        if not (guarded and workflow.patched(EVENT_PATCH)):
+            yield None
+            return
+        saved = keep()
+        event = self.current = self.outbox.event = Event()
+        self.busy = True
+        try:
+            try:
+                yield event
+            finally:
+                self.current = self.outbox.event = None
+            if not event.write.empty():
+                event.written = await run_activity("record_event", event.write, result_type=EventWritten)
+        except BaseException:
+            restore(saved)
+            raise
+        finally:
+            self.busy = False
+        for notification_id in event.written.notification_ids if event.written else ():
+            self.outbox._deliver(notification_id)
+        if event.search_attributes:
+            workflow.upsert_search_attributes(event.search_attributes)
+        for after in event.after:
+            after()
+
+    async def signal(self, workflow_id: str, name: str, argument) -> None:
+        """Signal another workflow: in an event, once it is written and without waiting for the server's
+        confirmation (see `sent`); otherwise awaited, as histories from before did."""
+        handle = workflow.get_external_workflow_handle(workflow_id)
+        if self.current is None:
+            await handle.signal(name, argument)
+            return
+        self.current.after.append(lambda: self.signals.append(asyncio.create_task(self._send(handle, name, argument))))
+
+    @staticmethod
+    async def _send(handle, name: str, argument) -> None:
+        try:
+            await handle.signal(name, argument)
+        except FailureError as exc:
+            # The other workflow is gone (terminated, or never there): the event is recorded either way.
+            workflow.logger.error("signal %s to %s failed: %s", name, handle.id, exc)
+
+    async def sent(self) -> None:
+        """Before continuing as new or completing: every signal started is confirmed by the server."""
+        while self.signals:
+            pending, self.signals = self.signals, []
+            await asyncio.gather(*pending)
 
 
 def history(entries: list[HistoryEntry], at: datetime, event: str, by: str = "system", detail: str = "") -> None:

@@ -56,6 +56,7 @@ from workflows.common import (
     DID,
     WAIT,
     CalendarKeeper,
+    Events,
     Outbox,
     ProjectionVersions,
     calendar_now,
@@ -68,6 +69,7 @@ from workflows.common import (
     recorded_note,
     skip_before_adoption,
     one_at_a_time,
+    snapshot,
     revise,
     refuse_unless,
     run_activity,
@@ -117,6 +119,7 @@ class InspectionWorkflow:
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
+        self.events = Events(self.outbox)
         self.turn = one_at_a_time()
         """One action at a time: the main loop's steps, Updates and the signals that await."""
         # Every step takes its "now" from history, and never sends in the task that chose what to send
@@ -185,12 +188,14 @@ class InspectionWorkflow:
         while True:
             if self.restart:
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                await self.events.sent()
                 self.state.undelivered = await self.outbox.settle()
                 # A signal (a re-opening) or an Update that came in while the deliveries settled
                 # finishes first, its deliveries with it: its work goes to the next run, never half done.
                 while not workflow.all_handlers_finished() and workflow.patched(HANDLERS_BEFORE_CAN_PATCH):
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     self.state.undelivered = await self.outbox.settle()
+                await self.events.sent()
                 workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             s = self.state
             if s.phase is InspectionPhase.CLOSED and not self._imports_pending():
@@ -208,6 +213,7 @@ class InspectionWorkflow:
                                 break
                             await self.outbox.drain()
                         if not self.restart:
+                            await self.events.sent()
                             return "closed"
                 continue
             now = self._now()
@@ -220,13 +226,15 @@ class InspectionWorkflow:
                 if s.phase is InspectionPhase.FOLLOWING_UP and self.revisit_requested_by:
                     on, self.revisit_requested_on = self.revisit_requested_on, None
                     at, recorded = occurred(self.calendar, on, now) if self.steady else (None, None)
-                    if recorded is not None:  # back-dated: it opened on its fieldwork's first day
-                        await self._open_revisit("inspector", self.revisit_requested_by, at, recorded=recorded, notice_at=now, backdated=True)
-                    else:
-                        await self._open_revisit("inspector", self.revisit_requested_by, now if self.steady else None)
+                    async with self._event():
+                        if recorded is not None:  # back-dated: it opened on its fieldwork's first day
+                            await self._open_revisit("inspector", self.revisit_requested_by, at, recorded=recorded, notice_at=now, backdated=True)
+                        else:
+                            await self._open_revisit("inspector", self.revisit_requested_by, now if self.steady else None)
                     continue
                 if s.phase is InspectionPhase.REVISIT_OPEN and self._all_settled():
-                    await self._finish_cycle(now if self.steady else None)
+                    async with self._event():
+                        await self._finish_cycle(now if self.steady else None)
                     continue
                 if self.adopted_at is not None and self.steady:
                     caught = await self._catch_up(now)
@@ -256,11 +264,12 @@ class InspectionWorkflow:
                 if self.turn.guards and not self._still_due(due):
                     continue  # an action changed this deadline while the timer ran
                 if due.message.kind is MessageKind.REVISIT_OPENS:
-                    due.deadline.handled.append(due.deadline.message_key(due.message))
-                    await self._open_revisit("automatic", "system", await self._step_now() if self.steady else None)
+                    at = await self._step_now() if self.steady else None
+                    async with self._event():
+                        due.deadline.handled.append(due.deadline.message_key(due.message))
+                        await self._open_revisit("automatic", "system", at)
                 else:
-                    await self._send(due)
-                    await self._project()
+                    await self._send_and_project(due)
             if workflow.info().is_continue_as_new_suggested():
                 self.restart = True
 
@@ -310,6 +319,35 @@ class InspectionWorkflow:
             # Children outlive each run of this workflow: it continues-as-new between cycles.
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
+
+    async def _send_and_project(self, due) -> None:
+        """A deadline's message and the projection after it: one event (as the recommendation's)."""
+        batched = False
+        try:
+            async with self._event() as event:
+                batched = event is not None
+                await self._send(due)
+                await self._project()
+            return
+        except ApplicationError as exc:
+            if not batched or exc.type != RECORD_REJECTED:
+                raise
+        deadline = next((d for d in self._active_deadlines() if d.key == due.deadline.key and d.cycle == due.deadline.cycle), None)
+        if deadline is None:
+            return
+        await self._send(replace(due, deadline=deadline))
+        await self._project()
+
+    def _event(self):
+        """One event's writes in one transaction (workflows.common.EVENT_PATCH); a refused write leaves the
+        state as it was before the event."""
+        return self.events.event(self.turn.guards, self._keep, self._restore)
+
+    def _keep(self):
+        return snapshot(self.state), self.restart, self.wake, self.revisit_requested_by, self.revisit_requested_on
+
+    def _restore(self, saved) -> None:
+        self.state, self.restart, self.wake, self.revisit_requested_by, self.revisit_requested_on = saved
 
     async def _send(self, due) -> None:
         if self.adopted_at is not None and due.message.at < self.adopted_at:
@@ -422,7 +460,7 @@ class InspectionWorkflow:
         self.revisit_requested_by = None
         limit = revisit_deadline(s)
         limit.handled.extend(limit.message_key(m) for m in limit.messages(self.policy, self.calendar))
-        await run_activity(
+        await self.events.record(
             "record_revisit",
             RevisitRecord(f"{self.workflow_id}/c{s.cycle}/revisit", self.inp.inspection_id, s.cycle, trigger, by, now, recorded),
         )
@@ -440,9 +478,8 @@ class InspectionWorkflow:
                 f"{len(s.open_recommendations)} recommendations under review" + recorded_note(self.calendar, recorded))
         review = OpenReview(s.cycle, now, backdated=backdated, notice_at=(notice_at or now) if backdated else None)
         for rec_id in list(s.open_recommendations):
-            await workflow.get_external_workflow_handle(recommendation_workflow_id(rec_id)).signal(
-                RecommendationWorkflow.open_review, review
-            )
+            # In an event (see workflows.common.EVENT_PATCH): sent once it is written, not awaited one by one.
+            await self.events.signal(recommendation_workflow_id(rec_id), "open_review", review)
         # Only now is the revisit open: an inspector's trigger_revisit returns once all of the above is done.
         s.phase = InspectionPhase.REVISIT_OPEN
         s.revisit_opened_at, s.revisit_trigger, s.revisit_by = now, trigger, by
@@ -504,6 +541,10 @@ class InspectionWorkflow:
     async def _tell_revisit_limit(self, recommendation_ids: list[str], revisit_by: date) -> None:
         """Each recommendation's own reminders stop when the revisit opens: tell them when it will at the latest."""
         if not workflow.patched(REVISIT_LIMIT_PATCH):
+            return
+        if self.events.current is not None:  # in an event: sent once it is written, not awaited
+            for r in recommendation_ids:
+                await self.events.signal(recommendation_workflow_id(r), "revisit_limit", RevisitLimit(revisit_by))
             return
         await asyncio.gather(*(
             workflow.get_external_workflow_handle(recommendation_workflow_id(r)).signal(
@@ -590,7 +631,8 @@ class InspectionWorkflow:
         self.revisit_requested_by = request.by.strip()
         self.revisit_requested_on = request.on
         self.wake = True
-        await workflow.wait_condition(lambda: self.state.revisit_opened_at is not None)
+        # Once the revisit's event is written too (an event being written may yet be refused and undone).
+        await workflow.wait_condition(lambda: self.state.revisit_opened_at is not None and not self.events.busy)
         s = self.state
         return RevisitResult(self.inp.inspection_id, s.cycle, s.revisit_opened_at, s.revisit_trigger, s.revisit_by)
 
@@ -616,21 +658,22 @@ class InspectionWorkflow:
             now = await self._step_now()
             refuse_unless(lambda: self._check_on(request.on, now, f"the {request.item.replace('_', ' ')}"))
             at, recorded = occurred(self.calendar, request.on, now)
-            await self._deliver(request, at, recorded, update_key(self.workflow_id))
+            async with self._event():
+                await self._deliver(request, at, recorded, update_key(self.workflow_id))
             return self.view()
 
     async def _deliver(self, request: DeliveryRequest, at: datetime, recorded: datetime | None, key: str) -> None:
         """A report-level item received at `at` (recorded at `recorded` when back-dated): its deadline is met then."""
         deadline = self._deadline(request.item)
         deadline.met_at = at
-        await run_activity("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, at, recorded))
+        await self.events.record("mark_deadline_met", DeadlineMetRecord(self.inp.inspection_id, deadline.key, deadline.cycle, at, recorded))
         # The document received, when the request names one (the portal's, an email's): with the
         # record, never a new command, so histories from before it replay unchanged.
         document = {k: v for k in ("filename", "sha256", "url") if (v := getattr(request, k, None)) is not None}
         audit = {"note": request.note, **document}
         if recorded is not None:
             audit["happened_at"] = at.isoformat()  # as the record activities mark a back-dated action
-        await run_activity(
+        await self.events.record(
             "audit",
             AuditRecord(key, request.by, f"{request.item}.received", "inspection", self.inp.inspection_id, audit),
         )
@@ -672,18 +715,19 @@ class InspectionWorkflow:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
             now = await self._step_now()
             refuse_unless(lambda: self._judge_revision(request, now))
-            deadline = self._deadline(request.deadline)
-            await run_activity(
-                "record_deadline_revision",
-                DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
-                                       None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
-                                       request.reason.strip(), request.by),
-            )
-            revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
-            if deadline.kind is DeadlineKind.REVISIT_BY:
-                await self._tell_revisit_limit([r for r in self.state.open_recommendations if r not in self.state.settled], deadline.due)
-            await self._project()
-            self.wake = True
+            async with self._event():
+                deadline = self._deadline(request.deadline)
+                await self.events.record(
+                    "record_deadline_revision",
+                    DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, deadline.key, deadline.cycle,
+                                           None, deadline.kind.value, deadline.original_due, deadline.due, request.new_due,
+                                           request.reason.strip(), request.by),
+                )
+                revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
+                if deadline.kind is DeadlineKind.REVISIT_BY:
+                    await self._tell_revisit_limit([r for r in self.state.open_recommendations if r not in self.state.settled], deadline.due)
+                await self._project()
+                self.wake = True
             return self.view()
 
     @revise_deadline.validator
@@ -731,21 +775,20 @@ class InspectionWorkflow:
     async def _project(self) -> None:
         s = self.state
         action, at = self._next_action()
-        await run_activity(
-            "project_inspection",
-            InspectionProjection(self.inp.inspection_id, self._next_version(), s.phase.value, s.cycle, action, at),
-        )
+        projection = InspectionProjection(self.inp.inspection_id, self._next_version(), s.phase.value, s.cycle, action, at)
         limit = revisit_deadline(s)
-        workflow.upsert_search_attributes(
-            [
-                FORCE_CODE.value_set(self.inp.force_code),
-                PROGRAMME.value_set(self.inp.programme),
-                PHASE.value_set(s.phase.value),
-                NEXT_DEADLINE.value_set(self.calendar.at(limit.due, self.calendar.working_day_end))
-                if s.phase is InspectionPhase.FOLLOWING_UP
-                else NEXT_DEADLINE.value_unset(),
-            ]
-        )
+        attributes = [
+            FORCE_CODE.value_set(self.inp.force_code),
+            PROGRAMME.value_set(self.inp.programme),
+            PHASE.value_set(s.phase.value),
+            NEXT_DEADLINE.value_set(self.calendar.at(limit.due, self.calendar.working_day_end))
+            if s.phase is InspectionPhase.FOLLOWING_UP
+            else NEXT_DEADLINE.value_unset(),
+        ]
+        if self.events.project("inspection", projection, attributes):
+            return  # written with the event, the attributes upserted once it is
+        await run_activity("project_inspection", projection)
+        workflow.upsert_search_attributes(attributes)
 
     @workflow.query(name="state")
     def view(self) -> InspectionView:

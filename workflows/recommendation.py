@@ -68,6 +68,7 @@ from workflows.common import (
     DID,
     WAIT,
     CalendarKeeper,
+    Events,
     Outbox,
     ProjectionVersions,
     calendar_now,
@@ -80,6 +81,7 @@ from workflows.common import (
     recorded_note,
     skip_before_adoption,
     one_at_a_time,
+    snapshot,
     revise,
     refuse_unless,
     run_activity,
@@ -109,6 +111,7 @@ class RecommendationWorkflow:
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
+        self.events = Events(self.outbox)
         self.adopted_at = inp.adopted_at
         """An adopted follow-up: what falls before this instant is caught up with, never sent."""
         self._dirty = False
@@ -206,6 +209,7 @@ class RecommendationWorkflow:
             if self.restart:
                 # A new cycle starts with a fresh history: the state carries what must survive.
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                await self.events.sent()
                 self.state.undelivered = await self.outbox.settle()
                 workflow.continue_as_new(replace(self.inp, carried=self.state, calendar=self.calendar))
             if self.state.phase is Phase.CLOSED and not self._imports_pending():
@@ -214,6 +218,7 @@ class RecommendationWorkflow:
                 if not reopened:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if self.state.phase is Phase.CLOSED and not self.restart:  # no re-opening came in meanwhile
+                        await self.events.sent()
                         await self.outbox.drain()
                         return str(self.state.outcome)
                 continue
@@ -246,10 +251,43 @@ class RecommendationWorkflow:
             if not woken and due is not None:
                 async with self.turn:
                     if self._still_due(due) or not self.turn.guards:
-                        await self._send(due)
-                        await self._project()
+                        await self._send_and_project(due)
             if workflow.info().is_continue_as_new_suggested() and not self.restart:
                 self.restart = True
+
+    async def _send_and_project(self, due) -> None:
+        """A deadline's message and the projection after it: one event. Should the event's write be refused
+        for good, it is sent as histories from before sent it (its notification alone: refused, it is marked
+        not recorded and the follow-up carries on), then projected."""
+        batched = False
+        try:
+            async with self._event() as event:
+                batched = event is not None
+                await self._send(due)
+                await self._project()
+            return
+        except ApplicationError as exc:
+            if not batched or exc.type != RECORD_REJECTED:
+                raise
+        # The state is as before the event: the same message, on the restored deadline.
+        deadline = next((d for d in self._active_deadlines() if d.key == due.deadline.key and d.cycle == due.deadline.cycle), None)
+        if deadline is None:
+            return
+        await self._send(replace(due, deadline=deadline))
+        await self._project()
+
+    # ------------------------------------------------------------------ one transaction per event
+
+    def _event(self):
+        """One event's writes in one transaction (workflows.common.EVENT_PATCH); a refused write leaves the
+        state as it was before the event."""
+        return self.events.event(self.turn.guards, self._keep, self._restore)
+
+    def _keep(self):
+        return snapshot(self.state), self.restart, self.wake
+
+    def _restore(self, saved) -> None:
+        self.state, self.restart, self.wake = saved
 
     async def _send(self, due) -> None:
         if self.adopted_at is not None and due.message.at < self.adopted_at:
@@ -333,23 +371,27 @@ class RecommendationWorkflow:
             if kind == "progress":
                 request = ProgressRequest(item.claim, item.text, item.by, on=item.on)
                 self._judge_progress(request, now)
-                await self._progress(request, at, recorded, key)
+                async with self._event():
+                    await self._progress(request, at, recorded, key)
             elif kind == "register":
                 request = RegisterStatusRequest(item.status, item.comment, item.by, on=item.on)
                 self._judge_register(request, now)
-                await self._register(request, at, recorded, key)
+                async with self._event():
+                    await self._register(request, at, recorded, key)
             else:
                 if item.cycle != s.cycle:
                     raise ValueError(f"it is for cycle {item.cycle}; the recommendation is in cycle {s.cycle}")
                 request = DecisionRequest(item.outcome, item.rationale, item.by, on=item.on)
                 self._judge_decision(request, now)
-                await self._decide(request, at, recorded, key, notice_at=at)
+                async with self._event():
+                    await self._decide(request, at, recorded, key, notice_at=at)
         except ValueError as exc:
-            import_refused(s.history, self.workflow_id, at, what, str(exc), getattr(item, "by", "system"))
+            # self.state: a refused event's write puts back the state from before it (a new object).
+            import_refused(self.state.history, self.workflow_id, at, what, str(exc), getattr(item, "by", "system"))
         except ApplicationError as exc:
             if exc.type not in (RECORD_REJECTED, "ActionRefused"):
                 raise
-            import_refused(s.history, self.workflow_id, at, what, exc.message, getattr(item, "by", "system"))
+            import_refused(self.state.history, self.workflow_id, at, what, exc.message, getattr(item, "by", "system"))
 
     async def _notify(self, request: NotificationRequest) -> None:
         await notify_unless_before_adoption(self.outbox, request, self.adopted_at, self.state.history)
@@ -360,32 +402,31 @@ class RecommendationWorkflow:
     async def _project(self) -> None:
         s = self.state
         action, at = self._next_action()
-        await run_activity(
-            "project_recommendation",
-            RecommendationProjection(
-                recommendation_id=self.inp.recommendation_id,
-                version=self._next_version(),
-                phase=s.phase.value,
-                cycle=s.cycle,
-                force_claim=s.force_claim.value if s.force_claim else None,
-                outcome=s.outcome.value if s.outcome else None,
-                next_action=action,
-                next_action_at=at,
-                register_status=s.register_status if s.register else None,
-            ),
+        projection = RecommendationProjection(
+            recommendation_id=self.inp.recommendation_id,
+            version=self._next_version(),
+            phase=s.phase.value,
+            cycle=s.cycle,
+            force_claim=s.force_claim.value if s.force_claim else None,
+            outcome=s.outcome.value if s.outcome else None,
+            next_action=action,
+            next_action_at=at,
+            register_status=s.register_status if s.register else None,
         )
         # The next deadline the force has to meet: an evidence deadline once one is asked for.
         next_deadline = min((d.due for d in self._active_deadlines()), default=s.deadline.due)
-        workflow.upsert_search_attributes(
-            [
-                FORCE_CODE.value_set(self.inp.force_code),
-                PROGRAMME.value_set("NCPI"),
-                PHASE.value_set(s.phase.value),
-                NEXT_DEADLINE.value_set(self.calendar.at(next_deadline, self.calendar.working_day_end))
-                if s.phase is not Phase.CLOSED
-                else NEXT_DEADLINE.value_unset(),
-            ]
-        )
+        attributes = [
+            FORCE_CODE.value_set(self.inp.force_code),
+            PROGRAMME.value_set("NCPI"),
+            PHASE.value_set(s.phase.value),
+            NEXT_DEADLINE.value_set(self.calendar.at(next_deadline, self.calendar.working_day_end))
+            if s.phase is not Phase.CLOSED
+            else NEXT_DEADLINE.value_unset(),
+        ]
+        if self.events.project("recommendation", projection, attributes):
+            return  # written with the event, the attributes upserted once it is
+        await run_activity("project_recommendation", projection)
+        workflow.upsert_search_attributes(attributes)
 
     def _next_version(self) -> int:
         """The version of the projection about to be written; the state keeps the latest (the reconciler
@@ -434,14 +475,15 @@ class RecommendationWorkflow:
             now = await self._step_now()
             refuse_unless(lambda: self._judge_progress(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
-            await self._progress(request, at, recorded, update_key(self.workflow_id))
+            async with self._event():
+                await self._progress(request, at, recorded, update_key(self.workflow_id))
             return self.view()
 
     async def _progress(self, request: ProgressRequest, at: datetime, recorded: datetime | None, key: str) -> None:
         """Progress reported (`at` when it happened; `recorded` when it was recorded, if back-dated)."""
         s = self.state
         text = request.text.strip()
-        await run_activity(
+        await self.events.record(
             "record_progress",
             ProgressRecord(key, self.inp.recommendation_id, request.claim, text, request.by, at, recorded),
         )
@@ -468,20 +510,25 @@ class RecommendationWorkflow:
             refuse_unless(lambda: self._judge_evidence(request, now))
             s = self.state
             at, recorded = occurred(self.calendar, request.on, now)
-            evidence_id = await run_activity(
-                "record_evidence",
-                EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request, at, recorded),
-                result_type=int,
-            )
-            s.evidence.append(EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, at, s.cycle, recorded))
-            if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
-                s.evidence_deadline.met_at = at
-            if s.phase is not Phase.UNDER_REVIEW:
-                s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
-            history(s.history, at, "evidence submitted", request.by,
-                    f"{printable(request.filename)} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})" + recorded_note(self.calendar, recorded))
-            await self._project()
-            self.wake = True
+            async with self._event() as event:
+                s = self.state
+                evidence_id = await self.events.record(
+                    "record_evidence",
+                    EvidenceRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, request, at, recorded),
+                    result_type=int,
+                )
+                item = EvidenceItem(evidence_id, request.filename, request.sha256, request.size_bytes, request.by, at, s.cycle, recorded)
+                s.evidence.append(item)
+                if s.evidence_deadline is not None and s.evidence_deadline.met_at is None:
+                    s.evidence_deadline.met_at = at
+                if s.phase is not Phase.UNDER_REVIEW:
+                    s.phase = Phase.UNDER_REVIEW if s.review_open else Phase.EVIDENCE_SUBMITTED
+                history(s.history, at, "evidence submitted", request.by,
+                        f"{printable(request.filename)} ({request.size_bytes} bytes, sha256 {request.sha256[:12]})" + recorded_note(self.calendar, recorded))
+                await self._project()
+                self.wake = True
+            if event is not None and event.written is not None:
+                item.evidence_id = event.written.evidence_id
             return self.view()
 
     @submit_evidence.validator
@@ -498,7 +545,8 @@ class RecommendationWorkflow:
     @workflow.signal
     async def open_review(self, review: OpenReview) -> None:
         async with self.turn:
-            await self._open_review(review)
+            async with self._event():
+                await self._open_review(review)
 
     async def _open_review(self, review: OpenReview | None = None) -> None:
         s = self.state
@@ -529,13 +577,13 @@ class RecommendationWorkflow:
             s.evidence_deadline = evidence
             s.phase = Phase.EVIDENCE_REQUESTED
             key = f"{self.workflow_id}/c{s.cycle}/evidence_request"
-            await run_activity(
+            await self.events.record(
                 "record_evidence_request",
                 EvidenceRequestRecord(key, self.inp.recommendation_id, s.cycle, due,
                                       f"Evidence that recommendation {self.inp.ref} has been implemented"),
                 result_type=int,
             )
-            await run_activity(
+            await self.events.record(
                 "open_deadline",
                 DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id,
                                    f"evidence:{self.inp.ref}", DeadlineKind.EVIDENCE.value, s.cycle, due),
@@ -572,7 +620,8 @@ class RecommendationWorkflow:
             now = await self._step_now()
             refuse_unless(lambda: self._judge_decision(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
-            await self._decide(request, at, recorded, update_key(self.workflow_id), notice_at=now)
+            async with self._event():
+                await self._decide(request, at, recorded, update_key(self.workflow_id), notice_at=now)
             return self.view()
 
     async def _decide(self, request: DecisionRequest, at: datetime, recorded: datetime | None, key: str, notice_at: datetime) -> None:
@@ -581,7 +630,7 @@ class RecommendationWorkflow:
         s = self.state
         outcome = Outcome(request.outcome)
         rationale, by = request.rationale.strip(), request.by.strip()
-        await run_activity(
+        await self.events.record(
             "record_decision",
             DecisionRecord(key, self.inp.recommendation_id, s.cycle, outcome.value, rationale, by, at, recorded),
         )
@@ -643,8 +692,8 @@ class RecommendationWorkflow:
             s.closed_at = now
             await self._set_register(RegisterStatus.NO_FURTHER_ACTION.value, rationale, by, now, decided_cycle, recorded_at=recorded)
         await self._project()
-        await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
-            "recommendation_settled",
+        await self.events.signal(
+            self.inp.parent_workflow_id, "recommendation_settled",
             Settled(self.inp.recommendation_id, decided_cycle, outcome.value, further, now, backdated=recorded is not None,
                     notice_at=notice_at if recorded is not None else None),
         )
@@ -664,7 +713,7 @@ class RecommendationWorkflow:
         else:
             s.register.insert(bisect.bisect_right([e.at for e in s.register], at), entry)
         if key is not None or workflow.patched(REGISTER_TRAIL_PATCH):
-            await run_activity(
+            await self.events.record(
                 "record_register_status",
                 RegisterRecord(key or f"{self.workflow_id}/c{cycle}/register/{len(s.register)}",
                                self.inp.recommendation_id, cycle, status, comment, by, at, recorded_at),
@@ -685,7 +734,7 @@ class RecommendationWorkflow:
         s.review_opened_at = None
         s.evidence_deadline = None
         s.closed_at = None
-        await run_activity(
+        await self.events.record(
             "open_deadline",
             DeadlineOpenRecord(self.inp.inspection_id, self.inp.recommendation_id, f"recommendation:{self.inp.ref}",
                                DeadlineKind.RECOMMENDATION.value, s.cycle, deadline.due),
@@ -713,26 +762,30 @@ class RecommendationWorkflow:
         async with self.turn:
             now = await self._step_now()
             refuse_unless(lambda: self._validate_withdraw(request))
-            s = self.state
-            reason, by = request.reason.strip(), request.by.strip()
-            await run_activity(
-                "record_decision",
-                DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, Outcome.WITHDRAWN.value,
-                               reason, by, now),
-            )
-            history(s.history, now, "withdrawn", by, reason)
-            facts = {"outcome": Outcome.WITHDRAWN.value, "rationale": reason, "by": by, "at": now.isoformat(), "cycle": s.cycle}
-            await self.outbox.notify(
-                NotificationRequest(
-                    idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
-                    inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
-                    recipients=FORCE_CONTACTS, subject=f"Recommendation {self.inp.ref} withdrawn",
-                    scheduled_for=now, context=facts,
-                )
-            )
-            s.outcome = Outcome.WITHDRAWN
-            await self._settle(Outcome.WITHDRAWN, now, reason, by, facts)
+            async with self._event():
+                await self._withdraw(request, now)
             return self.view()
+
+    async def _withdraw(self, request: ReasonRequest, now: datetime) -> None:
+        s = self.state
+        reason, by = request.reason.strip(), request.by.strip()
+        await self.events.record(
+            "record_decision",
+            DecisionRecord(update_key(self.workflow_id), self.inp.recommendation_id, s.cycle, Outcome.WITHDRAWN.value,
+                           reason, by, now),
+        )
+        history(s.history, now, "withdrawn", by, reason)
+        facts = {"outcome": Outcome.WITHDRAWN.value, "rationale": reason, "by": by, "at": now.isoformat(), "cycle": s.cycle}
+        await self.outbox.notify(
+            NotificationRequest(
+                idempotency_key=f"{self.workflow_id}/c{s.cycle}/withdrawn", kind="decision",
+                inspection_id=self.inp.inspection_id, recommendation_id=self.inp.recommendation_id,
+                recipients=FORCE_CONTACTS, subject=f"Recommendation {self.inp.ref} withdrawn",
+                scheduled_for=now, context=facts,
+            )
+        )
+        s.outcome = Outcome.WITHDRAWN
+        await self._settle(Outcome.WITHDRAWN, now, reason, by, facts)
 
     @withdraw.validator
     def _validate_withdraw(self, request: ReasonRequest) -> None:
@@ -744,26 +797,30 @@ class RecommendationWorkflow:
         async with self.turn:
             now = await self._step_now()
             refuse_unless(lambda: self._judge_reopen(request, now))
-            s = self.state
-            closed_cycle, previous = s.cycle, s.outcome
-            reason, by = request.reason.strip(), request.by.strip()
-            await run_activity(
-                "record_reopen",
-                ReopenRecord(update_key(self.workflow_id), self.inp.recommendation_id, closed_cycle, reason, by, now),
-            )
-            history(s.history, now, "re-opened", by, reason)
-            s.outcome = None
-            reopened = workflow.patched(REGISTER_TRAIL_PATCH)
-            facts = {"reason": reason, "by": by, "at": now.isoformat(), "previous_outcome": str(previous) if previous else None}
-            # Histories from before the re-opening notice sent a further-follow-up notice instead.
-            await self._start_cycle(now, f"re-opened: {reason}", "reopened" if reopened else "further_follow_up", facts)
-            if reopened:
-                await self._set_register(RegisterStatus.AWAITING_REVIEW.value, reason, by, now, s.cycle)
-            await self._project()
-            await workflow.get_external_workflow_handle(self.inp.parent_workflow_id).signal(
-                "recommendation_reopened", Reopened(self.inp.recommendation_id, reason, by, s.deadline.due)
-            )
+            async with self._event():
+                await self._reopen(request, now)
             return self.view()
+
+    async def _reopen(self, request: ReasonRequest, now: datetime) -> None:
+        s = self.state
+        closed_cycle, previous = s.cycle, s.outcome
+        reason, by = request.reason.strip(), request.by.strip()
+        await self.events.record(
+            "record_reopen",
+            ReopenRecord(update_key(self.workflow_id), self.inp.recommendation_id, closed_cycle, reason, by, now),
+        )
+        history(s.history, now, "re-opened", by, reason)
+        s.outcome = None
+        reopened = workflow.patched(REGISTER_TRAIL_PATCH)
+        facts = {"reason": reason, "by": by, "at": now.isoformat(), "previous_outcome": str(previous) if previous else None}
+        # Histories from before the re-opening notice sent a further-follow-up notice instead.
+        await self._start_cycle(now, f"re-opened: {reason}", "reopened" if reopened else "further_follow_up", facts)
+        if reopened:
+            await self._set_register(RegisterStatus.AWAITING_REVIEW.value, reason, by, now, s.cycle)
+        await self._project()
+        await self.events.signal(
+            self.inp.parent_workflow_id, "recommendation_reopened", Reopened(self.inp.recommendation_id, reason, by, s.deadline.due)
+        )
 
     @reopen.validator
     def _validate_reopen(self, request: ReasonRequest) -> None:
@@ -783,7 +840,8 @@ class RecommendationWorkflow:
             now = await self._step_now()
             refuse_unless(lambda: self._judge_register(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
-            await self._register(request, at, recorded, update_key(self.workflow_id))
+            async with self._event():
+                await self._register(request, at, recorded, update_key(self.workflow_id))
             return self.view()
 
     async def _register(self, request: RegisterStatusRequest, at: datetime, recorded: datetime | None, key: str) -> None:
@@ -808,17 +866,18 @@ class RecommendationWorkflow:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
             now = await self._step_now()
             refuse_unless(lambda: self._judge_revision(request, now))
-            deadline = self._deadline_named(request.deadline)
-            db_key = f"{request.deadline}:{self.inp.ref}"
-            await run_activity(
-                "record_deadline_revision",
-                DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, db_key, deadline.cycle,
-                                       self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
-                                       request.new_due, request.reason.strip(), request.by),
-            )
-            revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
-            await self._project()
-            self.wake = True
+            async with self._event():
+                deadline = self._deadline_named(request.deadline)
+                db_key = f"{request.deadline}:{self.inp.ref}"
+                await self.events.record(
+                    "record_deadline_revision",
+                    DeadlineRevisionRecord(update_key(self.workflow_id), self.inp.inspection_id, db_key, deadline.cycle,
+                                           self.inp.recommendation_id, deadline.kind.value, deadline.original_due, deadline.due,
+                                           request.new_due, request.reason.strip(), request.by),
+                )
+                revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
+                await self._project()
+                self.wake = True
             return self.view()
 
     @revise_deadline.validator

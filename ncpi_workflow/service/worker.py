@@ -33,25 +33,52 @@ WORKFLOWS = [InspectionWorkflow, RecommendationWorkflow, DeliveryWorkflow]
 
 # The domain package is deterministic and imported once, outside the sandbox: re-importing it (and
 # `holidays`, `dateutil`, pydantic models) for every workflow run would cost time and memory.
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("ncpi_workflow", "dateutil")
-)
+ISOLATED_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules("ncpi_workflow", "dateutil")
+ISOLATED_WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=ISOLATED_RESTRICTIONS)
+"""NCPI_WORKFLOW_SANDBOX=isolated: the SDK's default, the workflow modules (workflows/) imported afresh for
+every workflow run, so that a module-level change one run makes cannot reach another, and their calls of
+restricted functions (datetime.now, random, I/O) raise. It costs 20 to 35 ms of CPU and 230 to 350 KiB for
+each workflow run the worker creates or replays (bench/memory.py: `sandbox_per_instance`)."""
+
+# The workflow package too is imported once and shared by every run (NCPI_WORKFLOW_SANDBOX=shared, the
+# default). That is safe because workflows/ holds no module-level or class-level state a run changes
+# (only constants) and calls nothing non-deterministic; the sandbox still restricts builtins such as
+# open() at run time. The check the per-run import gave is kept where it costs nothing: every saved
+# history also replays under ISOLATED_WORKFLOW_RUNNER (tests/test_memory_bench.py), where a restricted call
+# in workflow code raises.
+SHARED_RESTRICTIONS = ISOLATED_RESTRICTIONS.with_passthrough_modules("workflows")
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=SHARED_RESTRICTIONS)
+
+
+def workflow_runner(settings: Settings) -> SandboxedWorkflowRunner:
+    """The runner NCPI_WORKFLOW_SANDBOX names."""
+    return ISOLATED_WORKFLOW_RUNNER if settings.workflow_sandbox == "isolated" else WORKFLOW_RUNNER
+
+
+def worker_options(settings: Settings) -> dict:
+    """The Worker's keyword arguments that come from settings (tests/test_memory_bench.py checks they reach it)."""
+    return dict(workflow_runner=workflow_runner(settings), max_cached_workflows=settings.max_cached_workflows)
 
 log = logging.getLogger("ncpi.worker")
 
 
 def record_activities(sessions, settings: Settings) -> RecordActivities:
-    return RecordActivities(sessions, InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email))
+    from activities.rendering import OutboxRenderer
+
+    addresses = InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email)
+    # Notifications are rendered as their event is recorded (activities/rendering.py), as the delivery would.
+    return RecordActivities(sessions, addresses, renderer=OutboxRenderer(sessions, delivery_settings(settings), addresses.by_role))
+
+
+def delivery_settings(settings: Settings) -> DeliverySettings:
+    from ncpi_workflow.access_links import LinkSettings
+
+    return DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir,
+                            relay_retry_seconds=settings.smtp_held_retry_seconds, links=LinkSettings.from_settings(settings))
 
 
 def delivery_activities(sessions, mailer: Mailer, settings: Settings) -> DeliveryActivities:
-    from ncpi_workflow.access_links import LinkSettings
-
-    return DeliveryActivities(
-        sessions, mailer, DeliverySettings(settings.mail_from, settings.reply_to, settings.inspectors_email, settings.templates_dir,
-                                           relay_retry_seconds=settings.smtp_held_retry_seconds,
-                                           links=LinkSettings.from_settings(settings))
-    )
+    return DeliveryActivities(sessions, mailer, delivery_settings(settings))
 
 
 @asynccontextmanager
@@ -64,7 +91,7 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            workflow_runner=WORKFLOW_RUNNER,
+            **worker_options(settings),
             activities=record_activities(sessions, settings).all()
             + delivery_activities(sessions, mailer, settings).all()
             + CalendarActivities(load_policy(settings.policy).calendar).all(),

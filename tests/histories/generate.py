@@ -9,6 +9,10 @@ v6 adds a second scenario (the files named adopted-*): a follow-up adopted part-
 deliveries, a revisit, progress, register statuses and decisions (one partial: a second cycle, so
 both workflows continue-as-new while catching up), then back-dated actions (`on`) on each Update:
 progress, a delivery, a register status, a revisit, evidence and a decision.
+v7: one transaction per event (behind workflow.patched("one-transaction-per-event")): each Update, a
+deadline's message and the revisit's evidence request write their records, notifications and projection
+in one `record_event` local activity, and an Update that tells the inspection starts its signal without
+waiting for the server's confirmation (the run waits for it before continuing as new or completing).
 The scenario passes through every handler and both continue-as-new paths: progress, a delivery, a
 revised deadline, an inspector's revisit, evidence, a partial decision (a second cycle), the
 automatic revisit, an achieved decision, a withdrawal and a re-opening.

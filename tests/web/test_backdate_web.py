@@ -6,31 +6,18 @@ the pages show both dates, "22 March 2017 (recorded 2 December 2026)", where the
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, timedelta
 
 from ncpi_workflow.app import force_responses
 from ncpi_workflow.app.publishing import publish_file
-from ncpi_workflow.formatting import LONDON
 from ncpi_workflow.models import Deadline, Decision, RegisterStatusEntry, Revisit
 from ncpi_workflow.web.app import create_app
-from tests.lifecycle_support import harness, write_report
+from tests.lifecycle_support import harness, long, noon, utc, write_report
 from tests.test_cli_devserver import eventually, phase_is, projected, rows, today
 from tests.web.conftest import SECRET, add_user, browser, error_summary
 
 FORCES = {"sqlite": "TVP", "postgresql": "SYP"}
 """Forces no other dev-server test publishes (one server, one workflow ID per report)."""
-
-
-def noon(day: date) -> datetime:
-    return datetime.combine(day, time(12, 0), tzinfo=LONDON).astimezone(timezone.utc)
-
-
-def utc(instant: datetime) -> datetime:
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=timezone.utc)
-
-
-def long(day: date) -> str:
-    return f"{day.day} {day:%B %Y}"
 
 
 def on(day: date) -> dict[str, str]:

@@ -1,0 +1,176 @@
+"""An outbox notification rendered when its event is recorded, not when it is first delivered.
+
+The recording activities (activities/records.py: `record_notification`, and `record_event` for a
+whole event) call `OutboxRenderer.prepare` for their notification requests BEFORE they open their
+write transaction: in a read session of its own it resolves the recipients, reads the email's
+context (ncpi_workflow.email_context, as the delivery does), plans the access links, renders both
+templates and builds the message's exact bytes (link placeholders where the tokens go; the tokens
+are filled in only as it is sent, as before). Inside the write transaction, for each notification
+row it inserted, the activity calls `store`, which keeps those bytes with the row, with the
+Message-ID, and issues the links' rows, exactly as the delivery's lease transaction does when it
+renders. The delivery then only leases, sends and marks sent.
+
+**Byte-identical to the delivery's rendering.** `store` reads the email's context again in the
+caller's transaction (so after the event's own writes that precede it: the caller stores its
+notifications after its records and projection) and keeps the prepared bytes only when that context,
+the recipients and the links' scope and expiry are what was rendered. Otherwise (the event changed
+what the email shows, contacts changed meanwhile, or `prepare` could not render: a template error,
+a role nobody holds) the row is stored unrendered and the delivery renders it at its first attempt
+as before, a template error there becoming the delivery's permanent failure as it always was. So
+a stored rendering is always the one the delivery would have made from the committed rows; only the
+Date header says when (the moment it was rendered, as before) and the links' random salts differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from activities.delivery import DeliverySettings
+from ncpi_workflow.access_links import LinkPlan, plan_links_for
+from ncpi_workflow.email_context import email_context
+from ncpi_workflow.emails import EmailContext, EmailTemplateError, render_email
+from ncpi_workflow.formatting import local_date
+from ncpi_workflow.lifecycle import NotificationRequest
+from ncpi_workflow.mailer import build_message, flatten, message_id_for
+from ncpi_workflow.models import Notification
+from ncpi_workflow.store import resolve_recipients
+
+log = logging.getLogger("ncpi.rendering")
+
+
+@dataclass
+class Prepared:
+    """One notification's message, rendered before its row exists (opaque to the caller)."""
+
+    idempotency_key: str
+    recipients: dict[str, list[str]]
+    context: EmailContext
+    """As rendered: the links' placeholders and expiry in it."""
+    plan: LinkPlan | None
+    message_id: str
+    data: bytes
+
+
+def _normal(value: Any) -> Any:
+    """A context's value for comparison: an instant as aware UTC (SQLite gives naive UTC back)."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return value
+
+
+def _same_context(a: EmailContext, b: EmailContext) -> bool:
+    return _normal(dataclasses.asdict(a)) == _normal(dataclasses.asdict(b))
+
+
+def _with_links(context: EmailContext, plan: LinkPlan | None) -> None:
+    """As the delivery does (DeliveryActivities._plan_links): the links' placeholders into the context."""
+    if plan is not None:
+        context.portal_url = plan.portal_url
+        context.reply_to = plan.reply_to or context.reply_to
+        context.link_expires = local_date(plan.expires_at)
+
+
+class OutboxRenderer:
+    """Renders outbox notifications at record time (see the module's doc). Built from the worker's
+    sessions and the same DeliverySettings its delivery activity uses."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: DeliverySettings,
+                 inspectorate: dict[str, str] | None = None):
+        self.sessions = sessions
+        self.settings = settings
+        self.inspectorate = inspectorate
+        """The inspectorate's addresses by role (InspectorateAddresses.by_role); the caller's when None."""
+        self.kept = 0
+        self.left_unrendered = 0
+        """Counts, for measurement: renderings stored, and rows left for the delivery to render."""
+
+    async def prepare(self, requests: list[NotificationRequest], inspectorate: dict[str, str] | None = None,
+                      ) -> list[Prepared | None]:
+        """One item per request, in order: its rendered message, or None (the delivery renders it)."""
+        by_role = inspectorate if inspectorate is not None else (self.inspectorate or {})
+        out: list[Prepared | None] = []
+        async with self.sessions() as session:
+            for request in requests:
+                try:
+                    out.append(await self._prepare_one(session, request, by_role))
+                except EmailTemplateError as exc:
+                    log.info("notification %s not rendered at record time (%s): its delivery renders it",
+                             request.idempotency_key, exc)
+                    out.append(None)
+                except LookupError:
+                    out.append(None)  # the recording activity reports a missing role itself
+        return out
+
+    async def _prepare_one(self, session: AsyncSession, request: NotificationRequest,
+                           by_role: dict[str, str]) -> Prepared | None:
+        if request.kind == "delivery_failed":
+            return None  # about another row; recorded by the delivery, not an event
+        recipients = await resolve_recipients(session, request.inspection_id, request.recipients, by_role)
+        row = SimpleNamespace(
+            id=None, idempotency_key=request.idempotency_key, kind=request.kind, inspection_id=request.inspection_id,
+            recommendation_id=request.recommendation_id, recipients=recipients, subject=request.subject,
+            context=dict(request.context or {}), scheduled_for=request.scheduled_for, created_at=request.scheduled_for,
+            last_error=None,
+        )
+        context = await email_context(session, row)
+        context.reply_to = self.settings.reply_to
+        plan = None
+        if self.settings.links is not None:
+            plan = await plan_links_for(session, row, self.settings.links)
+            _with_links(context, plan)
+        rendered = render_email(context, self.settings.templates_dir)
+        message_id = message_id_for(request.idempotency_key, self.settings.mail_from)
+        data = flatten(build_message(
+            mail_from=self.settings.mail_from, reply_to=context.reply_to, to=list(recipients["to"]),
+            subject=rendered.subject, text=rendered.text, html=rendered.html, message_id=message_id,
+            reference=request.idempotency_key,
+        ))
+        return Prepared(request.idempotency_key, recipients, context, plan, message_id, data)
+
+    async def store(self, session: AsyncSession, notification_id: int, prepared: Prepared | None) -> bool:
+        """Inside the caller's write transaction, for a notification row it has just inserted: keep the
+        prepared rendering and its Message-ID and issue its links, when it is still what the delivery
+        would render (see the module's doc). True when kept; False: the row stays unrendered."""
+        if prepared is None:
+            self.left_unrendered += 1
+            return False
+        row = await session.get(Notification, notification_id, populate_existing=True)
+        if (row is None or row.rendered is not None or row.status != "pending"
+                or row.idempotency_key != prepared.idempotency_key or row.recipients != prepared.recipients):
+            self.left_unrendered += 1
+            return False
+        now = await email_context(session, row)
+        now.reply_to = self.settings.reply_to
+        plan = prepared.plan
+        if self.settings.links is not None:
+            fresh = await plan_links_for(session, row, self.settings.links, notification_id=notification_id)
+            if (fresh is None) != (plan is None) or (fresh is not None and (
+                    fresh.scope != plan.scope or fresh.expires_at != plan.expires_at
+                    or [p.purpose for p in fresh.planned] != [p.purpose for p in plan.planned])):
+                self.left_unrendered += 1
+                return False
+        _with_links(now, plan)
+        if not _same_context(now, prepared.context):
+            log.debug("notification %s: its event changed what it shows; the delivery renders it", notification_id)
+            self.left_unrendered += 1
+            return False
+        data = prepared.data
+        if plan is not None:
+            plan.notification_id = notification_id
+            data = await plan.issue(session, data)  # the links' rows, stored with the rendering
+        row.rendered = data
+        row.message_id = prepared.message_id
+        await session.flush()
+        self.kept += 1
+        return True
