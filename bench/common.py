@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import sys
@@ -219,3 +220,14 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 def temporal_address(env) -> str:
     return env.client.service_client.config.target_host
+
+
+async def bounded(coroutines, limit: int) -> list:
+    """Await the coroutines, at most `limit` at once; their results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coroutine):
+        async with gate:
+            return await coroutine
+
+    return await asyncio.gather(*(one(c) for c in coroutines))

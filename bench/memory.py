@@ -40,7 +40,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.common import ROOT, bare_worker, dev_server, our_stack, rss_mib
+from bench.common import ROOT, bare_worker, bounded as _bounded, cpu_seconds, dev_server, our_stack, rss_mib
 
 PER_REPORT = 10
 SMALL_CACHE = 100  # NCPI_MAX_CACHED_WORKFLOWS of part 4 (a fifth of the open workflows with --quick)
@@ -51,24 +51,8 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU time of a process (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def per_thousand(value: float, count: int) -> float:
     return round(value / count * 1000, 1) if count else 0.0
-
-
-async def _bounded(coroutines, limit: int) -> list:
-    gate = asyncio.Semaphore(limit)
-
-    async def one(coroutine):
-        async with gate:
-            return await coroutine
-
-    return await asyncio.gather(*(one(c) for c in coroutines))
 
 
 # ---------------------------------------------------------------------------- the sandbox, per instance

@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 
 from bench import lifecycle
 from bench.bare import BareWorkflow
-from bench.common import ROOT, bare_worker, dev_server, our_stack, rss_mib
+from bench.common import ROOT, bare_worker, bounded as _bounded, dev_server, our_stack, rss_mib
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import (
     DecisionRequest,
@@ -44,16 +44,6 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"p50_ms": round(pick(0.50) * 1000, 2), "p95_ms": round(pick(0.95) * 1000, 2), "p99_ms": round(pick(0.99) * 1000, 2),
             "samples": len(samples)}
-
-
-async def _bounded(coroutines, limit: int) -> list:
-    gate = asyncio.Semaphore(limit)
-
-    async def one(coroutine):
-        async with gate:
-            return await coroutine
-
-    return await asyncio.gather(*(one(c) for c in coroutines))
 
 
 async def _bare_starts_and_updates(env, workdir: Path, timed_starts: int, open_workflows: int, samples: int,

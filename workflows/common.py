@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import copy
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import date, datetime, timedelta
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -542,3 +543,28 @@ class ProjectionVersions:
         else:
             self._order = min(self._order + 1, self.EVENT - 1)
         return self.run * self.RUN + length * self.EVENT + self._order
+
+
+async def send_due_and_project(
+    event: Callable, send: Callable[[Due], Awaitable[None]], project: Callable[[], Awaitable[None]],
+    active_deadlines: Callable[[], list], due: Due,
+) -> None:
+    """A deadline's message and the projection after it: one event (either workflow's). Should the event's
+    write be refused for good, it is sent as histories from before sent it (its notification alone:
+    refused, it is marked not recorded and the follow-up carries on), then projected."""
+    batched = False
+    try:
+        async with event() as scope:
+            batched = scope is not None
+            await send(due)
+            await project()
+        return
+    except ApplicationError as exc:
+        if not batched or exc.type != RECORD_REJECTED:
+            raise
+    # The state is as before the event: the same message, on the restored deadline.
+    deadline = next((d for d in active_deadlines() if d.key == due.deadline.key and d.cycle == due.deadline.cycle), None)
+    if deadline is None:
+        return
+    await send(replace(due, deadline=deadline))
+    await project()

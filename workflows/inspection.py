@@ -73,6 +73,7 @@ from workflows.common import (
     revise,
     refuse_unless,
     run_activity,
+    send_due_and_project,
     send_due_message,
     step_now,
     update_key,
@@ -321,22 +322,7 @@ class InspectionWorkflow:
         )
 
     async def _send_and_project(self, due) -> None:
-        """A deadline's message and the projection after it: one event (as the recommendation's)."""
-        batched = False
-        try:
-            async with self._event() as event:
-                batched = event is not None
-                await self._send(due)
-                await self._project()
-            return
-        except ApplicationError as exc:
-            if not batched or exc.type != RECORD_REJECTED:
-                raise
-        deadline = next((d for d in self._active_deadlines() if d.key == due.deadline.key and d.cycle == due.deadline.cycle), None)
-        if deadline is None:
-            return
-        await self._send(replace(due, deadline=deadline))
-        await self._project()
+        await send_due_and_project(self._event, self._send, self._project, self._active_deadlines, due)
 
     def _event(self):
         """One event's writes in one transaction (workflows.common.EVENT_PATCH); a refused write leaves the

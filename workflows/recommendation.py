@@ -85,6 +85,7 @@ from workflows.common import (
     revise,
     refuse_unless,
     run_activity,
+    send_due_and_project,
     send_due_message,
     step_now,
     update_key,
@@ -256,25 +257,7 @@ class RecommendationWorkflow:
                 self.restart = True
 
     async def _send_and_project(self, due) -> None:
-        """A deadline's message and the projection after it: one event. Should the event's write be refused
-        for good, it is sent as histories from before sent it (its notification alone: refused, it is marked
-        not recorded and the follow-up carries on), then projected."""
-        batched = False
-        try:
-            async with self._event() as event:
-                batched = event is not None
-                await self._send(due)
-                await self._project()
-            return
-        except ApplicationError as exc:
-            if not batched or exc.type != RECORD_REJECTED:
-                raise
-        # The state is as before the event: the same message, on the restored deadline.
-        deadline = next((d for d in self._active_deadlines() if d.key == due.deadline.key and d.cycle == due.deadline.cycle), None)
-        if deadline is None:
-            return
-        await self._send(replace(due, deadline=deadline))
-        await self._project()
+        await send_due_and_project(self._event, self._send, self._project, self._active_deadlines, due)
 
     # ------------------------------------------------------------------ one transaction per event
 
