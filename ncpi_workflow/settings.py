@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     smtp_held_retry_seconds: float = Field(default=60.0, gt=0, description=(
         "While the relay is failing as a whole, a held delivery is tried again this often (not on the growing "
         "backoff of other failures), so that it goes out within about this long of the fix."))
+    render_at_record: bool = Field(default=True, description=(
+        "Render each email as its event is recorded, in the event's transaction, so that the delivery only "
+        "leases, sends and marks sent; false: the delivery renders it on its first attempt."))
     outbox_pending_minutes: float = Field(default=15.0, gt=0, description=(
         "A notification pending this long with no delivery in progress is delivered by the reconciler; "
         "`ncpi health` reports how many are pending past it."))

@@ -285,3 +285,14 @@ def test_the_to_header_read_from_the_header_block_is_what_the_full_parser_reads(
     assert _to_header(moved) == message_recipients(moved) == ["moved@cumbria.police.example", *to]
     encoded = data.replace(b"\r\nTo: ", b"\r\nTo: =?utf-8?q?Liaison?= <x@example.org>,\r\n ", 1)
     assert _to_header(encoded) == message_recipients(encoded)  # an encoded word: the full parser's answer
+
+
+@pytest.mark.parametrize("value, rendered", [("true", True), ("false", False)])
+def test_ncpi_render_at_record_chooses_whether_the_worker_renders_at_record_time(monkeypatch, value, rendered):
+    from ncpi_workflow.service.worker import record_activities
+    from ncpi_workflow.settings import Settings
+
+    monkeypatch.setenv("NCPI_RENDER_AT_RECORD", value)
+    activities = record_activities(None, Settings())
+    assert isinstance(activities.renderer, OutboxRenderer) is rendered
+    assert (activities.renderer is None) is not rendered

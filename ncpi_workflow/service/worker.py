@@ -67,7 +67,8 @@ def record_activities(sessions, settings: Settings) -> RecordActivities:
 
     addresses = InspectorateAddresses(settings.inspectors_email, settings.lead_hm_inspector_email)
     # Notifications are rendered as their event is recorded (activities/rendering.py), as the delivery would.
-    return RecordActivities(sessions, addresses, renderer=OutboxRenderer(sessions, delivery_settings(settings), addresses.by_role))
+    renderer = OutboxRenderer(sessions, delivery_settings(settings), addresses.by_role) if settings.render_at_record else None
+    return RecordActivities(sessions, addresses, renderer=renderer)
 
 
 def delivery_settings(settings: Settings) -> DeliverySettings:
