@@ -535,6 +535,9 @@ class RecordActivities:
             if write.inspection_projection is not None:
                 part[0] = "project_inspection"
                 written.projected = await write_inspection_projection(session, write.inspection_projection)
+            for projection in write.first_projections:
+                part[0] = "project_recommendation"
+                await write_recommendation_projection(session, projection)
             # Last: the renderer's `store` compares the message's context with the rows as the event leaves
             # them (the projection's phase and outcome, the deadlines), keeping its rendering only if unchanged.
             for request, item in zip(write.notifications, prepared):

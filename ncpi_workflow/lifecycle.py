@@ -529,6 +529,10 @@ class RecommendationInput:
     imported_revisits: list[ImportedRevisit] = field(default_factory=list)
     """The inspection's imported revisits (filled in by the inspection workflow): the recommendation's
     catching up waits at each for the review to open, never running ahead of it."""
+    started_by_publication: bool = False
+    """Started by its inspection's publication (workflows.inspection PUBLICATION_PATCH): its first projection
+    (`RecommendationWorkflow.first_projection`) was written with the publication's event and its search
+    attributes given at its start, so its first run writes neither."""
 
 
 @dataclass
@@ -1046,6 +1050,8 @@ class EventWrite:
     notifications: list[NotificationRequest] = field(default_factory=list)
     recommendation_projection: RecommendationProjection | None = None
     inspection_projection: InspectionProjection | None = None
+    first_projections: list[RecommendationProjection] = field(default_factory=list)
+    """A publication's: the first projection of each recommendation it starts (written before its notifications)."""
 
     def empty(self) -> bool:
         return not any(getattr(self, name) for name in self.__dataclass_fields__)

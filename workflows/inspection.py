@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import date, datetime, time
 
 from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
@@ -96,6 +97,13 @@ HANDLERS_BEFORE_CAN_PATCH = "handlers-finish-before-continue-as-new"
 # Likewise on completing: histories from before this change completed ("closed") with a handler that
 # came in while the last deliveries drained (a re-opening cut off half done, its cycle never run).
 HANDLERS_BEFORE_CLOSE_PATCH = "handlers-finish-before-closing"
+# Histories from before this change published in three workflow tasks or more: a 1 ms timer for the
+# publication instant already past, the notice recorded (a transaction), the recommendations started, and,
+# once they had started, the inspection's projection (another); each recommendation then wrote its first
+# projection (one more each) and upserted its search attributes. Behind it the first workflow task writes
+# the notice, the inspection's projection and every recommendation's first projection in ONE record_event
+# and starts the recommendations, with their search attributes, in the same task.
+PUBLICATION_PATCH = "publication-starts-recommendations-first"
 DELIVERABLE = ("immediate_update", "action_plan", "pcc_response")
 FORCE_AND_PCC = ("liaison_officer", "chief_officer", "pcc")
 
@@ -183,9 +191,12 @@ class InspectionWorkflow:
     async def run(self, inp: InspectionInput) -> str:
         self.outbox.resume(self.state.undelivered)
         self.state.undelivered = []
-        if inp.carried is None:
-            await self._publish()
-        await self._project()
+        if inp.carried is None and workflow.patched(PUBLICATION_PATCH):
+            await self._publish_in_one_event()  # projected with it
+        else:
+            if inp.carried is None:
+                await self._publish()
+            await self._project()
         while True:
             if self.restart:
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -283,19 +294,21 @@ class InspectionWorkflow:
             and due.message in deadline.messages(self.policy, self.calendar)
         )
 
-    async def _publish(self) -> None:
-        """The report notice to the force, then one child workflow per recommendation."""
-        await wait_until(self.scale, lambda: False, self.published_at)
+    def _published_notice(self) -> NotificationRequest:
         lines = [f"{r.ref} ({r.timeframe.replace('_', ' ')})" for r in self.inp.recommendations]
-        await self._notify(
-            NotificationRequest(
-                idempotency_key=f"{self.workflow_id}/published", kind="published", inspection_id=self.inp.inspection_id,
-                recommendation_id=None, recipients=FORCE_AND_PCC,
-                subject=f"Inspection report published: {self.inp.title}",
-                scheduled_for=self.published_at,
-                context={"recommendations": lines, "deadlines": {d.key: d.due.isoformat() for d in self.state.deadlines}},
-            )
+        return NotificationRequest(
+            idempotency_key=f"{self.workflow_id}/published", kind="published", inspection_id=self.inp.inspection_id,
+            recommendation_id=None, recipients=FORCE_AND_PCC,
+            subject=f"Inspection report published: {self.inp.title}",
+            scheduled_for=self.published_at,
+            context={"recommendations": lines, "deadlines": {d.key: d.due.isoformat() for d in self.state.deadlines}},
         )
+
+    async def _publish(self) -> None:
+        """The report notice to the force, then one child workflow per recommendation (histories from before
+        PUBLICATION_PATCH)."""
+        await wait_until(self.scale, lambda: False, self.published_at)
+        await self._notify(self._published_notice())
         starts = [self._start_recommendation(rec) for rec in self.inp.recommendations]
         if workflow.patched(CHILDREN_TOGETHER_PATCH):
             # All in one workflow task: one round trip to the server instead of one per recommendation.
@@ -304,21 +317,53 @@ class InspectionWorkflow:
             for start in starts:
                 await start
 
+    async def _publish_in_one_event(self) -> None:
+        """PUBLICATION_PATCH: the report notice, the inspection's projection and each recommendation's first
+        projection in one event (one transaction), then every recommendation started, with its search
+        attributes, in the same workflow task.
+
+        Waited for only when publication is still to come when the workflow started: an instant already
+        past then is past at any later clock, so the choice (decided from the start's time, in history) is
+        the same on every replay, and there is no 1 ms timer to wait for."""
+        if self.scale.to_clock(self.published_at) > workflow.info().workflow_start_time:
+            await wait_until(self.scale, lambda: False, self.published_at)
+        now = self._now()
+        inputs = [self._recommendation_input(rec, revisit_limit_told=True, started_by_publication=True)
+                  for rec in self.inp.recommendations]
+        firsts = [RecommendationWorkflow.first_projection(i, now) for i in inputs]
+        async with self.turn:
+            async with self._event() as event:
+                await self._notify(self._published_notice())
+                event.write.first_projections.extend(projection for projection, _ in firsts)
+                await self._project()
+        await asyncio.gather(*(
+            self._start(i, TypedSearchAttributes([SearchAttributePair(k, v) for k, v in pairs if v is not None]))
+            for i, (_, pairs) in zip(inputs, firsts)
+        ))
+
+    def _recommendation_input(self, rec, *, revisit_limit_told: bool, started_by_publication: bool = False) -> RecommendationInput:
+        return RecommendationInput(
+            inspection_id=self.inp.inspection_id, recommendation_id=rec.recommendation_id, ref=rec.ref,
+            force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
+            published=self.inp.published, policy=self.policy, calendar=self.calendar,
+            time_scale=self.scale, parent_workflow_id=self.workflow_id,
+            revisit_by=revisit_deadline(self.state).due if revisit_limit_told else None,
+            adopted_at=self.adopted_at, imported=rec.imported,
+            imported_revisits=list(self.inp.imported.revisits) if self.inp.imported is not None else [],
+            started_by_publication=started_by_publication,
+        )
+
     async def _start_recommendation(self, rec) -> None:
+        await self._start(self._recommendation_input(rec, revisit_limit_told=workflow.patched(REVISIT_LIMIT_PATCH)))
+
+    async def _start(self, inp: RecommendationInput, search_attributes: TypedSearchAttributes | None = None) -> None:
         await workflow.start_child_workflow(
             RecommendationWorkflow.run,
-            RecommendationInput(
-                inspection_id=self.inp.inspection_id, recommendation_id=rec.recommendation_id, ref=rec.ref,
-                force_code=self.inp.force_code, force_name=self.inp.force_name, timeframe=rec.timeframe,
-                published=self.inp.published, policy=self.policy, calendar=self.calendar,
-                time_scale=self.scale, parent_workflow_id=self.workflow_id,
-                revisit_by=revisit_deadline(self.state).due if workflow.patched(REVISIT_LIMIT_PATCH) else None,
-                adopted_at=self.adopted_at, imported=rec.imported,
-                imported_revisits=list(self.inp.imported.revisits) if self.inp.imported is not None else [],
-            ),
-            id=recommendation_workflow_id(rec.recommendation_id),
+            inp,
+            id=recommendation_workflow_id(inp.recommendation_id),
             # Children outlive each run of this workflow: it continues-as-new between cycles.
             parent_close_policy=ParentClosePolicy.ABANDON,
+            search_attributes=search_attributes,
         )
 
     async def _send_and_project(self, due) -> None:

@@ -103,12 +103,7 @@ NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_i
 class RecommendationWorkflow:
     @workflow.init
     def __init__(self, inp: RecommendationInput) -> None:
-        self.inp = inp
-        self.policy = inp.policy
-        self.clock = CalendarKeeper(inp.calendar)
-        self.scale = inp.time_scale
-        self.workflow_id = recommendation_workflow_id(inp.recommendation_id)
-        self.state = inp.carried or self._initial_state()
+        self._set_up(inp)
         self.wake = False
         self.restart = False
         self.outbox = Outbox()
@@ -125,8 +120,29 @@ class RecommendationWorkflow:
         self.steady = clock_from_history()
         # Projections from this run are versioned above every one written before it, by an earlier run
         # or, for a follow-up restarted from the records, by the chain it replaces.
-        self.state.run = ProjectionVersions.next_run(self.state.run, self.state.projection_version)
         self.versions = ProjectionVersions(self.state.run)
+
+    def _set_up(self, inp: RecommendationInput) -> None:
+        """What the workflow starts from, computed from its input alone (no patch, no clock): the workflow's
+        set-up, and the inspection's for the first projection (see `first_projection`)."""
+        self.inp = inp
+        self.policy = inp.policy
+        self.clock = CalendarKeeper(inp.calendar)
+        self.scale = inp.time_scale
+        self.workflow_id = recommendation_workflow_id(inp.recommendation_id)
+        self.state = inp.carried or self._initial_state()
+        self.state.run = ProjectionVersions.next_run(self.state.run, self.state.projection_version)
+
+    @classmethod
+    def first_projection(cls, inp: RecommendationInput, now: datetime) -> tuple[RecommendationProjection, list[tuple]]:
+        """A new recommendation's first projection at the calendar instant `now`, and its search attributes as
+        (key, value) pairs: what its first run would write, at the lowest version of that run (below every
+        projection it writes itself). The publishing inspection writes it with the publication's event and
+        starts the recommendation with these attributes; the recommendation (`started_by_publication`)
+        takes the version and writes nothing. The same code in both places: they never disagree."""
+        this = cls.__new__(cls)  # the set-up only: nothing of the workflow's runtime
+        this._set_up(replace(inp, carried=None))
+        return this._projection(this.state.run * ProjectionVersions.RUN, now)
 
     @property
     def calendar(self):
@@ -205,7 +221,12 @@ class RecommendationWorkflow:
     async def run(self, inp: RecommendationInput) -> str:
         self.outbox.resume(self.state.undelivered)
         self.state.undelivered = []
-        await self._project()
+        if inp.started_by_publication and inp.carried is None:
+            # Its first projection was written with the publication's event, its search attributes given at
+            # its start: nothing to write, the version it was written at is the state's.
+            self.state.projection_version = self.first_projection(inp, self._now())[0].version
+        else:
+            await self._project()
         while True:
             if self.restart:
                 # A new cycle starts with a fresh history: the state carries what must survive.
@@ -383,11 +404,21 @@ class RecommendationWorkflow:
         check_on(on, published=self.inp.published, today=self._today(now), what=what)
 
     async def _project(self) -> None:
+        projection, pairs = self._projection(self._next_version(), self._now())
+        attributes = [key.value_set(value) if value is not None else key.value_unset() for key, value in pairs]
+        if self.events.project("recommendation", projection, attributes):
+            return  # written with the event, the attributes upserted once it is
+        await run_activity("project_recommendation", projection)
+        workflow.upsert_search_attributes(attributes)
+
+    def _projection(self, version: int, now: datetime) -> tuple[RecommendationProjection, list[tuple]]:
+        """The projection of the state as it stands (its next action as at `now`) and the search attributes,
+        as (key, value) pairs (None: unset). Reads the state only."""
         s = self.state
-        action, at = self._next_action()
+        action, at = self._next_action(now)
         projection = RecommendationProjection(
             recommendation_id=self.inp.recommendation_id,
-            version=self._next_version(),
+            version=version,
             phase=s.phase.value,
             cycle=s.cycle,
             force_claim=s.force_claim.value if s.force_claim else None,
@@ -398,18 +429,13 @@ class RecommendationWorkflow:
         )
         # The next deadline the force has to meet: an evidence deadline once one is asked for.
         next_deadline = min((d.due for d in self._active_deadlines()), default=s.deadline.due)
-        attributes = [
-            FORCE_CODE.value_set(self.inp.force_code),
-            PROGRAMME.value_set("NCPI"),
-            PHASE.value_set(s.phase.value),
-            NEXT_DEADLINE.value_set(self.calendar.at(next_deadline, self.calendar.working_day_end))
-            if s.phase is not Phase.CLOSED
-            else NEXT_DEADLINE.value_unset(),
+        pairs = [
+            (FORCE_CODE, self.inp.force_code),
+            (PROGRAMME, "NCPI"),
+            (PHASE, s.phase.value),
+            (NEXT_DEADLINE, self.calendar.at(next_deadline, self.calendar.working_day_end) if s.phase is not Phase.CLOSED else None),
         ]
-        if self.events.project("recommendation", projection, attributes):
-            return  # written with the event, the attributes upserted once it is
-        await run_activity("project_recommendation", projection)
-        workflow.upsert_search_attributes(attributes)
+        return projection, pairs
 
     def _next_version(self) -> int:
         """The version of the projection about to be written; the state keeps the latest (the reconciler
@@ -417,9 +443,9 @@ class RecommendationWorkflow:
         self.state.projection_version = self.versions.next()
         return self.state.projection_version
 
-    def _next_action(self) -> tuple[str | None, datetime | None]:
+    def _next_action(self, now: datetime | None = None) -> tuple[str | None, datetime | None]:
         s = self.state
-        due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now())
+        due = next_due(self._active_deadlines(), self.policy, self.calendar, self._now() if now is None else now)
         if due is not None:
             return f"{due.message.kind.value.replace('_', ' ')}: {self._label(due.deadline)}", due.message.at
         if s.phase in (Phase.UNDER_REVIEW, Phase.EVIDENCE_REQUESTED):
