@@ -111,3 +111,37 @@ async def test_the_first_task_starts_the_recommendations_after_one_record_event(
 def test_an_event_write_carries_first_projections():
     """The field record_event reads: empty by default, so an event without it is as before."""
     assert EventWrite().first_projections == [] and EventWrite().empty()
+
+
+async def test_a_publication_still_to_come_waits_for_its_instant_then_does_the_same(time_skipping_env, tmp_path):
+    """Publication an hour ahead of the workflow's start (the anchor in the future): its timer, nothing
+    written nor started before it fires; then the notice, the projections and the starts, as above."""
+    from datetime import timedelta
+
+    from ncpi_workflow.publishing import publish
+
+    report = write_report(tmp_path, "DUR", date(2017, 2, 7), [(r, "within_three_months") for r in RECS])
+    async with harness(time_skipping_env, tmp_path) as h:
+        anchor = await h.env.get_current_time() + timedelta(hours=1)
+        assert (await publish(h.settings, h.client, report, anchor=anchor)).started
+        handle = h.inspection(INSPECTION)
+
+        async def waiting():
+            events = await _events(handle)
+            return events if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events) else None
+
+        events = await eventually(waiting)
+        assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED]
+        assert not [e for e in events if _local_activity(e) in WRITES]
+        async with h.sessions() as session:
+            assert not list(await session.scalars(select(Recommendation).where(Recommendation.projection_version > 0)))
+        await h.env.sleep(timedelta(hours=2))
+        rows = await eventually(lambda: _recommendations_started(h))
+        assert {r.projection_version for r in rows} == {ProjectionVersions.RUN}
+        events = await _events(handle)
+        fired = next(i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED)
+        starts = [i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED]
+        writes = [i for i, e in enumerate(events) if _local_activity(e) in WRITES]
+        assert len(starts) == len(RECS) and len({_task_of(events, i) for i in starts}) == 1
+        assert [i for i in writes if i < starts[0]] == [w for w in writes if fired < w < starts[0]]
+        assert [_local_activity(events[i]) for i in writes if i < starts[0]] == ["record_event"]
