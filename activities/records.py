@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -170,6 +170,32 @@ async def write_recommendation_projection(session: AsyncSession, projection: Rec
     # The dashboard's projected clock, from the row as it now stands (this projection or a newer one).
     await session.execute(refresh_recommendation_clocks(Recommendation.id == projection.recommendation_id))
     return result.rowcount == 1
+
+
+async def write_first_projections(session: AsyncSession, projections: list[RecommendationProjection]) -> None:
+    """A publication's first projections of its recommendations (EventWrite.first_projections): one UPDATE
+    executed for them all (each row only if its version is newer, as `write_recommendation_projection`), then
+    the dashboard's projected clocks of them all in one statement."""
+    if not projections:
+        return
+    r = Recommendation.__table__
+    statement = (
+        update(r)
+        .where(r.c.id == bindparam("p_id"), r.c.projection_version < bindparam("p_version"))
+        .values(
+            projection_version=bindparam("p_version"), phase=bindparam("p_phase"), cycle=bindparam("p_cycle"),
+            force_claim=bindparam("p_force_claim"), outcome=bindparam("p_outcome"),
+            next_action=bindparam("p_next_action"), next_action_at=bindparam("p_next_action_at"),
+            register_status=func.coalesce(bindparam("p_register_status"), r.c.register_status),
+        )
+    )
+    await session.execute(statement, [
+        dict(p_id=p.recommendation_id, p_version=p.version, p_phase=p.phase, p_cycle=p.cycle, p_force_claim=p.force_claim,
+             p_outcome=p.outcome, p_next_action=_clip(p.next_action, NEXT_ACTION_MAX), p_next_action_at=p.next_action_at,
+             p_register_status=p.register_status)
+        for p in projections
+    ])
+    await session.execute(refresh_recommendation_clocks(Recommendation.id.in_([p.recommendation_id for p in projections])))
 
 
 async def write_inspection_projection(session: AsyncSession, projection: InspectionProjection) -> bool:
@@ -535,9 +561,9 @@ class RecordActivities:
             if write.inspection_projection is not None:
                 part[0] = "project_inspection"
                 written.projected = await write_inspection_projection(session, write.inspection_projection)
-            for projection in write.first_projections:
+            if write.first_projections:
                 part[0] = "project_recommendation"
-                await write_recommendation_projection(session, projection)
+                await write_first_projections(session, write.first_projections)
             # Last: the renderer's `store` compares the message's context with the rows as the event leaves
             # them (the projection's phase and outcome, the deadlines), keeping its rendering only if unchanged.
             for request, item in zip(write.notifications, prepared):

@@ -52,9 +52,9 @@ async def _recommendations_started(h):
     return rows
 
 
-async def test_the_first_task_starts_the_recommendations_after_one_record_event(time_skipping_env, tmp_path):
+async def test_the_first_task_starts_the_recommendations_after_one_record_event(time_skipping_env, tmp_path, database_url):
     report = write_report(tmp_path, "DUR", date(2017, 2, 7), [(r, "within_three_months") for r in RECS])
-    async with harness(time_skipping_env, tmp_path) as h:
+    async with harness(time_skipping_env, tmp_path, database_url=database_url) as h:
         await start(h, report, date(2017, 2, 7))
         rows = await eventually(lambda: _recommendations_started(h))
 
@@ -68,6 +68,7 @@ async def test_the_first_task_starts_the_recommendations_after_one_record_event(
         for row in rows:
             assert (row.phase, row.cycle, row.projection_version) == ("force_notified", 1, ProjectionVersions.RUN), row.id
             assert row.next_action and row.next_action_at is not None, row.id
+            assert row.force_code == "DUR" and row.clock_due is not None, row.id  # the dashboard's clock
             view: RecommendationView = await rec_view(h, row.id)
             # The recommendation knows the version its first projection was written at (the reconciler
             # compares the two), and the row says what its query says.
@@ -145,3 +146,29 @@ async def test_a_publication_still_to_come_waits_for_its_instant_then_does_the_s
         assert len(starts) == len(RECS) and len({_task_of(events, i) for i in starts}) == 1
         assert [i for i in writes if i < starts[0]] == [w for w in writes if fired < w < starts[0]]
         assert [_local_activity(events[i]) for i in writes if i < starts[0]] == ["record_event"]
+
+
+async def test_first_projections_are_written_as_one_statement_and_never_over_a_newer_row(sessions, tmp_path):
+    """record_event's first projections: a row still unprojected takes its first projection (with the
+    dashboard's clock and force); a row already newer keeps what it has. On SQLite and PostgreSQL."""
+    from activities.records import RecordActivities
+    from ncpi_workflow.lifecycle import RecommendationProjection
+    from tests.test_projection_versions import _published
+    from tests.test_replay_stuck import ADDRESSES
+
+    _, rec_id = await _published(sessions, tmp_path)
+    records = RecordActivities(sessions, ADDRESSES)
+    first = RecommendationProjection(rec_id, ProjectionVersions.RUN, "force_notified", 1, None, None, "reminder: R1", None,
+                                     register_status="awaiting review")
+    await records.record_event(EventWrite(first_projections=[first]))
+    async with sessions() as session:
+        row = await session.get(Recommendation, rec_id)
+        assert (row.projection_version, row.phase, row.next_action, row.register_status) == (
+            ProjectionVersions.RUN, "force_notified", "reminder: R1", "awaiting review")
+        assert row.force_code == "NWA" and row.clock_due is not None
+    newer = RecommendationProjection(rec_id, ProjectionVersions.RUN + 9 * 256, "in_progress", 1, "in_progress", None, "revisit", None)
+    assert await records.project_recommendation(newer)
+    await records.record_event(EventWrite(first_projections=[first]))
+    async with sessions() as session:
+        row = await session.get(Recommendation, rec_id)
+        assert (row.projection_version, row.phase, row.register_status) == (newer.version, "in_progress", "awaiting review")
