@@ -1068,6 +1068,18 @@ class EventWritten:
     """Whether the projection was written (False: none was given, or a newer one is there already)."""
 
 
+PROJECTION_RUN = 1 << 24
+"""workflows.common.ProjectionVersions.RUN: a projection's version is run * PROJECTION_RUN + history length * 256 + order."""
+
+
+def never_projected_by_itself(version: int) -> bool:
+    """Whether a recommendation row's projection was never written by the recommendation's own workflow:
+    unprojected (0), or only the first projection its inspection wrote at publication (version run *
+    PROJECTION_RUN, a history length of 0, which no workflow writes of itself: see
+    RecommendationWorkflow.first_projection). The row is then projected before its workflow exists."""
+    return version % PROJECTION_RUN == 0
+
+
 def clock_timeout(time_scale: TimeScale, calendar_instant: datetime, clock_now: datetime) -> timedelta:
     """How long to wait on the workflow clock until a calendar instant (zero if it has passed)."""
     return max(time_scale.to_clock(calendar_instant) - clock_now, timedelta(0))

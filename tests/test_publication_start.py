@@ -172,3 +172,34 @@ async def test_first_projections_are_written_as_one_statement_and_never_over_a_n
     async with sessions() as session:
         row = await session.get(Recommendation, rec_id)
         assert (row.projection_version, row.phase, row.register_status) == (newer.version, "in_progress", "awaiting review")
+
+
+def test_the_reconcilers_mark_of_a_first_projection_is_the_workflows_run_unit():
+    from ncpi_workflow.lifecycle import PROJECTION_RUN, never_projected_by_itself
+
+    assert PROJECTION_RUN == ProjectionVersions.RUN
+    assert never_projected_by_itself(0) and never_projected_by_itself(ProjectionVersions.RUN)
+    assert not never_projected_by_itself(ProjectionVersions.RUN + 3 * 256) and not never_projected_by_itself(7)
+
+
+async def test_the_reconciler_takes_rows_projected_by_publication_alone_for_a_publication_not_finished(time_skipping_env, tmp_path):
+    """The inspection gone after its publication's write, before it started any recommendation: rows projected
+    (the inspection's, the recommendations' first projections) and no workflow. The reconciler restarts the
+    inspection as publish starts it, and leaves the recommendations to it (restarted beside it, each would be
+    started twice)."""
+    from sqlalchemy import update as sa_update
+
+    from ncpi_workflow.jobs import reconcile
+    from tests.test_projection_versions import _published
+
+    async with harness(time_skipping_env, tmp_path) as h:
+        inspection_id, rec_id = await _published(h.sessions, tmp_path)
+        async with h.sessions.begin() as session:
+            await session.execute(sa_update(Inspection).where(Inspection.id == inspection_id).values(projection_version=ProjectionVersions.RUN + 3 * 256))
+            await session.execute(sa_update(Recommendation).where(Recommendation.id == rec_id).values(projection_version=ProjectionVersions.RUN))
+        repairs = await reconcile(h.sessions, h.client, h.settings)
+        assert len(repairs) == 1 and repairs[0].startswith("restarted ncpi/NWA/2024-03-07 (was missing)"), repairs
+        view = await eventually(lambda: rec_view(h, rec_id))  # started by the inspection, as at publication
+        assert view.state.projection_version == ProjectionVersions.RUN
+        history = await _events(h.recommendation(rec_id))
+        assert history[0].workflow_execution_started_event_attributes.parent_workflow_execution.workflow_id == "ncpi/NWA/2024-03-07"

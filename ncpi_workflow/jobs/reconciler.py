@@ -21,6 +21,7 @@ from ncpi_workflow.lifecycle import (
     Phase,
     RecommendationView,
     inspection_workflow_id,
+    never_projected_by_itself,
     recommendation_workflow_id,
 )
 from ncpi_workflow.models import (
@@ -191,7 +192,10 @@ class _Pass:
         # Fresh (as publish starts it) only if it never got past publication: no child ever started.
         # Otherwise with its state carried over, which skips publication: no second notice, no child
         # started twice (the recommendations are reconciled one by one).
-        fresh = inspection.projection_version == 0 and all(c is None for c in children)
+        # Publication writes the recommendations' first projections (and the inspection's) just before it
+        # starts them: projected rows and no child is publication not got past yet, too.
+        fresh = all(c is None for c in children) and (inspection.projection_version == 0 or bool(recommendations) and all(
+            never_projected_by_itself(r.projection_version) for r in recommendations))
         why = f"workflow {was}"
         async with self.sessions() as session:
             inspection = await session.get(Inspection, inspection_id)
@@ -271,10 +275,13 @@ class _Pass:
             return
         if rec.phase == Phase.CLOSED.value:
             return
-        never_ran = rec.projection_version == 0 and status is None
+        never_ran = never_projected_by_itself(rec.projection_version) and status is None
         if never_ran and inspection.id in self.fresh_parents:
             return  # its inspection, restarted from publication, starts it
-        if never_ran and inspection.id not in self.restarted_parents and inspection.projection_version == 0:
+        # A first projection in the row (written by publication with the inspection's own) and no workflow:
+        # publication is between its write and its starts, as when the inspection is not projected yet.
+        if never_ran and inspection.id not in self.restarted_parents and (
+                inspection.projection_version == 0 or rec.projection_version > 0):
             if await workflow_status(self.client, inspection_workflow_id(inspection.id)) == RUNNING:
                 return  # its inspection is still publishing: it starts its recommendations itself
             if await self._publishing(inspection.id):
