@@ -199,7 +199,7 @@ async def test_the_reconciler_takes_rows_projected_by_publication_alone_for_a_pu
             await session.execute(sa_update(Recommendation).where(Recommendation.id == rec_id).values(projection_version=ProjectionVersions.RUN))
         repairs = await reconcile(h.sessions, h.client, h.settings)
         assert len(repairs) == 1 and repairs[0].startswith("restarted ncpi/NWA/2024-03-07 (was missing)"), repairs
-        view = await eventually(lambda: rec_view(h, rec_id))  # started by the inspection, as at publication
-        assert view.state.projection_version == ProjectionVersions.RUN
-        history = await _events(h.recommendation(rec_id))
-        assert history[0].workflow_execution_started_event_attributes.parent_workflow_execution.workflow_id == "ncpi/NWA/2024-03-07"
+        await eventually(lambda: rec_view(h, rec_id))  # started by the inspection, as at publication
+        started = (await _events(h.recommendation(rec_id)))[0].workflow_execution_started_event_attributes
+        assert started.parent_workflow_execution.workflow_id == "ncpi/NWA/2024-03-07"
+        assert json.loads(started.input.payloads[0].data)["started_by_publication"] is True
