@@ -48,7 +48,7 @@ from ncpi_workflow.models import (
     Revisit,
 )
 from ncpi_workflow.models import utcnow
-from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
+from ncpi_workflow.store import append_audit, insert_if_absent, insert_or_find_id, resolve_recipients, revise_deadline
 
 
 def record_rejected(what: str, exc: Exception) -> ApplicationError:
@@ -110,14 +110,17 @@ async def _refresh_projected(session: AsyncSession, inspection_id: str, recommen
 # run the same code.
 
 
-async def write_notification(session: AsyncSession, request: NotificationRequest, by_role: dict[str, str]) -> tuple[int, bool]:
-    """Put a notification in the outbox once: (its id, whether this call inserted it)."""
-    try:
-        recipients = await resolve_recipients(session, request.inspection_id, request.recipients, by_role)
-    except LookupError as exc:
-        # Not retryable: reference data is missing, and retrying will not create it.
-        raise ApplicationError(str(exc), non_retryable=True) from None
-    inserted = await insert_if_absent(
+async def write_notification(session: AsyncSession, request: NotificationRequest, by_role: dict[str, str],
+                             recipients: dict[str, list[str]] | None = None) -> tuple[int, bool]:
+    """Put a notification in the outbox once: (its id, whether this call inserted it). `recipients`: as the
+    renderer resolved them just before the transaction (read again here when not given)."""
+    if recipients is None:
+        try:
+            recipients = await resolve_recipients(session, request.inspection_id, request.recipients, by_role)
+        except LookupError as exc:
+            # Not retryable: reference data is missing, and retrying will not create it.
+            raise ApplicationError(str(exc), non_retryable=True) from None
+    notification_id, inserted = await insert_or_find_id(
         session,
         Notification,
         ["idempotency_key"],
@@ -142,10 +145,7 @@ async def write_notification(session: AsyncSession, request: NotificationRequest
             detail={"key": request.idempotency_key, "to": recipients["to"], "subject": request.subject},
             idempotency_key=f"{request.idempotency_key}/audit",
         )
-    notification_id = await session.scalar(
-        select(Notification.id).where(Notification.idempotency_key == request.idempotency_key)
-    )
-    return notification_id, bool(inserted)
+    return notification_id, inserted
 
 
 async def write_recommendation_projection(session: AsyncSession, projection: RecommendationProjection) -> bool:
@@ -449,14 +449,19 @@ class RecordActivities:
             activity.logger.error("%s (not retried)", failure.message)
             raise failure from None
 
-    async def _prepare(self, requests: list[NotificationRequest]) -> list:
-        """The renderer's messages for these notifications, read and rendered outside the write transaction."""
+    async def _prepare(self, requests: list[NotificationRequest], after: EventWrite | None = None) -> list:
+        """The renderer's messages for these notifications, read and rendered outside the write transaction
+        (for an event's, from the rows as the event leaves them: `after`)."""
         if self.renderer is None or not requests:
             return [None] * len(requests)
+        if after is not None:
+            return await self.renderer.prepare(list(requests), after=after)
         return await self.renderer.prepare(list(requests))
 
     async def _notification(self, session: AsyncSession, request: NotificationRequest, prepared) -> int:
-        notification_id, inserted = await write_notification(session, request, self.addresses.by_role)
+        # A rendering of the event's own rows comes with the recipients it was rendered for: not read again.
+        recipients = prepared.recipients if getattr(prepared, "after_event", False) else None
+        notification_id, inserted = await write_notification(session, request, self.addresses.by_role, recipients)
         if inserted and self.renderer is not None:
             await self.renderer.store(session, notification_id, prepared)
         return notification_id
@@ -492,7 +497,7 @@ class RecordActivities:
         """Everything one event writes, in ONE transaction: its records, its notifications (ids returned in
         order, for the workflow to deliver) and its projection. Idempotent as each part is; a part the
         database refuses for good fails the whole event (nothing of it is written) at once, naming the part."""
-        prepared = await self._prepare(write.notifications)
+        prepared = await self._prepare(write.notifications, after=write)
         written = EventWritten()
         part = ["record_event"]
         async with self._writing(part) as session:
