@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ncpi_workflow.app.read_models import refresh_recommendation_clocks, refresh_report_items
+from ncpi_workflow.app.read_models import projected_clock_values, refresh_recommendation_clocks, refresh_report_items
 from ncpi_workflow.lifecycle import (
     NEXT_ACTION_MAX,
     RECORD_REJECTED,
@@ -165,11 +165,15 @@ async def write_recommendation_projection(session: AsyncSession, projection: Rec
             next_action_at=projection.next_action_at,
             # Projections from histories before the register trail carry none: keep the column.
             **({"register_status": projection.register_status} if projection.register_status else {}),
+            # The dashboard's projected clock, in the same statement, from the phase, claim and cycle written.
+            **projected_clock_values(projection.phase, projection.force_claim, projection.cycle),
         )
     )
-    # The dashboard's projected clock, from the row as it now stands (this projection or a newer one).
+    if result.rowcount == 1:
+        return True
+    # A newer projection is there: the projected clock from the row as it stands (deadlines may have moved).
     await session.execute(refresh_recommendation_clocks(Recommendation.id == projection.recommendation_id))
-    return result.rowcount == 1
+    return False
 
 
 async def write_inspection_projection(session: AsyncSession, projection: InspectionProjection) -> bool:
@@ -226,7 +230,7 @@ async def write_progress(session: AsyncSession, record: ProgressRecord) -> None:
 
 
 async def write_evidence_request(session: AsyncSession, record: EvidenceRequestRecord) -> int:
-    await insert_if_absent(
+    request_id, _ = await insert_or_find_id(
         session,
         EvidenceRequest,
         ["idempotency_key"],
@@ -236,7 +240,7 @@ async def write_evidence_request(session: AsyncSession, record: EvidenceRequestR
         due=record.due,
         what=record.what,
     )
-    return await session.scalar(select(EvidenceRequest.id).where(EvidenceRequest.idempotency_key == record.idempotency_key))
+    return request_id
 
 
 async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
@@ -244,13 +248,15 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
     # Records from before back-dating carry no `at`: received when recorded, as the column's default did.
     at = getattr(record, "at", None) or utcnow()
     recorded_at = getattr(record, "recorded_at", None)
-    request_id = await session.scalar(
+    # The cycle's latest evidence request, read by the INSERT itself.
+    request_id = (
         select(EvidenceRequest.id)
         .where(EvidenceRequest.recommendation_id == record.recommendation_id, EvidenceRequest.cycle == record.cycle)
         .order_by(EvidenceRequest.id.desc())
         .limit(1)
+        .scalar_subquery()
     )
-    if await insert_if_absent(
+    evidence_id, inserted = await insert_or_find_id(
         session,
         Evidence,
         ["recommendation_id", "sha256"],
@@ -265,7 +271,8 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
         submitted_by=item.by,
         submitted_at=at,
         recorded_at=_recorded(at, recorded_at),
-    ):
+    )
+    if inserted:
         await append_audit(
             session,
             actor=item.by,
@@ -276,9 +283,7 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
                               at, recorded_at),
             idempotency_key=f"{record.idempotency_key}/audit",
         )
-    return await session.scalar(
-        select(Evidence.id).where(Evidence.recommendation_id == record.recommendation_id, Evidence.sha256 == item.sha256)
-    )
+    return evidence_id
 
 
 async def write_decision(session: AsyncSession, record: DecisionRecord) -> None:
@@ -349,7 +354,8 @@ async def write_register_status(session: AsyncSession, record: RegisterRecord) -
         )
 
 
-async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord) -> None:
+async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord, refresh: bool = True) -> None:
+    """`refresh`: the projected column that reads the row; False when the event's projection refreshes it."""
     await insert_if_absent(
         session,
         Deadline,
@@ -362,11 +368,12 @@ async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord)
         original_due=record.due,
         current_due=record.due,
     )
-    await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
 
-async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisionRecord) -> None:
-    await insert_if_absent(
+async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisionRecord, refresh: bool = True) -> None:
+    deadline_id, _ = await insert_or_find_id(
         session,
         Deadline,
         ["inspection_id", "key", "cycle"],
@@ -378,18 +385,12 @@ async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisio
         original_due=record.original_due,
         current_due=record.previous_due,
     )
-    deadline_id = await session.scalar(
-        select(Deadline.id).where(
-            Deadline.inspection_id == record.inspection_id,
-            Deadline.key == record.key,
-            Deadline.cycle == record.cycle,
-        )
-    )
     await revise_deadline(session, deadline_id, record.new_due, record.reason, record.by, record.idempotency_key)
-    await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
 
-async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord) -> None:
+async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord, refresh: bool = True) -> None:
     await session.execute(
         update(Deadline)
         .where(
@@ -400,7 +401,8 @@ async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord) -
         )
         .values(met_at=record.at, met_recorded_at=_recorded(record.at, record.recorded_at))
     )
-    await _refresh_projected(session, record.inspection_id, None, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, None, record.key)
 
 
 async def write_revisit(session: AsyncSession, record: RevisitRecord) -> None:
@@ -424,6 +426,18 @@ async def write_revisit(session: AsyncSession, record: RevisitRecord) -> None:
             detail=_backdated({"cycle": record.cycle, "trigger": record.trigger}, record.at, record.recorded_at),
             idempotency_key=record.idempotency_key,
         )
+
+
+def _refreshes(write: EventWrite, record) -> bool:
+    """Whether a deadline row the event writes needs its projected column refreshed on its own: not when the
+    event's projection refreshes the same (a recommendation's clock; an inspection's report-level items),
+    which it does after every deadline row of the event is written."""
+    recommendation_id = getattr(record, "recommendation_id", None)
+    if recommendation_id is not None:
+        p = write.recommendation_projection
+        return p is None or p.recommendation_id != recommendation_id
+    p = write.inspection_projection
+    return p is None or p.inspection_id != record.inspection_id
 
 
 class RecordActivities:
@@ -518,13 +532,13 @@ class RecordActivities:
                 written.evidence_id = await write_evidence(session, write.evidence)
             if write.deadline_revision is not None:
                 part[0] = "record_deadline_revision"
-                await write_deadline_revision(session, write.deadline_revision)
+                await write_deadline_revision(session, write.deadline_revision, _refreshes(write, write.deadline_revision))
             for record in write.deadlines_opened:
                 part[0] = "open_deadline"
-                await write_open_deadline(session, record)
+                await write_open_deadline(session, record, _refreshes(write, record))
             for record in write.deadlines_met:
                 part[0] = "mark_deadline_met"
-                await write_deadline_met(session, record)
+                await write_deadline_met(session, record, _refreshes(write, record))
             for record in write.register:
                 part[0] = "record_register_status"
                 await write_register_status(session, record)
