@@ -59,3 +59,108 @@ async def test_an_update_reads_the_clock_once_and_its_task_runs_nothing_after_it
                 assert after == [], (name, after)
         # The step after the Update was still taken (its reminders follow the new state): the patch is there.
         assert any(b"step-at-the-action-instant" in e.SerializeToString() for e in events)
+
+
+# ---------------------------------------------------------------- record_event's statements
+
+
+def _decision_event(inspection_id: str, rec_id: str, key: str, now):
+    from ncpi_workflow.lifecycle import DecisionRecord, EventWrite, NotificationRequest, RecommendationProjection, RegisterRecord
+
+    facts = {"outcome": "achieved", "rationale": "Done.", "by": "hmi", "at": now.isoformat(), "cycle": 1}
+    return EventWrite(
+        decision=DecisionRecord(key, rec_id, 1, "achieved", "Done.", "hmi", now),
+        register=[RegisterRecord(f"{key}/register", rec_id, 1, "no further action needed", "Done.", "hmi", now)],
+        notifications=[NotificationRequest(f"{key}/decision", "decision", inspection_id, rec_id,
+                                           ("liaison_officer", "chief_officer"), "Decision on recommendation R1: achieved",
+                                           now, facts)],
+        recommendation_projection=RecommendationProjection(rec_id, (1 << 24) + 256, "closed", 1, None, "achieved", None, None,
+                                                           "no further action needed"),
+    )
+
+
+async def test_a_decision_events_transaction_only_writes_and_its_email_is_the_deliverys_rendering(sessions, tmp_path):
+    """The decision's event (its record, register step, email with its links, projection): rendered before the
+    transaction, which then reads nothing and issues 12 statements (before: 23, 12 of them reads of the email's
+    rows again, the recipients and the ids). The bytes kept are what the delivery renders from the committed rows."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from sqlalchemy import select
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.records import RecordActivities
+    from activities.rendering import OutboxRenderer
+    from ncpi_workflow.email_context import email_context
+    from ncpi_workflow.models import Notification, Recommendation
+    from tests.test_prerendered_delivery import INSPECTORATE, SETTINGS, _comparable, _statements
+    from tests.test_projection_versions import _published
+
+    inspection_id, rec_id = await _published(sessions, tmp_path)
+    renderer = OutboxRenderer(sessions, SETTINGS, INSPECTORATE.by_role)
+    records = RecordActivities(sessions, INSPECTORATE, renderer=renderer)
+    write = _decision_event(inspection_id, rec_id, f"test/{uuid.uuid4()}", datetime(2024, 6, 3, 9, tzinfo=timezone.utc))
+    prepare = renderer.prepare
+    phases: list[int] = []
+
+    async def noted_prepare(*args, **kwargs):
+        out = await prepare(*args, **kwargs)
+        phases.append(len(seen))  # statements up to the end of the rendering
+        return out
+
+    renderer.prepare = noted_prepare
+    with _statements(sessions) as seen:
+        written = await ActivityEnvironment().run(records.record_event, write)
+    in_transaction = seen[phases[0]:]
+    assert not [s for s in in_transaction if s.startswith("SELECT")], in_transaction
+    verbs = [" ".join(s.split(" ", 3)[:3]) for s in in_transaction]
+    assert len(in_transaction) == 12, verbs
+    assert renderer.kept == 1 and renderer.left_unrendered == 0
+    async with sessions() as session:
+        row = await session.get(Notification, written.notification_ids[0])
+        assert row.rendered is not None and row.message_id is not None
+        assert (await session.get(Recommendation, rec_id)).phase == "closed"
+        # What the delivery would have rendered from the committed rows (the renderer's own guarded path).
+        again = OutboxRenderer(sessions, SETTINGS, INSPECTORATE.by_role)
+        [fresh] = await again.prepare([write.notifications[0]])
+        ctx = await email_context(session, row)
+    assert _comparable(row.rendered) == _comparable(fresh.data)
+    assert ctx.recommendation.phase == "closed" and ctx.recommendation.outcome == "achieved"
+
+
+async def test_the_projected_clock_set_with_the_projection_is_the_refreshs(sessions, tmp_path):
+    """The projection's UPDATE sets `clock_due` and `force_code` itself (one statement, not two): the same values
+    `refresh_recommendation_clocks` computes from the row, for an evidence deadline opened in the same event."""
+    from datetime import date, datetime, timezone
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.records import RecordActivities
+    from ncpi_workflow.app.read_models import refresh_recommendation_clocks
+    from ncpi_workflow.lifecycle import DeadlineOpenRecord, EventWrite, RecommendationProjection
+    from ncpi_workflow.models import Recommendation
+    from tests.test_prerendered_delivery import INSPECTORATE
+    from tests.test_projection_versions import _published
+
+    inspection_id, rec_id = await _published(sessions, tmp_path)
+    records = RecordActivities(sessions, INSPECTORATE)
+    env = ActivityEnvironment()
+    due = date(2024, 7, 1)
+    await env.run(records.record_event, EventWrite(
+        deadlines_opened=[DeadlineOpenRecord(inspection_id, rec_id, "evidence:R1", "evidence", 1, due)],
+        recommendation_projection=RecommendationProjection(rec_id, (1 << 24) + 256, "evidence_requested", 1, None, None,
+                                                           "evidence", datetime(2024, 6, 3, tzinfo=timezone.utc)),
+    ))
+    async with sessions() as session:
+        row = await session.get(Recommendation, rec_id)
+        assert (row.clock_due, row.force_code) == (due, "NWA")
+    async with sessions.begin() as session:
+        await session.execute(refresh_recommendation_clocks(Recommendation.id == rec_id))
+    async with sessions() as session:
+        again = await session.get(Recommendation, rec_id)
+        assert (again.clock_due, again.force_code) == (due, "NWA")
+    # Closed: no clock runs.
+    await env.run(records.record_event, EventWrite(recommendation_projection=RecommendationProjection(
+        rec_id, (1 << 24) + 512, "closed", 1, None, "achieved", None, None)))
+    async with sessions() as session:
+        assert (await session.get(Recommendation, rec_id)).clock_due is None
