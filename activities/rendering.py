@@ -1,8 +1,8 @@
 """An outbox notification rendered when its event is recorded, not when it is first delivered.
 
-The recording activities (activities/records.py: `record_notification`, and `record_event` for a
-whole event) call `OutboxRenderer.prepare` for their notification requests BEFORE they open their
-write transaction: in a read session of its own it resolves the recipients, reads the email's
+The recording activities (activities/records.py: `record_event` for a whole event, and
+`record_notification`) call `OutboxRenderer.prepare` for their notification requests BEFORE they open
+their write transaction: in a read session of its own it resolves the recipients, reads the email's
 context (ncpi_workflow.email_context, as the delivery does), plans the access links, renders both
 templates and builds the message's exact bytes (link placeholders where the tokens go; the tokens
 are filled in only as it is sent, as before). Inside the write transaction, for each notification
@@ -10,15 +10,26 @@ row it inserted, the activity calls `store`, which keeps those bytes with the ro
 Message-ID, and issues the links' rows, exactly as the delivery's lease transaction does when it
 renders. The delivery then only leases, sends and marks sent.
 
-**Byte-identical to the delivery's rendering.** `store` reads the email's context again in the
-caller's transaction (so after the event's own writes that precede it: the caller stores its
-notifications after its records and projection) and keeps the prepared bytes only when that context,
-the recipients and the links' scope and expiry are what was rendered. Otherwise (the event changed
-what the email shows, contacts changed meanwhile, or `prepare` could not render: a template error,
-a role nobody holds) the row is stored unrendered and the delivery renders it at its first attempt
-as before, a template error there becoming the delivery's permanent failure as it always was. So
-a stored rendering is always the one the delivery would have made from the committed rows; only the
-Date header says when (the moment it was rendered, as before) and the links' random salts differ.
+**An event's emails: rendered once, from the rows as the event leaves them.** `record_event` passes
+its whole write (`prepare(..., after=write)`): the rows an email shows are read once per inspection
+(`read_email_records`: the inspection, its force, recommendations and deadline rows) and the event's
+own writes applied to them in memory (`after_event`: the recommendation's phase and outcome from its
+projection when newer, the deadline rows it opens, moves and meets), then rendered. The transaction
+stores that rendering as it is, inserting the row with the recipients it was rendered for: it reads
+nothing again. So the email is what the delivery would render from the rows the event committed,
+except for a change another writer commits to those same rows between the read and the commit (a
+few milliseconds: another recommendation of the inspection decided at that moment, contacts reloaded)
+which it does not show; the delivery's own rendering, at its first attempt, was likewise a snapshot
+of whatever was committed by then.
+
+**Without an event (`record_notification`), byte-identical to the delivery's rendering.** `store`
+reads the email's context again in the caller's transaction and keeps the prepared bytes only when
+that context, the recipients and the links' scope and expiry are what was rendered. Otherwise (the
+transaction changed what the email shows, contacts changed meanwhile, or `prepare` could not render:
+a template error, a role nobody holds) the row is stored unrendered and the delivery renders it at
+its first attempt as before, a template error there becoming the delivery's permanent failure as it
+always was. Only the Date header says when (the moment it was rendered, as before) and the links'
+random salts differ.
 """
 
 from __future__ import annotations
