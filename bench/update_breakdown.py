@@ -357,13 +357,15 @@ async def update_breakdown(recommendations: int) -> dict:
                         ):
                             update_id = f"{name}-{uuid.uuid4()}"
                             activity_times.times.clear()
-                            started = time.perf_counter()
+                            started, cpu = time.perf_counter(), time.process_time()
                             await handle.execute_update(name, argument, id=update_id)
                             total = time.perf_counter() - started
+                            cpu = time.process_time() - cpu
                             history = await handle.fetch_history()
                             split = _update_split(list(history.events), update_id)
                             p = parts[name]
                             p["client: the whole Update"].append(total)
+                            p["CPU of this process (client, worker, SMTP capture) during the Update"].append(cpu)
                             p["worker: its workflow task (started to completed)"].append(split["task"])
                             p["server round trip and queueing (client less the worker's task)"].append(total - split["task"])
                             # This workflow's local activities (not the deliveries and the inspection's writes running beside them).
