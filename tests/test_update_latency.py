@@ -164,3 +164,55 @@ async def test_the_projected_clock_set_with_the_projection_is_the_refreshs(sessi
         rec_id, (1 << 24) + 512, "closed", 1, None, "achieved", None, None)))
     async with sessions() as session:
         assert (await session.get(Recommendation, rec_id)).clock_due is None
+
+
+async def test_an_emails_rows_as_the_event_leaves_them_a_new_cycles_deadline_and_phase(sessions, tmp_path):
+    """A further follow-up (the event opens cycle 2's deadline and projects the new phase): its email, rendered
+    before the transaction, already shows the new deadline and phase, as a rendering of the committed rows does."""
+    import uuid
+    from datetime import date, datetime, timezone
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.records import RecordActivities
+    from activities.rendering import OutboxRenderer
+    from ncpi_workflow.email_context import email_context
+    from ncpi_workflow.lifecycle import DeadlineOpenRecord, EventWrite, NotificationRequest, RecommendationProjection
+    from ncpi_workflow.models import Notification
+    from tests.test_prerendered_delivery import INSPECTORATE, SETTINGS, _comparable
+    from tests.test_projection_versions import _published
+
+    inspection_id, rec_id = await _published(sessions, tmp_path)
+    renderer = OutboxRenderer(sessions, SETTINGS, INSPECTORATE.by_role)
+    records = RecordActivities(sessions, INSPECTORATE, renderer=renderer)
+    now = datetime(2024, 6, 3, 9, tzinfo=timezone.utc)
+    due = date(2024, 9, 2)
+    key = f"test/{uuid.uuid4()}"
+    write = EventWrite(
+        deadlines_opened=[DeadlineOpenRecord(inspection_id, rec_id, "recommendation:R1", "recommendation", 2, due)],
+        notifications=[NotificationRequest(
+            f"{key}/further", "further_follow_up", inspection_id, rec_id, ("liaison_officer", "chief_officer"),
+            "Further follow-up: recommendation R1", now,
+            {"outcome": "partially_achieved", "rationale": "Half done.", "by": "hmi", "at": now.isoformat(), "cycle": 2,
+             "due": due.isoformat(), "why": "further follow-up after partially achieved"})],
+        recommendation_projection=RecommendationProjection(rec_id, (1 << 24) + 256, "in_progress", 2, None, None,
+                                                           "reminder", None),
+    )
+    prepare, prepared = renderer.prepare, []
+
+    async def kept_prepare(*args, **kwargs):
+        prepared.extend(await prepare(*args, **kwargs))
+        return prepared
+
+    renderer.prepare = kept_prepare
+    written = await ActivityEnvironment().run(records.record_event, write)
+    assert renderer.kept == 1
+    # Rendered before the transaction, from the rows as it was about to leave them: cycle 2's deadline, the new phase.
+    rendered_from = prepared[0].context.recommendation
+    assert (rendered_from.due, rendered_from.phase) == (due, "in_progress")
+    async with sessions() as session:
+        row = await session.get(Notification, written.notification_ids[0])
+        ctx = await email_context(session, row)
+        [fresh] = await OutboxRenderer(sessions, SETTINGS, INSPECTORATE.by_role).prepare([write.notifications[0]])
+    assert (ctx.recommendation.due, ctx.recommendation.phase) == (due, "in_progress")
+    assert _comparable(row.rendered) == _comparable(fresh.data)
