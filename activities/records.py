@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ncpi_workflow.app.read_models import refresh_recommendation_clocks, refresh_report_items
+from ncpi_workflow.app.read_models import projected_clock_values, refresh_recommendation_clocks, refresh_report_items
 from ncpi_workflow.lifecycle import (
     NEXT_ACTION_MAX,
     RECORD_REJECTED,
@@ -48,7 +48,7 @@ from ncpi_workflow.models import (
     Revisit,
 )
 from ncpi_workflow.models import utcnow
-from ncpi_workflow.store import append_audit, insert_if_absent, resolve_recipients, revise_deadline
+from ncpi_workflow.store import append_audit, insert_if_absent, insert_or_find_id, resolve_recipients, revise_deadline
 
 
 def record_rejected(what: str, exc: Exception) -> ApplicationError:
@@ -110,14 +110,17 @@ async def _refresh_projected(session: AsyncSession, inspection_id: str, recommen
 # run the same code.
 
 
-async def write_notification(session: AsyncSession, request: NotificationRequest, by_role: dict[str, str]) -> tuple[int, bool]:
-    """Put a notification in the outbox once: (its id, whether this call inserted it)."""
-    try:
-        recipients = await resolve_recipients(session, request.inspection_id, request.recipients, by_role)
-    except LookupError as exc:
-        # Not retryable: reference data is missing, and retrying will not create it.
-        raise ApplicationError(str(exc), non_retryable=True) from None
-    inserted = await insert_if_absent(
+async def write_notification(session: AsyncSession, request: NotificationRequest, by_role: dict[str, str],
+                             recipients: dict[str, list[str]] | None = None) -> tuple[int, bool]:
+    """Put a notification in the outbox once: (its id, whether this call inserted it). `recipients`: as the
+    renderer resolved them just before the transaction (read again here when not given)."""
+    if recipients is None:
+        try:
+            recipients = await resolve_recipients(session, request.inspection_id, request.recipients, by_role)
+        except LookupError as exc:
+            # Not retryable: reference data is missing, and retrying will not create it.
+            raise ApplicationError(str(exc), non_retryable=True) from None
+    notification_id, inserted = await insert_or_find_id(
         session,
         Notification,
         ["idempotency_key"],
@@ -142,10 +145,7 @@ async def write_notification(session: AsyncSession, request: NotificationRequest
             detail={"key": request.idempotency_key, "to": recipients["to"], "subject": request.subject},
             idempotency_key=f"{request.idempotency_key}/audit",
         )
-    notification_id = await session.scalar(
-        select(Notification.id).where(Notification.idempotency_key == request.idempotency_key)
-    )
-    return notification_id, bool(inserted)
+    return notification_id, inserted
 
 
 async def write_recommendation_projection(session: AsyncSession, projection: RecommendationProjection) -> bool:
@@ -165,11 +165,15 @@ async def write_recommendation_projection(session: AsyncSession, projection: Rec
             next_action_at=projection.next_action_at,
             # Projections from histories before the register trail carry none: keep the column.
             **({"register_status": projection.register_status} if projection.register_status else {}),
+            # The dashboard's projected clock, in the same statement, from the phase, claim and cycle written.
+            **projected_clock_values(projection.phase, projection.force_claim, projection.cycle),
         )
     )
-    # The dashboard's projected clock, from the row as it now stands (this projection or a newer one).
+    if result.rowcount == 1:
+        return True
+    # A newer projection is there: the projected clock from the row as it stands (deadlines may have moved).
     await session.execute(refresh_recommendation_clocks(Recommendation.id == projection.recommendation_id))
-    return result.rowcount == 1
+    return False
 
 
 async def write_first_projections(session: AsyncSession, projections: list[RecommendationProjection]) -> None:
@@ -252,7 +256,7 @@ async def write_progress(session: AsyncSession, record: ProgressRecord) -> None:
 
 
 async def write_evidence_request(session: AsyncSession, record: EvidenceRequestRecord) -> int:
-    await insert_if_absent(
+    request_id, _ = await insert_or_find_id(
         session,
         EvidenceRequest,
         ["idempotency_key"],
@@ -262,7 +266,7 @@ async def write_evidence_request(session: AsyncSession, record: EvidenceRequestR
         due=record.due,
         what=record.what,
     )
-    return await session.scalar(select(EvidenceRequest.id).where(EvidenceRequest.idempotency_key == record.idempotency_key))
+    return request_id
 
 
 async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
@@ -270,13 +274,15 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
     # Records from before back-dating carry no `at`: received when recorded, as the column's default did.
     at = getattr(record, "at", None) or utcnow()
     recorded_at = getattr(record, "recorded_at", None)
-    request_id = await session.scalar(
+    # The cycle's latest evidence request, read by the INSERT itself.
+    request_id = (
         select(EvidenceRequest.id)
         .where(EvidenceRequest.recommendation_id == record.recommendation_id, EvidenceRequest.cycle == record.cycle)
         .order_by(EvidenceRequest.id.desc())
         .limit(1)
+        .scalar_subquery()
     )
-    if await insert_if_absent(
+    evidence_id, inserted = await insert_or_find_id(
         session,
         Evidence,
         ["recommendation_id", "sha256"],
@@ -291,7 +297,8 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
         submitted_by=item.by,
         submitted_at=at,
         recorded_at=_recorded(at, recorded_at),
-    ):
+    )
+    if inserted:
         await append_audit(
             session,
             actor=item.by,
@@ -302,9 +309,7 @@ async def write_evidence(session: AsyncSession, record: EvidenceRecord) -> int:
                               at, recorded_at),
             idempotency_key=f"{record.idempotency_key}/audit",
         )
-    return await session.scalar(
-        select(Evidence.id).where(Evidence.recommendation_id == record.recommendation_id, Evidence.sha256 == item.sha256)
-    )
+    return evidence_id
 
 
 async def write_decision(session: AsyncSession, record: DecisionRecord) -> None:
@@ -375,7 +380,8 @@ async def write_register_status(session: AsyncSession, record: RegisterRecord) -
         )
 
 
-async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord) -> None:
+async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord, refresh: bool = True) -> None:
+    """`refresh`: the projected column that reads the row; False when the event's projection refreshes it."""
     await insert_if_absent(
         session,
         Deadline,
@@ -388,11 +394,12 @@ async def write_open_deadline(session: AsyncSession, record: DeadlineOpenRecord)
         original_due=record.due,
         current_due=record.due,
     )
-    await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
 
-async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisionRecord) -> None:
-    await insert_if_absent(
+async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisionRecord, refresh: bool = True) -> None:
+    deadline_id, _ = await insert_or_find_id(
         session,
         Deadline,
         ["inspection_id", "key", "cycle"],
@@ -404,18 +411,12 @@ async def write_deadline_revision(session: AsyncSession, record: DeadlineRevisio
         original_due=record.original_due,
         current_due=record.previous_due,
     )
-    deadline_id = await session.scalar(
-        select(Deadline.id).where(
-            Deadline.inspection_id == record.inspection_id,
-            Deadline.key == record.key,
-            Deadline.cycle == record.cycle,
-        )
-    )
     await revise_deadline(session, deadline_id, record.new_due, record.reason, record.by, record.idempotency_key)
-    await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, record.recommendation_id, record.key)
 
 
-async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord) -> None:
+async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord, refresh: bool = True) -> None:
     await session.execute(
         update(Deadline)
         .where(
@@ -426,7 +427,8 @@ async def write_deadline_met(session: AsyncSession, record: DeadlineMetRecord) -
         )
         .values(met_at=record.at, met_recorded_at=_recorded(record.at, record.recorded_at))
     )
-    await _refresh_projected(session, record.inspection_id, None, record.key)
+    if refresh:
+        await _refresh_projected(session, record.inspection_id, None, record.key)
 
 
 async def write_revisit(session: AsyncSession, record: RevisitRecord) -> None:
@@ -452,6 +454,18 @@ async def write_revisit(session: AsyncSession, record: RevisitRecord) -> None:
         )
 
 
+def _refreshes(write: EventWrite, record) -> bool:
+    """Whether a deadline row the event writes needs its projected column refreshed on its own: not when the
+    event's projection refreshes the same (a recommendation's clock; an inspection's report-level items),
+    which it does after every deadline row of the event is written."""
+    recommendation_id = getattr(record, "recommendation_id", None)
+    if recommendation_id is not None:
+        p = write.recommendation_projection
+        return p is None or p.recommendation_id != recommendation_id
+    p = write.inspection_projection
+    return p is None or p.inspection_id != record.inspection_id
+
+
 class RecordActivities:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], addresses: InspectorateAddresses, renderer=None):
         """`renderer` (activities.rendering.OutboxRenderer, optional): renders a notification's message when
@@ -475,14 +489,19 @@ class RecordActivities:
             activity.logger.error("%s (not retried)", failure.message)
             raise failure from None
 
-    async def _prepare(self, requests: list[NotificationRequest]) -> list:
-        """The renderer's messages for these notifications, read and rendered outside the write transaction."""
+    async def _prepare(self, requests: list[NotificationRequest], after: EventWrite | None = None) -> list:
+        """The renderer's messages for these notifications, read and rendered outside the write transaction
+        (for an event's, from the rows as the event leaves them: `after`)."""
         if self.renderer is None or not requests:
             return [None] * len(requests)
+        if after is not None:
+            return await self.renderer.prepare(list(requests), after=after)
         return await self.renderer.prepare(list(requests))
 
     async def _notification(self, session: AsyncSession, request: NotificationRequest, prepared) -> int:
-        notification_id, inserted = await write_notification(session, request, self.addresses.by_role)
+        # A rendering of the event's own rows comes with the recipients it was rendered for: not read again.
+        recipients = prepared.recipients if getattr(prepared, "after_event", False) else None
+        notification_id, inserted = await write_notification(session, request, self.addresses.by_role, recipients)
         if inserted and self.renderer is not None:
             await self.renderer.store(session, notification_id, prepared)
         return notification_id
@@ -518,7 +537,7 @@ class RecordActivities:
         """Everything one event writes, in ONE transaction: its records, its notifications (ids returned in
         order, for the workflow to deliver) and its projection. Idempotent as each part is; a part the
         database refuses for good fails the whole event (nothing of it is written) at once, naming the part."""
-        prepared = await self._prepare(write.notifications)
+        prepared = await self._prepare(write.notifications, after=write)
         written = EventWritten()
         part = ["record_event"]
         async with self._writing(part) as session:
@@ -539,13 +558,13 @@ class RecordActivities:
                 written.evidence_id = await write_evidence(session, write.evidence)
             if write.deadline_revision is not None:
                 part[0] = "record_deadline_revision"
-                await write_deadline_revision(session, write.deadline_revision)
+                await write_deadline_revision(session, write.deadline_revision, _refreshes(write, write.deadline_revision))
             for record in write.deadlines_opened:
                 part[0] = "open_deadline"
-                await write_open_deadline(session, record)
+                await write_open_deadline(session, record, _refreshes(write, record))
             for record in write.deadlines_met:
                 part[0] = "mark_deadline_met"
-                await write_deadline_met(session, record)
+                await write_deadline_met(session, record, _refreshes(write, record))
             for record in write.register:
                 part[0] = "record_register_status"
                 await write_register_status(session, record)

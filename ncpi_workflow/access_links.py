@@ -487,19 +487,30 @@ async def plan_links_for(session: AsyncSession, n: Any, settings: LinkSettings, 
     """`plan_links` for a notification given as its row, or as the row it is about to be (not yet
     inserted: activities/rendering.py renders it before the event's transaction; its
     `notification_id` is set when it is stored). The same reading, the same plan."""
-    from ncpi_workflow.formatting import local_date
-    from ncpi_workflow.models import Deadline, Inspection, Recommendation, utcnow
+    from ncpi_workflow.models import Deadline, Inspection, Recommendation
 
     if n.inspection_id is None or not is_force_facing((n.recipients or {}).get("roles", [])):
         return None
     inspection = await session.get(Inspection, n.inspection_id)
     if inspection is None:
         return None
-    ctx = n.context or {}
     deadlines = list(await session.scalars(select(Deadline).where(Deadline.inspection_id == inspection.id)))
     all_recs = list(await session.scalars(
         select(Recommendation.id).where(Recommendation.inspection_id == inspection.id).order_by(Recommendation.id)
     ))
+    return plan_links_from(inspection, deadlines, all_recs, n, settings, today, notification_id=notification_id)
+
+
+def plan_links_from(inspection: Any, deadlines: list, all_recs: list[str], n: Any, settings: LinkSettings,
+                    today: date | None = None, *, notification_id: int | None = None) -> LinkPlan | None:
+    """`plan_links_for` from rows already read (the inspection, its deadline rows, its recommendations'
+    ids in order): activities/rendering.py plans from the rows as the event leaves them. No database access."""
+    from ncpi_workflow.formatting import local_date
+    from ncpi_workflow.models import utcnow
+
+    if n.inspection_id is None or not is_force_facing((n.recipients or {}).get("roles", [])):
+        return None
+    ctx = n.context or {}
     report_items = tuple(i for i in REPORT_ITEMS if any(d.recommendation_id is None and d.key == i for d in deadlines))
     key = ctx.get("deadline")
     outcomes = [r for r in (ctx.get("outcomes") or {}) if r in all_recs]

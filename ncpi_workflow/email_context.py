@@ -6,7 +6,9 @@ acknowledgements: one reading of the records for every email, kept below both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
+from types import SimpleNamespace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,7 +46,44 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
             source_url="", scheduled_for=scheduled_for, recipients=list(n.recipients.get("roles", [])),
             digest=digest, reference=n.idempotency_key,
         )
-    inspection = await session.get(Inspection, n.inspection_id)
+    records = await read_email_records(session, n.inspection_id)
+    decision = None
+    if n.kind in ("decision", "further_follow_up") or ctx.get("rung") == "not_achieved":
+        decision = await _decision_facts(session, n)
+    failed = None
+    if n.kind == "delivery_failed":
+        original = await session.get(Notification, ctx.get("failed_id"))
+        failed = {"id": original.id, "kind": original.kind, "subject": original.subject,
+                  "to": original.recipients.get("to", []), "error": original.last_error or ""}
+    return context_from_records(records, n, decision, failed)
+
+
+@dataclass
+class EmailRecords:
+    """The rows an email of an inspection is rendered from (`read_email_records`), as plain snapshots: a
+    caller may change them to the rows as an event is about to leave them (activities/rendering.py) without
+    touching a session."""
+
+    inspection: SimpleNamespace
+    force: SimpleNamespace
+    recommendations: list[SimpleNamespace]
+    """Ordered by id."""
+    deadlines: list[SimpleNamespace]
+
+
+_INSPECTION = ("id", "force_code", "title", "published_on", "source_url")
+_FORCE = ("code", "name")
+_RECOMMENDATION = ("id", "ref", "text", "timeframe", "phase", "outcome", "illustrative", "projection_version")
+_DEADLINE = ("id", "inspection_id", "recommendation_id", "key", "kind", "cycle", "original_due", "current_due", "met_at")
+
+
+def _snapshot(row, names) -> SimpleNamespace:
+    return SimpleNamespace(**{name: getattr(row, name) for name in names})
+
+
+async def read_email_records(session: AsyncSession, inspection_id: str) -> EmailRecords:
+    """Every row the emails of one inspection (and their access links) are rendered from: four reads."""
+    inspection = await session.get(Inspection, inspection_id)
     from ncpi_workflow.models import Force
 
     force = await session.get(Force, inspection.force_code)
@@ -52,8 +91,18 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
         select(Recommendation).where(Recommendation.inspection_id == inspection.id).order_by(Recommendation.id)
     )).all()
     deadlines = (await session.scalars(select(Deadline).where(Deadline.inspection_id == inspection.id))).all()
+    return EmailRecords(_snapshot(inspection, _INSPECTION), _snapshot(force, _FORCE),
+                        [_snapshot(r, _RECOMMENDATION) for r in recs], [_snapshot(d, _DEADLINE) for d in deadlines])
 
-    def facts(rec: Recommendation) -> RecommendationFacts:
+
+def context_from_records(records: EmailRecords, n, decision: DecisionFacts | None = None,
+                         failed: dict | None = None) -> EmailContext:
+    """An email's context from its row (or the row it is about to be) and the records it is rendered from;
+    `decision` and `failed` as `email_context` reads them. No database access."""
+    ctx = n.context or {}
+    inspection, force, recs, deadlines = records.inspection, records.force, records.recommendations, records.deadlines
+
+    def facts(rec) -> RecommendationFacts:
         own = sorted((d for d in deadlines if d.recommendation_id == rec.id and d.kind == "recommendation"), key=lambda d: d.cycle)
         latest = own[-1] if own else None
         return RecommendationFacts(
@@ -64,14 +113,6 @@ async def email_context(session: AsyncSession, n: Notification) -> EmailContext:
 
     recommendation = next((facts(r) for r in recs if r.id == n.recommendation_id), None)
     report_deadlines = {d.key: d.current_due for d in deadlines if d.recommendation_id is None and d.cycle == 1}
-    decision = None
-    if n.kind in ("decision", "further_follow_up") or ctx.get("rung") == "not_achieved":
-        decision = await _decision_facts(session, n)
-    failed = None
-    if n.kind == "delivery_failed":
-        original = await session.get(Notification, ctx.get("failed_id"))
-        failed = {"id": original.id, "kind": original.kind, "subject": original.subject,
-                  "to": original.recipients.get("to", []), "error": original.last_error or ""}
     due = date.fromisoformat(ctx["due"]) if ctx.get("due") else None
     deadline_key = ctx.get("deadline")
     label = None

@@ -52,6 +52,18 @@ async def insert_if_absent(session: AsyncSession, model: type, conflict_on: list
     return result.rowcount == 1
 
 
+async def insert_or_find_id(session: AsyncSession, model: type, conflict_on: list[str], **values: Any) -> tuple[int, bool]:
+    """Insert one row unless a row with the same unique key exists: (the row's id, whether this call inserted
+    it). One statement when it inserts (INSERT ... RETURNING id); a second, to find the row, when it was there."""
+    statement = (_insert(session, model).values(**values).on_conflict_do_nothing(index_elements=conflict_on)
+                 .returning(model.id))
+    inserted = (await session.execute(statement)).scalar_one_or_none()
+    if inserted is not None:
+        return inserted, True
+    column = getattr(model, "__table__").c
+    return await session.scalar(select(model.id).where(*(column[name] == values[name] for name in conflict_on))), False
+
+
 async def append_audit(
     session: AsyncSession,
     *,

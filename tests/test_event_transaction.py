@@ -228,7 +228,7 @@ class _Renderer:
         self.sessions = sessions
         self.calls: list[tuple] = []
 
-    async def prepare(self, requests):
+    async def prepare(self, requests, after=None):
         self.calls.append(("prepare", [r.idempotency_key for r in requests]))
         return [f"prepared {r.idempotency_key}" for r in requests]
 

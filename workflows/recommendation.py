@@ -95,6 +95,13 @@ from workflows.common import (
 # Histories from before the register trail recorded no register steps with decisions and re-openings.
 REGISTER_TRAIL_PATCH = "register-trail"
 
+# Histories from before it took the main loop's step after an Update at an instant read again (a `read_clock`
+# local activity in the task that completes the Update, which then waited for it). Behind it an Update that
+# went through wakes the main loop, whose next step is taken at the Update's own instant (read once, at the
+# Update's start, and kept in history), with no clock read of its own. Only that next step: a step after a
+# timer, or after a wait the action did not end, reads the clock as before.
+STEP_AT_ACTION_PATCH = "step-at-the-action-instant"
+
 FORCE_CONTACTS = ("liaison_officer", "chief_officer")
 NOT_ACHIEVED_ESCALATION = ("liaison_officer", "chief_officer", "pcc", "lead_hm_inspector")
 
@@ -112,6 +119,9 @@ class RecommendationWorkflow:
         """An adopted follow-up: what falls before this instant is caught up with, never sent."""
         self._dirty = False
         self._barrier_lifted = False
+        self._acting_at: datetime | None = None
+        self._action_at: datetime | None = None
+        """The instant of the action just done, for the main loop's next step (see `_acted`)."""
         # One action at a time: handlers await activities, and two of them interleaving would each
         # act on a state the other is changing (both told "accepted", records and workflow disagreeing).
         self.turn = one_at_a_time()
@@ -184,6 +194,32 @@ class RecommendationWorkflow:
         """The calendar instant of the step that starts here, kept in history (see `step_now`)."""
         return await step_now(self.scale)
 
+    async def _action_now(self) -> datetime:
+        """The instant of an inspector's or the force's action (an Update), kept in history as any step's."""
+        self._acting_at = await self._step_now()
+        return self._acting_at
+
+    def _acted(self) -> RecommendationView:
+        """An action done (its event written): the main loop's next step is taken at the action's instant,
+        woken at once, instead of reading the clock again in a local activity of its own, which held up the
+        workflow task that completes the Update (STEP_AT_ACTION_PATCH). Its view, for the Update to return."""
+        if self._acting_at is not None and workflow.patched(STEP_AT_ACTION_PATCH):
+            self._action_at = self._acting_at
+            self.wake = True
+        self._acting_at = None
+        return self.view()
+
+    async def _loop_now(self) -> datetime:
+        """The calendar instant of a main-loop step: the latest action's when one has just been done (it is in
+        history already: see `_acted`), else read now."""
+        at, self._action_at = self._action_at, None
+        if at is None:
+            return await self._step_now()
+        # This step reads the state as the action (and whatever woke the loop before it) left it: a wake
+        # set meanwhile is answered by it, not by another step (which would read the clock).
+        self.wake = False
+        return at
+
     def _step(self):
         """The workflow's lock around a main-loop step that reads the clock (an activity of its own), so
         that it never runs beside an action's activities; histories from before it took no lock there."""
@@ -238,6 +274,7 @@ class RecommendationWorkflow:
                 window_end = self.state.closed_at + self.policy.review.reopen_window.as_relativedelta()
                 reopened = await wait_until(self.scale, lambda: self.state.phase is not Phase.CLOSED or self.restart, window_end)
                 if not reopened:
+                    self._action_at = None  # the window's end, not an action: its step reads the clock
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     if self.state.phase is Phase.CLOSED and not self.restart:  # no re-opening came in meanwhile
                         await self.events.sent()
@@ -246,7 +283,7 @@ class RecommendationWorkflow:
                 continue
             caught = CAUGHT_UP
             async with self._step():
-                now = await self._step_now()
+                now = await self._loop_now()
                 if await self.clock.keep_ahead(max([self._today(now), *(d.due for d in self._active_deadlines())])):
                     continue
                 if self.adopted_at is not None:
@@ -266,10 +303,13 @@ class RecommendationWorkflow:
                                           self._upcoming())
                 self.wake = False
                 if not opened:
+                    self._action_at = None
                     self._barrier_lifted = True
                 continue
             woken = await wait_until(self.scale, lambda: self.wake or self.restart, due.message.at if due else None)
             self.wake = False
+            if not woken:
+                self._action_at = None  # a timer: the step after it reads the clock
             if not woken and due is not None:
                 async with self.turn:
                     if self._still_due(due) or not self.turn.guards:
@@ -481,12 +521,12 @@ class RecommendationWorkflow:
     @workflow.update
     async def submit_progress(self, request: ProgressRequest) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_progress(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
             async with self._event():
                 await self._progress(request, at, recorded, update_key(self.workflow_id))
-            return self.view()
+            return self._acted()
 
     async def _progress(self, request: ProgressRequest, at: datetime, recorded: datetime | None, key: str) -> None:
         """Progress reported (`at` when it happened; `recorded` when it was recorded, if back-dated)."""
@@ -515,7 +555,7 @@ class RecommendationWorkflow:
     @workflow.update
     async def submit_evidence(self, request: EvidenceRequestInput) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_evidence(request, now))
             s = self.state
             at, recorded = occurred(self.calendar, request.on, now)
@@ -538,7 +578,7 @@ class RecommendationWorkflow:
                 self.wake = True
             if event is not None and event.written is not None:
                 item.evidence_id = event.written.evidence_id
-            return self.view()
+            return self._acted()
 
     @submit_evidence.validator
     def _validate_evidence(self, request: EvidenceRequestInput) -> None:
@@ -626,12 +666,12 @@ class RecommendationWorkflow:
     @workflow.update
     async def record_decision(self, request: DecisionRequest) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_decision(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
             async with self._event():
                 await self._decide(request, at, recorded, update_key(self.workflow_id), notice_at=now)
-            return self.view()
+            return self._acted()
 
     async def _decide(self, request: DecisionRequest, at: datetime, recorded: datetime | None, key: str, notice_at: datetime) -> None:
         """A decision made at `at` (recorded at `recorded` when back-dated); its emails are scheduled for
@@ -769,11 +809,11 @@ class RecommendationWorkflow:
     @workflow.update
     async def withdraw(self, request: ReasonRequest) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._validate_withdraw(request))
             async with self._event():
                 await self._withdraw(request, now)
-            return self.view()
+            return self._acted()
 
     async def _withdraw(self, request: ReasonRequest, now: datetime) -> None:
         s = self.state
@@ -804,11 +844,11 @@ class RecommendationWorkflow:
     @workflow.update
     async def reopen(self, request: ReasonRequest) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_reopen(request, now))
             async with self._event():
                 await self._reopen(request, now)
-            return self.view()
+            return self._acted()
 
     async def _reopen(self, request: ReasonRequest, now: datetime) -> None:
         s = self.state
@@ -846,12 +886,12 @@ class RecommendationWorkflow:
     @workflow.update
     async def set_register_status(self, request: RegisterStatusRequest) -> RecommendationView:
         async with self.turn:
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_register(request, now))
             at, recorded = occurred(self.calendar, request.on, now)
             async with self._event():
                 await self._register(request, at, recorded, update_key(self.workflow_id))
-            return self.view()
+            return self._acted()
 
     async def _register(self, request: RegisterStatusRequest, at: datetime, recorded: datetime | None, key: str) -> None:
         s = self.state
@@ -873,7 +913,7 @@ class RecommendationWorkflow:
     async def revise_deadline(self, request: ReviseDeadlineRequest) -> RecommendationView:
         async with self.turn:
             await self.clock.keep_ahead(request.new_due)  # its reminders may fall past the bank holidays known
-            now = await self._step_now()
+            now = await self._action_now()
             refuse_unless(lambda: self._judge_revision(request, now))
             async with self._event():
                 deadline = self._deadline_named(request.deadline)
@@ -887,7 +927,7 @@ class RecommendationWorkflow:
                 revise(deadline, request.new_due, request.reason.strip(), request.by, now, self.state.history)
                 await self._project()
                 self.wake = True
-            return self.view()
+            return self._acted()
 
     @revise_deadline.validator
     def _validate_revision(self, request: ReviseDeadlineRequest) -> None:

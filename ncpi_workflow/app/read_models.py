@@ -299,6 +299,24 @@ def refresh_recommendation_clocks(*where):
     return update(r).where(*where).values(clock_due=case((_running(r), due), else_=null()), force_code=force)
 
 
+def projected_clock_values(phase: str, force_claim: str | None, cycle: int) -> dict:
+    """The values `refresh_recommendation_clocks` sets, for a row about to take this phase, claim and cycle:
+    for the UPDATE that writes a recommendation's projection to set them too, in the same statement (SET
+    reads the row as it was, so the new phase, claim and cycle are given here, not read from the row)."""
+    r = Recommendation.__table__
+    d = Deadline.__table__
+    i = Inspection.__table__
+    running = (phase in RUNNING_PHASES and force_claim != ForceClaim.IMPLEMENTED.value) or phase == Phase.EVIDENCE_REQUESTED.value
+    kind = "evidence" if phase == Phase.EVIDENCE_REQUESTED.value else "recommendation"
+    due = (
+        select(func.min(d.c.current_due))
+        .where(d.c.recommendation_id == r.c.id, d.c.cycle == cycle, d.c.kind == kind)
+        .scalar_subquery()
+    )
+    force = select(i.c.force_code).where(i.c.id == r.c.inspection_id).scalar_subquery()
+    return {"clock_due": due if running else null(), "force_code": force}
+
+
 def _item_waiting(d, phase, cycle):
     """Whether a report-level deadline row is awaited, given its inspection's phase and cycle."""
     return and_(
