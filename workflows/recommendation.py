@@ -89,6 +89,7 @@ from workflows.common import (
     send_due_message,
     step_now,
     update_key,
+    upsert_search_attributes,
     wait_until,
 )
 
@@ -409,7 +410,7 @@ class RecommendationWorkflow:
         if self.events.project("recommendation", projection, attributes):
             return  # written with the event, the attributes upserted once it is
         await run_activity("project_recommendation", projection)
-        workflow.upsert_search_attributes(attributes)
+        upsert_search_attributes(attributes)
 
     def _next_version(self) -> int:
         """The version of the projection about to be written; the state keeps the latest (the reconciler
