@@ -52,16 +52,25 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 # own few microseconds. Under SQLite's one write lock, a burst of short transactions is bound by that
 # serial cost (README, "single writer"). The worker's engine instead runs SQLite's calls inline, on
 # the event loop, where SQLAlchemy's greenlet already is: the statements are short, and the only wait,
-# for the write lock, is made asynchronous (SQLite's blocking busy handler is off): a statement that
-# finds the database locked waits on the loop, woken when a connection of the same engine ends its
-# transaction or after a short backoff (a writer in another process), and is tried again, for up to
-# BUSY_TIMEOUT_SECONDS. Retrying the statement is safe: SQLITE_BUSY is returned before it changes
-# anything, and the transaction it is part of stays open (SQLITE_BUSY_SNAPSHOT, a transaction whose
-# reads are stale, cannot succeed by waiting and is raised at once, as SQLite's handler does).
+# for the write lock, is made asynchronous (SQLite's blocking busy handler is off):
+# - within the process, the engine's connections take turns at writing through a first-come
+#   first-served gate (_WriteGate): a statement that may write waits there, on the loop, until no
+#   other connection of the engine is in a write transaction; the one ending its transaction hands the
+#   gate straight to the next. (Without it, the writers that find the lock taken retry on timers,
+#   while the holder's COMMIT waits its turn on the loop: SQLAlchemy ends `sessions.begin()` blocks
+#   in a task of their own.)
+# - a write transaction's COMMIT, which waits for its fsync (synchronous=FULL: a few ms, more on a
+#   busy disk), runs in the engine's one commit thread, so the loop goes on meanwhile: one hand-off
+#   per transaction instead of two per statement.
+# - a writer in another process (the CLI, the web app) still makes a statement fail with SQLITE_BUSY:
+#   it is tried again after a short asynchronous backoff. That is safe: SQLITE_BUSY is returned before
+#   the statement changes anything, and its transaction stays open (SQLITE_BUSY_SNAPSHOT, a transaction
+#   whose reads are stale, cannot succeed by waiting and is raised at once, as SQLite's handler does).
+# Either wait gives up after BUSY_TIMEOUT_SECONDS with SQLite's "database is locked".
 
 _BUSY_CODES = frozenset({5, 261})  # SQLITE_BUSY, SQLITE_BUSY_RECOVERY (not SQLITE_BUSY_SNAPSHOT, 517)
 _BACKOFF_SECONDS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.025)
-"""The waits between tries when no connection of the engine wakes the statement first (then the last, again)."""
+"""The waits between tries while another process holds the write lock (then the last, again)."""
 
 
 class _Ready:
@@ -82,41 +91,71 @@ def _is_busy(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorcode", None) in _BUSY_CODES
 
 
-class _WriteLockWaiters:
-    """The statements of one engine waiting for the write lock, first come first woken: a connection that
-    ends a transaction wakes the first (the others keep their turn), the rest wake on their own backoff."""
+_READ_ONLY = ("SELECT", "PRAGMA", "WITH", "EXPLAIN", "VALUES")
+"""How the statements begin that take no write lock (pass no gate). Any other may write."""
+
+
+def _may_write(operation) -> bool:
+    return not (isinstance(operation, str) and operation.lstrip()[:7].upper().startswith(_READ_ONLY))
+
+
+class _WriteGate:
+    """Which connection of an inline engine may write, and those waiting their turn, first come first
+    served: the holder's release hands the gate to the first still waiting."""
+
+    __slots__ = ("holder", "_queue", "_committer")
 
     def __init__(self) -> None:
-        self._queue: deque[asyncio.Future] = deque()
+        self.holder: object | None = None
+        self._queue: deque[tuple[asyncio.Future, object]] = deque()
+        self._committer = None
 
-    async def wait(self, timeout: float, again: bool) -> None:
+    def committer(self):
+        """The one thread the engine's commits run in (started at the first)."""
+        if self._committer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncpi-sqlite-commit")
+        return self._committer
+
+    def acquire(self, owner: object) -> None:
+        """Hold the gate (in SQLAlchemy's greenlet: a wait is awaited on the loop). "database is locked"
+        after BUSY_TIMEOUT_SECONDS, as SQLite would say (a transaction that waits for another of its own
+        process's to end, which waits for it, fails so instead of hanging)."""
+        if self.holder is None:
+            self.holder = owner
+            return
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        # A statement woken and beaten to the lock keeps its place at the head of the queue.
-        (self._queue.appendleft if again else self._queue.append)(future)
-        timer = loop.call_later(timeout, _settle, future)
+        self._queue.append((future, owner))
+        timer = loop.call_later(BUSY_TIMEOUT_SECONDS, _settle, future, False)
+        granted = False
         try:
-            await future
+            granted = await_(future)
         finally:
             timer.cancel()
             if not future.done():
                 future.cancel()
-            try:
-                self._queue.remove(future)
-            except ValueError:
-                pass
+            if not granted and self.holder is owner:  # handed over as the wait was cancelled
+                self.release(owner)
+        if not granted:
+            raise sqlite3.OperationalError("database is locked")
 
-    def wake_one(self) -> None:
+    def release(self, owner: object) -> None:
+        if self.holder is not owner:
+            return
         while self._queue:
-            future = self._queue.popleft()
+            future, waiting = self._queue.popleft()
             if not future.done():
+                self.holder = waiting
                 future.set_result(True)
                 return
+        self.holder = None
 
 
-def _settle(future: asyncio.Future) -> None:
+def _settle(future: asyncio.Future, value) -> None:
     if not future.done():
-        future.set_result(False)
+        future.set_result(value)
 
 
 class InlineSqliteCursor:
@@ -155,15 +194,15 @@ class InlineSqliteCursor:
     def execute(self, operation, parameters=None):
         cursor = self._cursor
         if parameters is None:
-            self._connection._call(cursor.execute, operation)
+            self._connection._statement(operation, cursor.execute, operation)
         else:
-            self._connection._call(cursor.execute, operation, parameters)
+            self._connection._statement(operation, cursor.execute, operation, parameters)
         self._description = cursor.description
         self._rows = deque(cursor.fetchall()) if self._description else deque()
         return self
 
     def executemany(self, operation, seq_of_parameters):
-        self._connection._call(self._cursor.executemany, operation, seq_of_parameters)
+        self._connection._statement(operation, self._cursor.executemany, operation, seq_of_parameters)
         self._description = None
         self._rows = deque()
         return self
@@ -209,14 +248,27 @@ class InlineSqliteConnection(AdaptedConnection):
     a sqlite3 connection (`driver_connection`) whose calls run on the event loop, in the greenlet of the
     SQLAlchemy call that makes them. Only the wait for the write lock leaves it (see above)."""
 
-    __slots__ = ("_waiters",)
+    __slots__ = ("_gate",)
 
-    def __init__(self, connection: sqlite3.Connection, waiters: _WriteLockWaiters) -> None:
+    def __init__(self, connection: sqlite3.Connection, gate: _WriteGate) -> None:
         self._connection = connection
-        self._waiters = waiters
+        self._gate = gate
+
+    def _statement(self, operation, fn, *args):
+        """Run a statement, through the engine's write gate if it may write and this connection is not
+        already writing; the gate is kept while its transaction lasts."""
+        gate = self._gate
+        if gate.holder is self or not _may_write(operation):
+            return self._call(fn, *args)
+        gate.acquire(self)
+        try:
+            return self._call(fn, *args)
+        finally:
+            if not self._connection.in_transaction:  # it wrote in autocommit mode (DDL), or failed
+                gate.release(self)
 
     def _call(self, fn, *args):
-        """fn(*args), tried again while the database is locked (waiting on the loop, not in SQLite)."""
+        """fn(*args), tried again while the database is locked by another process (waiting on the loop)."""
         await_(_READY)
         try:
             return fn(*args)
@@ -224,13 +276,12 @@ class InlineSqliteConnection(AdaptedConnection):
             if not _is_busy(error):
                 raise
         deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-        tries, woken = 0, False
+        tries = 0
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return fn(*args)  # the last try: its "database is locked" is the caller's
-            pause = min(_BACKOFF_SECONDS[min(tries, len(_BACKOFF_SECONDS) - 1)], left)
-            woken = await_(self._waiters.wait(pause, again=woken))
+            await_(asyncio.sleep(min(_BACKOFF_SECONDS[min(tries, len(_BACKOFF_SECONDS) - 1)], left)))
             tries += 1
             try:
                 return fn(*args)
@@ -239,12 +290,31 @@ class InlineSqliteConnection(AdaptedConnection):
                     raise
 
     def _ended(self, fn) -> None:
-        """Commit or roll back; a transaction that ends lets the first statement waiting for the lock try."""
+        """Roll back (or commit inline); the transaction over, the gate goes to the next writer."""
+        try:
+            self._call(fn)
+        finally:
+            if not self._connection.in_transaction:
+                self._gate.release(self)
+
+    def _commit(self) -> None:
+        """A write transaction's COMMIT waits for its fsync (synchronous=FULL): in the engine's commit thread,
+        not on the loop (a few ms each, more on a busy disk, while every other task would stand still).
+        One hand-off per transaction, not two per statement. (Nothing else uses the connection meanwhile:
+        its greenlet waits.) Should it find the database locked, it is tried again as any statement."""
         connection = self._connection
-        held = connection.in_transaction
-        self._call(fn)
-        if held:
-            self._waiters.wake_one()
+        if not connection.in_transaction:
+            return
+        try:
+            try:
+                await_(asyncio.get_running_loop().run_in_executor(self._gate.committer(), connection.commit))
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+                self._call(connection.commit)
+        finally:
+            if not connection.in_transaction:
+                self._gate.release(self)
 
     def cursor(self, server_side: bool = False) -> InlineSqliteCursor:
         return InlineSqliteCursor(self)
@@ -255,16 +325,16 @@ class InlineSqliteConnection(AdaptedConnection):
         return cursor
 
     def commit(self) -> None:
-        self._ended(self._connection.commit)
+        self._commit()
 
     def rollback(self) -> None:
         self._ended(self._connection.rollback)
 
     def close(self) -> None:
-        held = self._connection.in_transaction
-        self._connection.close()
-        if held:
-            self._waiters.wake_one()
+        try:
+            self._connection.close()
+        finally:
+            self._gate.release(self)
 
     def terminate(self) -> None:
         self.close()
@@ -287,20 +357,20 @@ class InlineSqliteConnection(AdaptedConnection):
 
 def _inline_dbapi():
     """The aiosqlite dialect's DBAPI module, connecting InlineSqliteConnections (a new one per engine, with
-    its waiters). Imported when an inline engine is made, not by every `ncpi` command."""
+    its write gate). Imported when an inline engine is made, not by every `ncpi` command."""
     import aiosqlite
     from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
 
     class InlineSqliteDBAPI(AsyncAdapt_aiosqlite_dbapi):
         def __init__(self) -> None:
             super().__init__(aiosqlite, sqlite3)
-            self.waiters = _WriteLockWaiters()
+            self.gate = _WriteGate()
 
         def connect(self, *args, **kwargs) -> InlineSqliteConnection:
             kwargs.pop("async_creator_fn", None)
             kwargs["timeout"] = 0  # no busy handler: the wait is the connection's, on the loop
             kwargs["check_same_thread"] = False  # a connection the GC collects is closed wherever it is
-            return InlineSqliteConnection(sqlite3.connect(*args, **kwargs), self.waiters)
+            return InlineSqliteConnection(sqlite3.connect(*args, **kwargs), self.gate)
 
     return InlineSqliteDBAPI()
 

@@ -83,12 +83,16 @@ async def test_an_inline_engine_runs_sqlite_on_the_loop_with_the_usual_pragmas(i
     assert threading.active_count() == threads  # no aiosqlite thread
 
 
-async def test_many_tasks_write_at_once_each_in_its_transaction(inline):
+async def test_many_tasks_write_at_once_each_in_its_transaction(inline, monkeypatch):
     """Two hundred tasks, each a transaction that writes, yields to the loop while it holds the write lock,
-    reads and writes again: every one commits (queued for the lock, none refused), each sees its own rows."""
+    reads and writes again: every one commits (queued at the engine's gate, none refused, none finding
+    SQLite's lock taken), each sees its own rows."""
     engine, _ = inline
     sessions = db.session_factory(engine)
     seen: dict[int, int] = {}
+    busy: list[BaseException] = []
+    real_is_busy = db._is_busy
+    monkeypatch.setattr(db, "_is_busy", lambda error: busy.append(error) or real_is_busy(error))
 
     async def writer(n: int) -> None:
         async with sessions.begin() as session:
@@ -102,6 +106,7 @@ async def test_many_tasks_write_at_once_each_in_its_transaction(inline):
     assert sorted(await _rows(engine)) == sorted(f"w{n}-{x}" for n in range(200) for x in "ab")
     assert set(seen.values()) == {1}
     assert turns[0] > 0
+    assert busy == []  # the writers of one engine wait at its gate, never in SQLite's lock
 
 
 async def test_a_lock_held_elsewhere_is_waited_for_on_the_loop_then_the_statement_runs(inline):
