@@ -281,6 +281,25 @@ _EVENT_LISTS = {
 }
 
 
+# Histories from before it upserted every projection's search attributes, changed or not (a command and an
+# event in history each time, and the server's visibility write).
+SEARCH_ATTRIBUTES_PATCH = "search-attributes-when-changed"
+
+
+def upsert_search_attributes(updates: list) -> None:
+    """Upsert those of these search attribute updates that change what the workflow has (its
+    `typed_search_attributes`: from its start, or its run's, and every upsert since); none changed, no
+    command. Histories from before the patch upsert them all, as they did."""
+    if not updates:
+        return
+    if workflow.patched(SEARCH_ATTRIBUTES_PATCH):
+        current = workflow.info().typed_search_attributes
+        updates = [update for update in updates if current.get(update.key) != update.value]
+        if not updates:
+            return
+    workflow.upsert_search_attributes(updates)
+
+
 class Event:
     """What one event writes, gathered while its handler runs."""
 
@@ -369,8 +388,7 @@ class Events:
             self.busy = False
         for notification_id in event.written.notification_ids if event.written else ():
             self.outbox._deliver(notification_id)
-        if event.search_attributes:
-            workflow.upsert_search_attributes(event.search_attributes)
+        upsert_search_attributes(event.search_attributes)
         for after in event.after:
             after()
 

@@ -78,6 +78,7 @@ from workflows.common import (
     send_due_message,
     step_now,
     update_key,
+    upsert_search_attributes,
     wait_until,
 )
 from workflows.recommendation import RecommendationWorkflow
@@ -819,7 +820,7 @@ class InspectionWorkflow:
         if self.events.project("inspection", projection, attributes):
             return  # written with the event, the attributes upserted once it is
         await run_activity("project_inspection", projection)
-        workflow.upsert_search_attributes(attributes)
+        upsert_search_attributes(attributes)
 
     @workflow.query(name="state")
     def view(self) -> InspectionView:

@@ -89,6 +89,7 @@ from workflows.common import (
     send_due_message,
     step_now,
     update_key,
+    upsert_search_attributes,
     wait_until,
 )
 
@@ -449,7 +450,7 @@ class RecommendationWorkflow:
         if self.events.project("recommendation", projection, attributes):
             return  # written with the event, the attributes upserted once it is
         await run_activity("project_recommendation", projection)
-        workflow.upsert_search_attributes(attributes)
+        upsert_search_attributes(attributes)
 
     def _projection(self, version: int, now: datetime) -> tuple[RecommendationProjection, list[tuple]]:
         """The projection of the state as it stands (its next action as at `now`) and the search attributes,

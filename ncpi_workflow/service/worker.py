@@ -87,7 +87,8 @@ async def running_worker(client: Client, settings: Settings) -> AsyncIterator[Wo
     """A started worker for the workflows and activities, with its database and SMTP connection,
     until the block ends."""
     mailer = Mailer(SmtpConfig.from_settings(settings))
-    async with db.open_database(settings.database_url) as sessions:
+    # The activities' short transactions run SQLite's calls inline on the event loop (db.InlineSqliteConnection).
+    async with db.open_database(settings.database_url, inline=True) as sessions:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
