@@ -16,10 +16,15 @@ a permanent refusal is recorded as failed with the server's answer and the inspe
   resend to corrected addresses changes the To header only).
 - **One deliverer at a time.** A row is leased (`lease_owner`, `lease_until`) for the attempt that
   sends it: the workflow's delivery and the reconciler's, or two retries on two workers, never
-  send it at once.
+  send it at once. Deliveries that start together in one worker are leased together, each row for
+  its own attempt, by one `UPDATE ... RETURNING` of up to `LEASE_BATCH` rows (`_LeaseBatcher`),
+  built once as a Core statement and run on a connection held for the burst; on SQLite without an
+  fsync of its own (why that is safe: `_LeaseBatcher`). A burst of N rendered messages is so 1 + N
+  statements (`tests/test_prerendered_delivery.py` counts them), where it was 2N transactions.
 - **Marked sent at once.** As soon as the server accepts, the outcome goes into the activity's
-  heartbeat details (kept by Temporal) and the row is marked sent in its own short transaction,
-  on a connection of its own (no pool to queue in). If the database cannot take it, the attempt
+  heartbeat details (kept by Temporal) and the row is marked sent by one statement in autocommit
+  (its own transaction, durable: on SQLite it keeps the fsync), on a connection held for the burst
+  (`_HeldConnection`; on PostgreSQL from a pool of its own: no pool to queue in). If the database cannot take it, the attempt
   keeps trying for `mark_sent_patience` and then fails; its retry finds the outcome in the
   heartbeat details and records it, sending nothing again.
 - **One message at risk per connection.** The attempt keeps its turn on the worker's SMTP
