@@ -16,10 +16,15 @@ a permanent refusal is recorded as failed with the server's answer and the inspe
   resend to corrected addresses changes the To header only).
 - **One deliverer at a time.** A row is leased (`lease_owner`, `lease_until`) for the attempt that
   sends it: the workflow's delivery and the reconciler's, or two retries on two workers, never
-  send it at once.
+  send it at once. Deliveries that start together in one worker are leased together, each row for
+  its own attempt, by one `UPDATE ... RETURNING` of up to `LEASE_BATCH` rows (`_LeaseBatcher`),
+  built once as a Core statement and run on a connection held for the burst; on SQLite without an
+  fsync of its own (why that is safe: `_LeaseBatcher`). A burst of N rendered messages is so 1 + N
+  statements (`tests/test_prerendered_delivery.py` counts them), where it was 2N transactions.
 - **Marked sent at once.** As soon as the server accepts, the outcome goes into the activity's
-  heartbeat details (kept by Temporal) and the row is marked sent in its own short transaction,
-  on a connection of its own (no pool to queue in). If the database cannot take it, the attempt
+  heartbeat details (kept by Temporal) and the row is marked sent by one statement in autocommit
+  (its own transaction, durable: on SQLite it keeps the fsync), on a connection held for the burst
+  (`_HeldConnection`; on PostgreSQL from a pool of its own: no pool to queue in). If the database cannot take it, the attempt
   keeps trying for `mark_sent_patience` and then fails; its retry finds the outcome in the
   heartbeat details and records it, sending nothing again.
 - **One message at risk per connection.** The attempt keeps its turn on the worker's SMTP
@@ -55,9 +60,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Integer, String, bindparam, case, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -205,6 +210,194 @@ _NO_SYNC = {"synchronize_session": False}
 """For an UPDATE in a session that holds no objects: nothing to bring up to date in Python."""
 
 
+_NOTIFICATIONS = Notification.__table__
+
+LEASE_BATCH = 64
+"""At most this many rows leased by one statement (`_LeaseBatcher`): deliveries that start together
+(a morning's burst) are leased together, one `UPDATE ... RETURNING` for up to this many."""
+
+
+def _lease_statement(size: int):
+    """The lease of `size` rendered, pending rows, each for its own deliverer (a CASE on the id), in one
+    statement that returns what the send needs. Built once per size: SQLAlchemy's compiled cache then
+    serves every execution, and no ORM is involved."""
+    t = _NOTIFICATIONS
+    ids = [bindparam(f"id_{j}", type_=Integer) for j in range(size)]
+    owners = [bindparam(f"owner_{j}", type_=String) for j in range(size)]
+    owner = owners[0] if size == 1 else case(*[(t.c.id == i, o) for i, o in zip(ids, owners)])
+    now = bindparam("now_", type_=t.c.last_attempt_at.type)
+    return (
+        update(t)
+        .where(t.c.id.in_(ids), t.c.status == PENDING, t.c.rendered.is_not(None),
+               or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner))
+        .values(lease_owner=owner, lease_until=bindparam("until_", type_=t.c.lease_until.type),
+                attempts=t.c.attempts + 1, last_attempt_at=now)
+        .returning(t.c.id, t.c.rendered, t.c.recipients, t.c.message_id, t.c.idempotency_key)
+    )
+
+
+_LEASE_STATEMENTS: dict[int, Any] = {}
+
+
+def _lease_statement_for(size: int):
+    statement = _LEASE_STATEMENTS.get(size)
+    if statement is None:
+        statement = _LEASE_STATEMENTS[size] = _lease_statement(size)
+    return statement
+
+
+_MARK_SENT = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == bindparam("id_", type_=Integer), _NOTIFICATIONS.c.status != SENT)
+    .values(status=SENT, sent_at=bindparam("sent_at_", type_=_NOTIFICATIONS.c.sent_at.type),
+            message_id=bindparam("message_id_", type_=String), last_error=None, lease_owner=None, lease_until=None)
+)
+"""Marking one row sent: one statement, built once, run in autocommit (a single statement is atomic by
+itself: no BEGIN and COMMIT round trips)."""
+
+
+class _HeldConnection:
+    """A database connection held for a burst of deliveries (from the first statement until no delivery
+    of this process is in flight), in autocommit: each statement is its own transaction, with no pool
+    checkout, BEGIN or COMMIT round trip per message. Statements on it run one at a time (`lock`; on
+    SQLite the lease's and the mark's connections share one lock, so that they never wait for each
+    other in SQLite's busy handler, which sleeps). A statement that fails drops the connection
+    (invalidated: a database restart leaves it dead); the next one connects again through the session
+    factory.
+
+    `relaxed_sqlite`: on SQLite, this connection commits with `PRAGMA synchronous=NORMAL` (no fsync of
+    the WAL per commit; restored when the connection goes back to the pool). See `_LeaseBatcher`."""
+
+    def __init__(self, factory, lock: asyncio.Lock, *, relaxed_sqlite: bool = False):
+        self._factory = factory  # a callable: the tests swap the activities' session factories
+        self.lock = lock
+        self._relaxed = relaxed_sqlite
+        self._session: AsyncSession | None = None
+        self._connection: AsyncConnection | None = None
+        self._restore: Any = None
+
+    async def _connect(self) -> AsyncConnection:
+        if self._connection is None:
+            session = self._factory()()
+            try:
+                connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                if self._relaxed and connection.dialect.name == "sqlite":
+                    self._restore = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+                    await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                await session.invalidate()
+                raise
+            self._session, self._connection = session, connection
+        return self._connection
+
+    async def execute(self, statement, parameters: dict[str, Any]):
+        """Run one statement; its rows (RETURNING) as a list, else its rowcount."""
+        async with self.lock:
+            try:
+                connection = await self._connect()
+                result = await connection.execute(statement, parameters)
+                return result.all() if result.returns_rows else result.rowcount
+            except BaseException as exc:
+                await self._drop(invalidate=not isinstance(exc, asyncio.CancelledError))
+                raise
+
+    async def _drop(self, *, invalidate: bool) -> None:
+        session, self._session, self._connection = self._session, None, None
+        if session is None:
+            return
+        try:
+            if invalidate:
+                await session.invalidate()
+            else:
+                await session.close()
+        except Exception:
+            pass  # a dead connection: nothing to give back
+
+    async def release(self) -> None:
+        """Back to the pool (the burst is over), its synchronous setting restored."""
+        async with self.lock:
+            if self._connection is not None and self._restore is not None:
+                try:
+                    await self._connection.exec_driver_sql(f"PRAGMA synchronous={int(self._restore)}")
+                except Exception:
+                    await self._drop(invalidate=True)
+                    return
+            await self._drop(invalidate=False)
+
+
+class _LeaseBatcher:
+    """Leases for the hot path, batched: deliveries that ask while a lease statement is in flight (or
+    in the same turn of the event loop) are leased together by the next one, up to `LEASE_BATCH` rows
+    in one `UPDATE ... RETURNING` on the burst's held connection. A lone delivery waits for no one: its
+    statement starts at once.
+
+    On SQLite that connection commits without fsync (`synchronous=NORMAL`, WAL): safe because a lease
+    only ever keeps a second deliverer away. A commit not yet on disk survives the worker's crash (it is
+    in the WAL, in the operating system's cache); only an OS crash or a power cut loses it, and that
+    also stops every process holding a lease, since SQLite's deliverers all run on the machine that
+    holds the file: the lost lease then means only a retry (its attempt count may be one short). A
+    later durable commit (the mark sent, which keeps the default fsync) syncs the WAL with every frame
+    before it. The mark sent is what must be durable, and is."""
+
+    def __init__(self, held: _HeldConnection, lease_seconds: float):
+        self.held = held
+        self.lease_seconds = lease_seconds
+        self._waiting: list[tuple[int, str, asyncio.Future]] = []
+        self._running: asyncio.Task | None = None
+        self.statements = 0
+
+    async def lease(self, notification_id: int, owner: str):
+        """The row's (rendered, recipients, message_id, idempotency_key) once leased to `owner`; None if
+        it is not a pending rendered row free for `owner` (nothing changed then)."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((notification_id, owner, future))
+        if self._running is None:
+            self._running = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.sleep(0)  # those that start in this same turn of the loop join the first batch
+            while self._waiting:
+                batch, seen, rest = [], set(), []
+                for item in self._waiting:
+                    if item[2].done():
+                        continue  # cancelled while waiting: not leased
+                    if len(batch) < LEASE_BATCH and item[0] not in seen:
+                        batch.append(item)
+                        seen.add(item[0])
+                    else:
+                        rest.append(item)  # the same row twice goes in the next statement
+                self._waiting = rest
+                if batch:
+                    await self._lease(batch)
+        finally:
+            self._running = None
+            for _, _, future in self._waiting:  # only if this task itself was cancelled
+                if not future.done():
+                    future.cancel()
+            self._waiting = []
+
+    async def _lease(self, batch: list[tuple[int, str, asyncio.Future]]) -> None:
+        now = utcnow()
+        parameters: dict[str, Any] = {"now_": now, "until_": now + timedelta(seconds=self.lease_seconds)}
+        for j, (notification_id, owner, _) in enumerate(batch):
+            parameters[f"id_{j}"] = notification_id
+            parameters[f"owner_{j}"] = owner
+        try:
+            self.statements += 1
+            rows = await self.held.execute(_lease_statement_for(len(batch)), parameters)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        by_id = {row[0]: tuple(row[1:]) for row in rows}
+        for notification_id, _, future in batch:
+            if not future.done():
+                future.set_result(by_id.get(notification_id))
+
+
 def _to_header(data: bytes) -> list[str]:
     """`mailer.message_recipients` of a flattened message, reading its header block only (parsing the
     whole message, both parts, cost more than the rest of a delivery's hot path)."""
@@ -255,15 +448,31 @@ class DeliveryActivities:
         self.mark_sessions = mark_sessions or _mark_engine_sessions(sessions)
         """Where "sent" and the relay's state are written: a connection of their own."""
         self._recording_relay = False
+        sqlite = sessions.kw.get("bind") is not None and sessions.kw["bind"].dialect.name == "sqlite"
+        lease_lock = asyncio.Lock()
+        self._lease_connection = _HeldConnection(lambda: self.sessions, lease_lock, relaxed_sqlite=True)
+        self._mark_connection = _HeldConnection(lambda: self.mark_sessions, lease_lock if sqlite else asyncio.Lock())
+        self._leases = _LeaseBatcher(self._lease_connection, settings.lease_seconds)
+        self._in_flight = 0
 
     def all(self) -> list:
         return [self.deliver_notification]
+
+    async def _release_held(self) -> None:
+        try:
+            if self._in_flight == 0:
+                await self._lease_connection.release()
+            if self._in_flight == 0:
+                await self._mark_connection.release()
+        except Exception as exc:  # a connection that cannot be given back is dropped; nothing to report
+            log.debug("held delivery connection not released cleanly: %s", one_line(exc, 200))
 
     @activity.defn
     async def deliver_notification(self, notification_id: int) -> str:
         """Send one outbox notification by email unless already sent. Returns its final status."""
         beat = _Heartbeat()
         token = _beats.set(beat)
+        self._in_flight += 1
         try:
             return await self._deliver(notification_id)
         except (SQLAlchemyError, OSError) as exc:
@@ -278,6 +487,9 @@ class DeliveryActivities:
         finally:
             beat.stop()
             _beats.reset(token)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                await self._release_held()  # the burst is over: its held connections go back to the pool
 
     async def _deliver(self, notification_id: int) -> str:
         outcome = _sent_before(notification_id)
@@ -396,22 +608,10 @@ class DeliveryActivities:
         context, no rendering), then send and mark sent. None: not such a row now (not pending, leased
         by another, or not rendered) and nothing was changed: the general path deals with it."""
         owner = self._lease_owner()
-        now = utcnow()
-        async with self.sessions.begin() as session:
-            leased = (await session.execute(
-                update(Notification)
-                .where(Notification.id == notification_id, Notification.status == PENDING,
-                       Notification.rendered.is_not(None),
-                       or_(Notification.lease_until.is_(None), Notification.lease_until < now, Notification.lease_owner == owner))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=self.settings.lease_seconds),
-                        attempts=Notification.attempts + 1, last_attempt_at=now)
-                .returning(Notification.rendered, Notification.recipients, Notification.message_id,
-                           Notification.idempotency_key),
-                execution_options=_NO_SYNC,
-            )).one_or_none()
-            if leased is None:
-                return None
-            data, recipients, message_id, key = leased
+        leased = await self._leases.lease(notification_id, owner)  # batched with the burst's other leases
+        if leased is None:
+            return None
+        data, recipients, message_id, key = leased
         message_id = message_id or message_id_for(key, self.settings.mail_from)
         to = list(recipients["to"])
         if _to_header(data) != to:
@@ -480,14 +680,9 @@ class DeliveryActivities:
         delay = 0.1
         while True:
             try:
-                async with self.mark_sessions.begin() as session:
-                    await session.execute(
-                        update(Notification)
-                        .where(Notification.id == notification_id, Notification.status != SENT)
-                        .values(status=SENT, sent_at=datetime.fromisoformat(outcome["sent_at"]),
-                                message_id=outcome["message_id"], last_error=None, lease_owner=None, lease_until=None),
-                        execution_options=_NO_SYNC,
-                    )
+                await self._mark_connection.execute(_MARK_SENT, {
+                    "id_": notification_id, "sent_at_": datetime.fromisoformat(outcome["sent_at"]),
+                    "message_id_": outcome["message_id"]})
                 return
             except (SQLAlchemyError, OSError) as exc:
                 if time.monotonic() + delay > deadline:

@@ -5,6 +5,7 @@ PostgreSQL, against a real aiosmtpd server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -296,3 +297,97 @@ def test_ncpi_render_at_record_chooses_whether_the_worker_renders_at_record_time
     activities = record_activities(None, Settings())
     assert isinstance(activities.renderer, OutboxRenderer) is rendered
     assert (activities.renderer is None) is not rendered
+
+
+# ---------------------------------------------------------------- a burst's statements (issue 15)
+
+
+async def _burst(sessions, count: int) -> list[int]:
+    await _cumbria_records(sessions)
+    records, _ = _records(sessions)
+    return [await records.record_notification(_request(f"pre/burst/{i}", "reminder", REQUESTS[0].context,
+                                                       subject=f"Reminder {i} on recommendation R2"))
+            for i in range(count)]
+
+
+async def test_a_burst_is_leased_in_one_statement_and_each_message_marked_sent_in_one(sessions):
+    """Deliveries that start together (a morning's burst in one worker) lease their rows together: one
+    `UPDATE ... RETURNING` for the burst (it was one per message, in a transaction of its own), then
+    one autocommit UPDATE per message to mark it sent, on the connections held for the burst. So 21
+    data statements for 20 messages (40 before), and never a SELECT."""
+    ids = await _burst(sessions, 20)
+    with _capture() as (port, smtp):
+        mailer = _mailer(port)
+        delivery = DeliveryActivities(sessions, mailer, SETTINGS)
+        await mailer.send_bytes(b"Subject: warm\r\n\r\nx\r\n", MAIL_FROM, ["warm@example.org"])
+        delivery.mailer.recorded(mailer.relay_report())  # the relay's state is recorded once, not per message
+        with _statements(sessions, delivery.mark_sessions) as seen:
+            assert await asyncio.gather(*(delivery.deliver_notification(i) for i in ids)) == ["sent"] * len(ids)
+        await mailer.close()
+    leases = [s for s in seen if "RETURNING" in s]
+    marks = [s for s in seen if "RETURNING" not in s]
+    assert len(leases) == 1 and len(marks) == len(ids), seen
+    assert all(s.startswith("UPDATE notifications SET") for s in seen), seen
+    assert len(seen) == len(ids) + 1
+    assert len(smtp.messages) == len(ids) + 1  # and the warm-up
+    for notification_id in ids:
+        row = await _row(sessions, notification_id)
+        assert (row.status, row.attempts, row.lease_owner, row.lease_until) == ("sent", 1, None, None)
+        assert row.message_id is not None and row.sent_at is not None
+    # The burst over, its connections are back in the pool: the next delivery holds them anew.
+    assert delivery._lease_connection._connection is None and delivery._mark_connection._connection is None
+
+
+async def test_a_batched_lease_takes_each_row_for_its_own_deliverer_only_when_free(sessions):
+    from activities.delivery import _LeaseBatcher
+
+    ids = await _burst(sessions, 4)
+    free, held_by_other, held_by_me, sent = ids
+    later = datetime(2999, 1, 1, tzinfo=timezone.utc)
+    async with sessions.begin() as session:
+        await session.execute(update(Notification).where(Notification.id == held_by_other)
+                              .values(lease_owner="other/attempt", lease_until=later))
+        await session.execute(update(Notification).where(Notification.id == held_by_me)
+                              .values(lease_owner="me/retry", lease_until=later))
+        await session.execute(update(Notification).where(Notification.id == sent).values(status="sent"))
+    delivery = DeliveryActivities(sessions, _mailer(free_port()), SETTINGS)
+    batcher: _LeaseBatcher = delivery._leases
+    got = await asyncio.gather(batcher.lease(free, "a/1"), batcher.lease(held_by_other, "b/1"),
+                               batcher.lease(held_by_me, "me/retry"), batcher.lease(sent, "c/1"),
+                               batcher.lease(free, "d/1"))  # the same row twice: the second in the next statement
+    assert batcher.statements == 2
+    assert got[0] is not None and got[2] is not None  # free, and the retry of the lease's own holder
+    assert got[1] is None and got[3] is None and got[4] is None  # another's lease, sent, and leased just now
+    assert got[0][0] == (await _row(sessions, free)).rendered
+    rows = {i: await _row(sessions, i) for i in ids}
+    assert (rows[free].lease_owner, rows[free].attempts) == ("a/1", 1)
+    assert (rows[held_by_other].lease_owner, rows[held_by_other].attempts) == ("other/attempt", 0)
+    assert (rows[held_by_me].lease_owner, rows[held_by_me].attempts) == ("me/retry", 1)
+    assert rows[held_by_me].lease_until.year < later.year and rows[sent].attempts == 0  # leased anew, for lease_seconds
+    await delivery._release_held()
+
+
+async def test_on_sqlite_the_lease_connection_skips_the_fsync_and_is_given_back_as_it_was(sessions):
+    """The lease commits with synchronous=NORMAL (a lost lease only means a retry; see _LeaseBatcher);
+    the mark sent keeps the default (it must be durable), and the pool gets its connection back with
+    the setting it had."""
+    bind = sessions.kw["bind"]
+    if bind.dialect.name != "sqlite":
+        pytest.skip("SQLite's synchronous setting")
+    delivery = DeliveryActivities(sessions, _mailer(free_port()), SETTINGS)
+
+    async def synchronous(held) -> int:
+        return (await held._connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+
+    await delivery._lease_connection.execute(select(Notification.id).limit(1), {})
+    await delivery._mark_connection.execute(select(Notification.id).limit(1), {})
+    raw = delivery._lease_connection._connection.sync_connection.connection.driver_connection  # aiosqlite's
+    default = await synchronous(delivery._mark_connection)
+    assert await synchronous(delivery._lease_connection) == 1 and default >= 2  # NORMAL; FULL (or EXTRA)
+    await delivery._release_held()
+    assert delivery._lease_connection._connection is None
+    async with bind.connect() as connection:  # the pool's connections, the lease's among them, as they were
+        for _ in range(3):
+            assert (await connection.exec_driver_sql("PRAGMA synchronous")).scalar() == default
+    async with raw.execute("PRAGMA synchronous") as cursor:  # that very connection, in the pool
+        assert (await cursor.fetchone())[0] == default
