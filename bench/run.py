@@ -173,10 +173,17 @@ README = HERE.parent / "README.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+SECTION_LABELS = {"setup": "PostgreSQL and the dev server", "temporal": "lifecycle, publication, Updates, memory",
+                  "listing": "listing", "email": "email", "web": "web", "memory_parts": "memory part by part"}
+
+
 def summary(results: dict) -> str:
     machine = results["machine"]
-    return (f"Measured by `make bench`{' --quick' if results['quick'] else ''} on {results['date']}: "
-            f"{machine['cpus']} CPUs, Python {machine['python']}, {results['seconds']} s in all.\n")
+    line = (f"Measured by `make bench`{' --quick' if results['quick'] else ''} on {results['date']}: "
+            f"{machine['cpus']} CPUs, Python {machine['python']}, {results['seconds']} s in all")
+    sections = results.get("section_seconds") or {}
+    timed = [f"{SECTION_LABELS.get(k, k)} {v} s" for k, v in sections.items() if isinstance(v, (int, float))]
+    return line + (f" ({', '.join(timed)})" if timed else "") + ".\n"
 
 
 def embed_in_readme(markdown: str) -> None:
@@ -190,23 +197,49 @@ def embed_in_readme(markdown: str) -> None:
 
 
 async def main(quick: bool) -> dict:
+    """Every section, one after the other, on one Temporal dev server (each section's workflows on task
+    queues, IDs or namespaces of their own) and one PostgreSQL cluster (a database each); each
+    section's wall time in `section_seconds`."""
     from bench import email, listing, memory, temporal_bench, web
+    from bench.common import dev_server, maybe_postgres
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "quick": quick,
                      "date": datetime.date.today().isoformat()}
+    timings: dict = {}
+    results["section_seconds"] = timings
     started = time.perf_counter()
-    results.update(await temporal_bench.bench(quick))
-    for module, key in ((listing, "listing"), (email, "email"), (web, "web"), (memory, "memory_parts")):
-        section: dict = {}
-        await module.run(section, quick)
-        results[key] = section
+    async with maybe_postgres() as (cluster, reason), dev_server() as env:
+        timings["setup"] = round(time.perf_counter() - started, 1)
+        mark = time.perf_counter()
+        parts: dict = {}
+        results.update(await temporal_bench.bench(quick, env=env, cluster=cluster, timings=parts))
+        timings["temporal"] = round(time.perf_counter() - mark, 1)
+        timings["temporal_parts"] = parts
+        for module, key, kwargs in ((listing, "listing", {"cluster": cluster}), (email, "email", {"cluster": cluster}),
+                                    (web, "web", {"cluster": cluster, "env": env}),
+                                    (memory, "memory_parts", {"env": env, "timings": {}})):
+            mark = time.perf_counter()
+            section: dict = {}
+            if cluster is None and "cluster" in kwargs:
+                kwargs["cluster"] = None  # each section records PostgreSQL's reason itself
+            await module.run(section, quick, **kwargs)
+            results[key] = section
+            timings[key] = round(time.perf_counter() - mark, 1)
+            if "timings" in kwargs:
+                timings[f"{key}_parts"] = kwargs["timings"]
+            print(f"bench: {key} took {timings[key]} s", file=sys.stderr, flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
 
 if __name__ == "__main__":
+    from bench.common import run_until_signalled
+
     quick = "--quick" in sys.argv
-    results = asyncio.run(main(quick))
+    results = run_until_signalled(main(quick))
+    if results is None:  # SIGTERM or SIGINT: every worker, server and cluster stopped
+        print("bench: stopped, cleaned up", file=sys.stderr, flush=True)
+        os._exit(143)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = table(results) + "\n" + summary(results)
