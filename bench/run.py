@@ -116,12 +116,13 @@ def memory_rows(parts: dict) -> list[str]:
     if not parts:
         return []
     b, inst = parts["breakdown"], parts["sandbox_per_instance"]
-    opened = parts["parts"]["shared"]["open_workflows"]
     ratio = lambda base, ours: round(base / ours, 3) if ours else "-"  # noqa: E731
     rows = []
-    for label, key in (("isolated sandbox (workflows/ imported for every run, as before)", "ours_isolated"),
-                       ("shared sandbox (as shipped)", "ours_shared"),
-                       (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache")):
+    for label, key, part in (("isolated sandbox (workflows/ imported for every run, as before)", "ours_isolated", "isolated"),
+                             ("shared sandbox (as shipped)", "ours_shared", "shared"),
+                             (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache",
+                              "small_cache")):
+        opened = parts["parts"][part]["open_workflows"]
         rows.append(f"| worker RSS, part by part ({_n(opened)} open workflows, the second half's growth), ours with the {label} | "
                     f"{b[key]} MiB per 1,000 | bare workflows: {b['baseline_bare']} MiB per 1,000 | {ratio(b['baseline_bare'], b[key])} |")
     bare = inst["bare_sdk_default_sandbox"]

@@ -18,13 +18,18 @@ run pays for the histories of the one before. Every report is for a different fo
 the next 43 reports), ten recommendations each; publication is `publish_many`, as `ncpi publish A B ...`.
 
 Time: the policy calendar runs `TIME_SCALE` times faster than the wall clock (19 months of follow-up in
-about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike); from
-1,000 on by the work: the figure is then the stack's capacity, and a run takes size / capacity
-whatever the time scale. Each run prints its time as it ends (standard error). The README's section
-says what the whole curve takes on two cores.
+about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike) and runs
+to the end; from 1,000 on it is bound by the work (the figure is the stack's capacity, and a run to
+the end would take size / capacity: half an hour at 5,000), so those points run for a time window
+(`WINDOW`, 30 s from the first publication): the activities and local activities completed in it
+(read from a sample of the histories, each event counted only up to the window's end) over one whole
+lifecycle's count per recommendation (the 100-recommendation run's own histories, ours' for ours and
+bare's for bare) give recommendations' worth of work per second; the peak RSS is the window's. Each
+run prints its time as it ends (standard error); SIGTERM or Ctrl-C stops the curve and cleans up
+(workers, dev servers, the PostgreSQL cluster, the temporary folder).
 
 `.venv/bin/python -m bench.scale [--sizes 100,1000,5000] [--web-sizes 1000,10000,100000]
-[--workers 1,2] [--no-sqlite-web] [--time-scale N] [--publish]` writes bench/results/scale.json,
+[--workers 1,2] [--no-sqlite-web] [--time-scale N] [--window S] [--full-up-to N] [--publish]` writes bench/results/scale.json,
 docs/bench-scale.svg and the README's table between the `bench-scale` markers (with the default
 sizes or `--publish`; otherwise bench/results/scale-custom.json and docs/bench-scale-custom.svg).
 """
