@@ -184,7 +184,9 @@ def summary(results: dict) -> str:
             f"{machine['cpus']} CPUs, Python {machine['python']}, {results['seconds']} s in all")
     sections = results.get("section_seconds") or {}
     timed = [f"{SECTION_LABELS.get(k, k)} {v} s" for k, v in sections.items() if isinstance(v, (int, float))]
-    return line + (f" ({', '.join(timed)})" if timed else "") + ".\n"
+    load = (f" Load average {results['load_average_start']} at the start, {results['load_average_end']} at the end."
+            if "load_average_start" in results and "load_average_end" in results else "")
+    return line + (f" ({', '.join(timed)})" if timed else "") + "." + load + "\n"
 
 
 def embed_in_readme(markdown: str) -> None:
@@ -205,32 +207,49 @@ async def main(quick: bool) -> dict:
     from bench.common import dev_server, maybe_postgres
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "quick": quick,
-                     "date": datetime.date.today().isoformat()}
+                     "date": datetime.date.today().isoformat(),
+                     "load_average_start": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
     timings: dict = {}
+    cpu: dict = {}
     results["section_seconds"] = timings
+    # CPU seconds of this process and of its ended child processes (workers, CLI runs; the shared dev
+    # server only at the end): on a loaded machine, what a quiet one would need at least.
+    results["section_cpu_seconds"] = cpu
     started = time.perf_counter()
     async with maybe_postgres() as (cluster, reason), dev_server() as env:
         timings["setup"] = round(time.perf_counter() - started, 1)
-        mark = time.perf_counter()
+        mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
         parts: dict = {}
         results.update(await temporal_bench.bench(quick, env=env, cluster=cluster, timings=parts))
         timings["temporal"] = round(time.perf_counter() - mark, 1)
+        cpu["temporal"] = round(cpu_seconds_so_far() - cpu_mark, 1)
         timings["temporal_parts"] = parts
         for module, key, kwargs in ((listing, "listing", {"cluster": cluster}), (email, "email", {"cluster": cluster}),
                                     (web, "web", {"cluster": cluster, "env": env}),
                                     (memory, "memory_parts", {"env": env, "timings": {}})):
-            mark = time.perf_counter()
+            mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
             section: dict = {}
             if cluster is None and "cluster" in kwargs:
                 kwargs["cluster"] = None  # each section records PostgreSQL's reason itself
             await module.run(section, quick, **kwargs)
             results[key] = section
             timings[key] = round(time.perf_counter() - mark, 1)
+            cpu[key] = round(cpu_seconds_so_far() - cpu_mark, 1)
             if "timings" in kwargs:
                 timings[f"{key}_parts"] = kwargs["timings"]
             print(f"bench: {key} took {timings[key]} s", file=sys.stderr, flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
+    cpu["all"] = round(cpu_seconds_so_far(), 1)
+    results["load_average_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return results
+
+
+def cpu_seconds_so_far() -> float:
+    """User + system CPU seconds of this process and of every child process it has waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":
