@@ -274,7 +274,10 @@ def breakdown(parts: dict, small_cache: int) -> dict:
     shared = parts["shared"][key]
     small = parts["small_cache"]
     evicted = max(0, small["open_workflows"] - small_cache)
-    cache_held = (parts["shared"]["worker_rss_growth_mib"] - small["worker_rss_growth_mib"])
+    # What the shared part's workers held for as many workflows as the small cache's part opened (the
+    # parts may open different counts), less what the small cache's held.
+    cache_held = (parts["shared"]["rss_mib_per_1000_open_workflows"] * small["open_workflows"] / 1000
+                  - small["worker_rss_growth_mib"])
     return {
         "baseline_bare": bare,
         "ours_isolated": isolated,
@@ -289,7 +292,8 @@ def breakdown(parts: dict, small_cache: int) -> dict:
                                            for name in ("bare", "isolated", "shared", "small_cache")},
         "note": "marginal MiB of worker RSS per 1,000 open workflows (recommendations and inspections alike, the "
                 "second half opened); sandbox_module_copies = isolated - shared; history_cache_per_1000_cached = "
-                f"(shared - small_cache total growth) per workflow the small cache ({small_cache}) evicted",
+                f"(shared growth per workflow x small_cache's count - small_cache's growth) per workflow the small cache "
+                f"({small_cache}) evicted",
     }
 
 
