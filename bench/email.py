@@ -218,7 +218,8 @@ async def _slow_relay(results: dict, count: int) -> None:
         controller.stop()
 
 
-async def run(results: dict, quick: bool) -> None:
+async def run(results: dict, quick: bool, cluster=None) -> None:
+    """`cluster`: a PostgreSQL cluster shared with other sections (bench/run.py), else one of its own."""
     count = 200 if quick else 2_000
     port = free_port()
     controller, smtp = start_capture(port=port)
@@ -253,7 +254,7 @@ async def run(results: dict, quick: bool) -> None:
                                        rendered_at_record=False)
         results["delivery_path"] = _delivery_row(path, "sqlite", reused_rate)
         results["delivery_path_render_on_delivery"] = _delivery_row(old, "sqlite", reused_rate)
-        pg = await _on_postgresql(port, deliveries)
+        pg = await _on_postgresql(port, deliveries, cluster)
         if pg is not None:
             results["delivery_path_postgresql"] = _delivery_row(pg, "postgresql", reused_rate)
     finally:
@@ -261,25 +262,17 @@ async def run(results: dict, quick: bool) -> None:
     await _slow_relay(results, 20 if quick else 100)
 
 
-async def _on_postgresql(port: int, count: int) -> dict | None:
-    """The delivery path on a throwaway PostgreSQL cluster, or None without PostgreSQL's binaries."""
-    from tests.postgres import PostgresCluster, find_pg_bin
+async def _on_postgresql(port: int, count: int, cluster=None) -> dict | None:
+    """The delivery path on PostgreSQL (`cluster`, else a throwaway cluster), or None without PostgreSQL's binaries."""
+    from bench.common import create_database, maybe_postgres
+    from tests.postgres import find_pg_bin
 
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
+    if cluster is None and find_pg_bin() is None:
         return None
-    cluster = await asyncio.to_thread(PostgresCluster.start, bin_dir)
-    try:
-        import asyncpg
-
-        connection = await asyncpg.connect(host="127.0.0.1", port=cluster.port, user="postgres", database="postgres")
-        try:
-            await connection.execute('CREATE DATABASE "bench_email"')
-        finally:
-            await connection.close()
-        return await _delivery_path(port, count, cluster.url("bench_email"))
-    finally:
-        await asyncio.to_thread(cluster.stop)
+    async with maybe_postgres(cluster) as (cluster, reason):
+        if cluster is None:
+            raise RuntimeError(reason)
+        return await _delivery_path(port, count, await create_database(cluster, "bench_email"))
 
 
 if __name__ == "__main__":

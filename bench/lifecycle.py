@@ -20,12 +20,13 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bench.bare import BareFollowUp, BareInput, Step
-from bench.common import ROOT, bare_worker, create_database, dev_server, our_stack, peak_rss, postgres_or_reason
-from bench.shape import shape_counts, steps_from_history, timeline
+from bench.common import ROOT, bare_worker, bounded, create_database, dev_server, maybe_postgres, our_stack, peak_rss
+from bench.shape import LOCAL_ACTIVITY_MARKER, shape_counts, steps_from_history, timeline
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import DecisionRequest, EvidenceRequestInput, inspection_workflow_id, recommendation_workflow_id
 from ncpi_workflow.models import Recommendation
@@ -75,10 +76,88 @@ def report_dates(reports: int, published: date) -> list[tuple[str, date]]:
     return [(codes[k % len(codes)], published + timedelta(weeks=k // len(codes))) for k in range(reports)]
 
 
+def work_done(history, until: float | None = None) -> int:
+    """The activities and local activities a history shows completed (at or before `until`, seconds
+    since the epoch, when given): the unit a time window counts the work in."""
+    count = 0
+    for event in history.events:
+        if until is not None and event.event_time.ToNanoseconds() / 1e9 > until:
+            break
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED or (
+                event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+                and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER):
+            count += 1
+    return count
+
+
+def work_per_recommendation(inspection_history, recommendation_history) -> float:
+    """One whole lifecycle's work per recommendation: its own history's, and its share of its inspection's."""
+    return work_done(recommendation_history) + work_done(inspection_history) / RECS_PER_REPORT
+
+
+async def _history_or_none(client, workflow_id: str):
+    try:
+        return await client.get_workflow_handle(workflow_id).fetch_history()
+    except RPCError as exc:
+        if exc.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        return None  # not started when the window closed
+
+
+async def window_figures(client, parents: list[str], children: list[str], until: float, window: float,
+                         per_recommendation: float, sample: int = 20) -> dict:
+    """The work done in a time window, estimated from a sample of the histories (every k-th parent
+    and its children, so early and late publications alike): activities and local activities
+    completed by `until`, over `per_recommendation` (one whole lifecycle's count): recommendations'
+    worth of work per second."""
+    stride = max(1, len(parents) // sample)
+    picked = list(range(0, len(parents), stride))
+    parent_ids = [parents[k] for k in picked]
+    child_ids = [c for k in picked for c in children[k * RECS_PER_REPORT:(k + 1) * RECS_PER_REPORT]]
+    histories = await bounded([_history_or_none(client, w) for w in parent_ids + child_ids], 16)
+    parent_work = sum(work_done(h, until) for h in histories[:len(parent_ids)] if h is not None)
+    child_work = sum(work_done(h, until) for h in histories[len(parent_ids):] if h is not None)
+    ended_children = sum(1 for h in histories[len(parent_ids):] if h is not None and any(
+        e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED and e.event_time.ToNanoseconds() / 1e9 <= until
+        for e in h.events[-3:]))
+    started_children = sum(1 for h in histories[len(parent_ids):] if h is not None and h.events
+                           and h.events[0].event_time.ToNanoseconds() / 1e9 <= until)
+    work = parent_work * len(parents) / len(parent_ids) + child_work * len(children) / max(1, len(child_ids))
+    equivalent = work / per_recommendation
+    return {
+        "seconds": round(window, 2), "window_seconds": window,
+        "recommendations_per_second": round(equivalent / window, 2),
+        "recommendations_worth_of_work": round(equivalent, 1),
+        "work_per_recommendation": round(per_recommendation, 2),
+        "sampled_workflows": len(parent_ids) + len(child_ids),
+        "sampled_recommendations_started": started_children, "sampled_recommendations_ended": ended_children,
+        "note": "a time window from the first publication: activities and local activities completed in it, counted in "
+                "a sample of the histories, over one whole lifecycle's count per recommendation",
+    }
+
+
+async def _until_done_or(window: float | None, body) -> float:
+    """Run `body` to its end, or until `window` seconds have passed (then cancel it); the seconds taken."""
+    started = time.perf_counter()
+    task = asyncio.ensure_future(body)
+    if window is None:
+        await task
+    else:
+        done, _ = await asyncio.wait({task}, timeout=window)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            task.result()
+    return time.perf_counter() - started
+
+
 async def _ours(env, workdir: Path, database_url: str, published: date, reports: int, *, workers: int = 1,
-                time_scale: float = TIME_SCALE, many: bool = False) -> dict:
+                time_scale: float = TIME_SCALE, many: bool = False, window: float | None = None,
+                per_recommendation: float | None = None) -> dict:
     """Ours; `workers` `ncpi worker` processes; `many`: published by `publish_many` as `ncpi publish A B ...`
-    does (else one `publish` after the other)."""
+    does (else one `publish` after the other). `window`: stop after that many seconds and count the work
+    done (`window_figures`, against `per_recommendation`, one whole lifecycle's count)."""
     from ncpi_workflow.app.publishing import check_file
     from ncpi_workflow.publishing import publish_many
 
@@ -87,18 +166,12 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
              for code, day in pairs]
     inspections = [f"{code}-{day.isoformat()}" for code, day in pairs]
     recommendations = [f"{i}-R{n}" for i in inspections for n in range(1, RECS_PER_REPORT + 1)]
-    async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale) as ours, \
+    extra = {} if window is None else {"shutdown_grace_seconds": 1}  # a window's end leaves work in flight
+    async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale, **extra) as ours, \
             peak_rss([w.pid for w in ours.workers]) as rss:
-        started = time.perf_counter()
-        if many:
-            checked = [check_file(ours.settings, f) for f in files]
-            outcomes = await publish_many(ours.settings, env.client, [(Path(c.name), c.loaded) for c in checked])
-            assert all(o.publication is not None and o.publication.started for o in outcomes), outcomes
-        else:
-            for file in files:
-                await publish(ours.settings, env.client, file)
         driven: set[str] = set()
         drivers: list[asyncio.Task] = []
+        outcomes: list = []
 
         async def evidence_then_decision(rec_id: str) -> None:
             handle = env.client.get_workflow_handle(recommendation_workflow_id(rec_id))
@@ -110,29 +183,52 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
 
         async def drive() -> None:
             # The force answers when the revisit asks for evidence, as its portal would show it.
-            while len(driven) < len(recommendations):
-                async with ours.sessions() as session:
-                    asked = (await session.scalars(
-                        select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
-                for rec_id in set(asked) - driven:
-                    driven.add(rec_id)
-                    drivers.append(asyncio.create_task(evidence_then_decision(rec_id)))
-                await asyncio.sleep(POLL_SECONDS)
-            await asyncio.gather(*drivers)
+            try:
+                while len(driven) < len(recommendations):
+                    async with ours.sessions() as session:
+                        asked = (await session.scalars(
+                            select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
+                    for rec_id in set(asked) - driven:
+                        driven.add(rec_id)
+                        drivers.append(asyncio.create_task(evidence_then_decision(rec_id)))
+                    await asyncio.sleep(POLL_SECONDS)
+                await asyncio.gather(*drivers)
+            finally:
+                for task in drivers:
+                    task.cancel()
 
-        ends = [ended(env.client, inspection_workflow_id(i)) for i in inspections]
-        ends += [ended(env.client, recommendation_workflow_id(r)) for r in recommendations]
-        outcomes, _ = await asyncio.gather(asyncio.gather(*ends), drive())
-        elapsed = time.perf_counter() - started
-        assert set(outcomes[len(inspections):]) == {"achieved"}, f"unexpected outcomes: {set(outcomes)}"
-        inspection_history = await env.client.get_workflow_handle(inspection_workflow_id(inspections[0])).fetch_history()
-        recommendation_history = await env.client.get_workflow_handle(recommendation_workflow_id(recommendations[0])).fetch_history()
+        async def whole_lifecycle() -> None:
+            if many:
+                checked = [check_file(ours.settings, f) for f in files]
+                published_ = await publish_many(ours.settings, env.client, [(Path(c.name), c.loaded) for c in checked])
+                assert all(o.publication is not None and o.publication.started for o in published_), published_
+            else:
+                for file in files:
+                    await publish(ours.settings, env.client, file)
+            ends = [ended(env.client, inspection_workflow_id(i)) for i in inspections]
+            ends += [ended(env.client, recommendation_workflow_id(r)) for r in recommendations]
+            results, _ = await asyncio.gather(asyncio.gather(*ends), drive())
+            outcomes.extend(results)
+
+        started_wall = time.time()
+        elapsed = await _until_done_or(window, whole_lifecycle())
         emails = len(ours.smtp.messages)
+        if window is None:
+            assert set(outcomes[len(inspections):]) == {"achieved"}, f"unexpected outcomes: {set(outcomes)}"
+            inspection_history = await env.client.get_workflow_handle(inspection_workflow_id(inspections[0])).fetch_history()
+            recommendation_history = await env.client.get_workflow_handle(
+                recommendation_workflow_id(recommendations[0])).fetch_history()
+    if window is not None:  # counted with the workers stopped, so that the peak RSS is the window's
+        figures = await window_figures(env.client, [inspection_workflow_id(i) for i in inspections],
+                                       [recommendation_workflow_id(r) for r in recommendations],
+                                       started_wall + window, window, per_recommendation)
+        return {**figures, "emails_received": emails, "worker_rss": rss}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
         "emails_received": emails,
         "worker_rss": rss,
+        "work_per_recommendation": round(work_per_recommendation(inspection_history, recommendation_history), 2),
         "inspection_steps": steps_from_history(inspection_history),
         "recommendation_steps": steps_from_history(recommendation_history),
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
@@ -141,24 +237,18 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
 
 
 async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int,
-                *, workers: int = 1) -> dict:
+                *, workers: int = 1, window: float | None = None, per_recommendation: float | None = None) -> dict:
+    """The bare baseline; `window` and `per_recommendation` as `_ours` has them."""
     from contextlib import AsyncExitStack
 
     queue = "bare-lifecycle"
     updates = [s.name for s in recommendation_steps if s.trigger == "update"]
+    parents = [f"bare-lifecycle-{k}" for k in range(reports)]
+    children = [f"bare-lifecycle-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
     async with AsyncExitStack() as stack:
         processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else ""))
                      for n in range(workers)]
         rss = await stack.enter_async_context(peak_rss([p.pid for p in processes]))
-        started = time.perf_counter()
-        parents = []
-        for k in range(reports):
-            parents.append(await env.client.start_workflow(
-                BareFollowUp.run,
-                BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"bare-lifecycle-{k}-rec"),
-                id=f"bare-lifecycle-{k}", task_queue=queue,
-            ))
-        children = [f"bare-lifecycle-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
 
         async def answer(child_id: str) -> None:
             # Each Update waits in the workflow for its step; the child exists a moment after its parent.
@@ -173,37 +263,50 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                             raise
                         await asyncio.sleep(POLL_SECONDS)
 
-        await asyncio.gather(*(answer(c) for c in children))
-        await asyncio.gather(*(p.result() for p in parents), *(ended(env.client, c) for c in children))
-        elapsed = time.perf_counter() - started
-        inspection_history = await parents[0].fetch_history()
-        recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
+        async def whole_lifecycle() -> None:
+            handles = []
+            for k in range(reports):
+                handles.append(await env.client.start_workflow(
+                    BareFollowUp.run,
+                    BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"bare-lifecycle-{k}-rec"),
+                    id=parents[k], task_queue=queue,
+                ))
+            await asyncio.gather(*(answer(c) for c in children))
+            await asyncio.gather(*(h.result() for h in handles), *(ended(env.client, c) for c in children))
+
+        started_wall = time.time()
+        elapsed = await _until_done_or(window, whole_lifecycle())
+        if window is None:
+            inspection_history = await env.client.get_workflow_handle(parents[0]).fetch_history()
+            recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
+    if window is not None:  # counted with the worker stopped, so that the peak RSS is the window's
+        figures = await window_figures(env.client, parents, children, started_wall + window, window, per_recommendation)
+        return {**figures, "worker_rss": rss}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(children) / elapsed, 2),
         "worker_rss": rss,
+        "work_per_recommendation": round(work_per_recommendation(inspection_history, recommendation_history), 2),
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
         "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
     }
 
 
-async def bench(env, workdir: Path, quick: bool) -> dict:
+async def bench(env, workdir: Path, quick: bool, cluster=None) -> dict:
+    """`cluster`: a PostgreSQL cluster shared with other sections (bench/run.py), else one of its own."""
     reports = 3 if quick else 10
     results: dict = {"recommendations": reports * RECS_PER_REPORT, "inspections": reports, "time_scale": TIME_SCALE}
     sqlite_dir = workdir / "lifecycle-sqlite"
     sqlite_dir.mkdir()
     ours = {"sqlite": await _ours(env, sqlite_dir, f"sqlite+aiosqlite:///{sqlite_dir / 'ncpi.db'}", PUBLISHED["sqlite"], reports)}
-    cluster, reason = await asyncio.to_thread(postgres_or_reason)
-    if cluster is None:
-        ours["postgresql"] = {"skipped": reason}
-    else:
-        try:
+    async with maybe_postgres(cluster) as (cluster, reason):
+        if cluster is None:
+            ours["postgresql"] = {"skipped": reason}
+        else:
             pg_dir = workdir / "lifecycle-postgresql"
             pg_dir.mkdir()
             ours["postgresql"] = await _ours(env, pg_dir, await create_database(cluster, "ncpi_bench_lifecycle"),
-                                       PUBLISHED["postgresql"], reports)
-        finally:
-            await asyncio.to_thread(cluster.stop)
+                                             PUBLISHED["postgresql"], reports)
     template = ours["sqlite"]
     bare = await _bare(env, workdir, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
     for figures in ours.values():

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.common import ROOT, bare_worker, bounded as _bounded, cpu_seconds, dev_server, our_stack, rss_mib
+from bench.common import ROOT, bare_worker, bounded as _bounded, cpu_seconds, maybe_dev_server, our_stack, rss_mib
 
 PER_REPORT = 10
 SMALL_CACHE = 100  # NCPI_MAX_CACHED_WORKFLOWS of part 4 (a fifth of the open workflows with --quick)
@@ -181,9 +181,11 @@ def report_files(workdir: Path, reports: int, published: date | None = None) -> 
 
 
 async def open_ours(env, workdir: Path, reports: int, *, sample_state: bool = False, published: date | None = None,
-                    **settings) -> dict:
+                    namespace: str = "default", **settings) -> dict:
     """`reports` reports published (`publish_many`, as `ncpi publish A B ...`) to an `ncpi worker`
-    process with these settings, until every recommendation's first projection is written."""
+    process with these settings, until every recommendation's first projection is written; in
+    `namespace` of the dev server (each part its own: they publish the same reports)."""
+    from bench.common import namespace_client
     from ncpi_workflow.app.publishing import check_file
     from ncpi_workflow.models import Recommendation
     from ncpi_workflow.publishing import publish_many
@@ -192,12 +194,15 @@ async def open_ours(env, workdir: Path, reports: int, *, sample_state: bool = Fa
     workdir.mkdir(parents=True, exist_ok=True)
     files = report_files(workdir, reports, published)
     recommendations = reports * PER_REPORT
-    async with our_stack(env, workdir, f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}", **settings) as ours:
+    client = env.client if namespace == "default" else await namespace_client(env, namespace)
+    settings = {"task_queue": f"ncpi-bench-{namespace}", **settings}
+    async with our_stack(env, workdir, f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}", temporal_namespace=namespace,
+                         **settings) as ours:
         points = [(rss_mib(ours.worker.pid), cpu_seconds(ours.worker.pid))]
         half_reports = reports // 2
         for batch, opened in ((files[:half_reports], half_reports * PER_REPORT), (files[half_reports:], recommendations)):
             checked = [check_file(ours.settings, f) for f in batch]
-            outcomes = await publish_many(ours.settings, env.client, [(Path(c.name), c.loaded) for c in checked],
+            outcomes = await publish_many(ours.settings, client, [(Path(c.name), c.loaded) for c in checked],
                                           concurrency=Settings().publish_concurrency)
             assert all(o.publication is not None and o.publication.started for o in outcomes), outcomes
             while True:
@@ -211,12 +216,13 @@ async def open_ours(env, workdir: Path, reports: int, *, sample_state: bool = Fa
             points.append((rss_mib(ours.worker.pid), cpu_seconds(ours.worker.pid)))
         workflows = reports * (PER_REPORT + 1)
         result = {"open_recommendation_workflows": recommendations, "open_inspection_workflows": reports,
-                  "open_workflows": workflows, "settings": {k: str(v) for k, v in settings.items()},
+                  "open_workflows": workflows,
+                  "settings": {k: str(v) for k, v in settings.items() if k != "task_queue"},
                   **growth(points, half_reports * (PER_REPORT + 1), workflows)}
         if sample_state:
             ids = [o.publication.inspection_id for o in outcomes if o.publication is not None]
-            result["state"] = await carried_state(env.client, f"{ids[0]}-R1")
-            result["history"] = await history_sizes(env.client, ids[-1])
+            result["state"] = await carried_state(client, f"{ids[0]}-R1")
+            result["history"] = await history_sizes(client, ids[-1])
     return result
 
 
@@ -268,7 +274,10 @@ def breakdown(parts: dict, small_cache: int) -> dict:
     shared = parts["shared"][key]
     small = parts["small_cache"]
     evicted = max(0, small["open_workflows"] - small_cache)
-    cache_held = (parts["shared"]["worker_rss_growth_mib"] - small["worker_rss_growth_mib"])
+    # What the shared part's workers held for as many workflows as the small cache's part opened (the
+    # parts may open different counts), less what the small cache's held.
+    cache_held = (parts["shared"]["rss_mib_per_1000_open_workflows"] * small["open_workflows"] / 1000
+                  - small["worker_rss_growth_mib"])
     return {
         "baseline_bare": bare,
         "ours_isolated": isolated,
@@ -283,25 +292,61 @@ def breakdown(parts: dict, small_cache: int) -> dict:
                                            for name in ("bare", "isolated", "shared", "small_cache")},
         "note": "marginal MiB of worker RSS per 1,000 open workflows (recommendations and inspections alike, the "
                 "second half opened); sandbox_module_copies = isolated - shared; history_cache_per_1000_cached = "
-                f"(shared - small_cache total growth) per workflow the small cache ({small_cache}) evicted",
+                f"(shared growth per workflow x small_cache's count - small_cache's growth) per workflow the small cache "
+                f"({small_cache}) evicted",
     }
 
 
-async def bench(quick: bool, reports: int | None = None) -> dict:
-    # 100 or 1,000 open recommendation workflows (and their inspections) unless told
-    reports = reports or (10 if quick else 100)
-    results: dict = {"load_average_start": load_average(), "reports": reports,
-                     "sandbox_per_instance": await sandbox_per_instance(50 if quick else 200)}
+REPORTS = 40  # 400 open recommendation workflows and their 40 inspections per part (--reports to change)
+# The small cache's part keeps 100 reports: its second half's growth is about the same few MiB at every
+# size (the workflows beyond the cache cost next to nothing), so its figure per 1,000 depends on the count.
+SMALL_CACHE_REPORTS = 100
+QUICK_REPORTS = 10
+INSTANCES, QUICK_INSTANCES = 100, 50  # workflow instances created per case of sandbox_per_instance
+# The parts run in two branches at once, each part in its own worker process (the RSS and CPU time
+# measured are each process's own): the small cache's long part beside the three others one after the other.
+BRANCHES = (("small_cache",), ("bare", "isolated", "shared"))
+
+
+async def bench(quick: bool, reports: int | None = None, env=None, timings: dict | None = None,
+                branches: tuple[tuple[str, ...], ...] = BRANCHES, small_cache_reports: int | None = None) -> dict:
+    """`env`: a dev server shared with other sections (bench/run.py: ours' parts each in a namespace of
+    their own, the bare part on its own task queue), else one of its own. `timings` gets each part's
+    wall time in seconds. `branches`: the parts, in groups run at the same time (each group's parts
+    one after the other)."""
+    reports = reports or (QUICK_REPORTS if quick else REPORTS)
+    small_reports = small_cache_reports or (reports if quick else max(reports, SMALL_CACHE_REPORTS))
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    results: dict = {"load_average_start": load_average(), "reports": reports, "small_cache_reports": small_reports,
+                     "branches": [list(b) for b in branches],
+                     "sandbox_per_instance": await sandbox_per_instance(QUICK_INSTANCES if quick else INSTANCES)}
+    timings["sandbox_per_instance"] = round(time.perf_counter() - started, 1)
     parts: dict = {}
+    small_cache = small_reports * (PER_REPORT + 1) // 5 if quick else SMALL_CACHE
+    ours = {"isolated": {"workflow_sandbox": "isolated"}, "shared": {"workflow_sandbox": "shared"},
+            "small_cache": {"workflow_sandbox": "shared", "max_cached_workflows": small_cache}}
     with tempfile.TemporaryDirectory(prefix="ncpi-bench-memory-") as tmp:
         workdir = Path(tmp)
-        async with dev_server() as env:
-            parts["bare"] = await open_bare(env, workdir, reports * (PER_REPORT + 1))
-        small_cache = reports * (PER_REPORT + 1) // 5 if quick else SMALL_CACHE
-        for name, settings in (("isolated", {"workflow_sandbox": "isolated"}), ("shared", {"workflow_sandbox": "shared"}),
-                               ("small_cache", {"workflow_sandbox": "shared", "max_cached_workflows": small_cache})):
-            async with dev_server() as env:
-                parts[name] = await open_ours(env, workdir / name, reports, sample_state=name == "shared", **settings)
+        async with maybe_dev_server(env) as env:
+
+            async def part(name: str) -> None:
+                started = time.perf_counter()
+                if name == "bare":
+                    parts[name] = await open_bare(env, workdir, reports * (PER_REPORT + 1))
+                else:
+                    parts[name] = await open_ours(env, workdir / name, small_reports if name == "small_cache" else reports,
+                                                  sample_state=name == "shared",
+                                                  namespace=f"bench-memory-{name.replace('_', '-')}", **ours[name])
+                timings[name] = round(time.perf_counter() - started, 1)
+
+            async def branch(names: tuple[str, ...]) -> None:
+                for name in names:
+                    await part(name)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(branch(b) for b in branches))
+            timings["parts"] = round(time.perf_counter() - started, 1)
     results["parts"] = parts
     results["state"] = parts["shared"].pop("state")
     results["history"] = parts["shared"].pop("history")
@@ -310,15 +355,20 @@ async def bench(quick: bool, reports: int | None = None) -> dict:
     return results
 
 
-async def run(section: dict, quick: bool) -> None:
+async def run(section: dict, quick: bool, env=None, timings: dict | None = None) -> None:
     """For `make bench` (bench/run.py): the figures into `section`."""
-    section.update(await bench(quick))
+    section.update(await bench(quick, env=env, timings=timings))
 
 
 def main() -> None:
-    """`python -m bench.memory [--quick] [--reports N]`."""
-    reports = int(sys.argv[sys.argv.index("--reports") + 1]) if "--reports" in sys.argv else None
-    print(json.dumps(asyncio.run(bench("--quick" in sys.argv, reports)), indent=2), flush=True)
+    """`python -m bench.memory [--quick] [--reports N] [--small-cache-reports N] [--one-at-a-time]`."""
+    arg = lambda name: int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else None  # noqa: E731
+    branches = BRANCHES if "--one-at-a-time" not in sys.argv else ((name for b in BRANCHES for name in b),)
+    branches = tuple(tuple(b) for b in branches)
+    timings: dict = {}
+    results = asyncio.run(bench("--quick" in sys.argv, arg("--reports"), timings=timings, branches=branches,
+                                small_cache_reports=arg("--small-cache-reports")))
+    print(json.dumps({**results, "seconds": timings}, indent=2), flush=True)
     os._exit(0)  # the Temporal SDK can crash the interpreter at exit (sdk-python issue 300)
 
 

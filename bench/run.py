@@ -116,12 +116,13 @@ def memory_rows(parts: dict) -> list[str]:
     if not parts:
         return []
     b, inst = parts["breakdown"], parts["sandbox_per_instance"]
-    opened = parts["parts"]["shared"]["open_workflows"]
     ratio = lambda base, ours: round(base / ours, 3) if ours else "-"  # noqa: E731
     rows = []
-    for label, key in (("isolated sandbox (workflows/ imported for every run, as before)", "ours_isolated"),
-                       ("shared sandbox (as shipped)", "ours_shared"),
-                       (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache")):
+    for label, key, part in (("isolated sandbox (workflows/ imported for every run, as before)", "ours_isolated", "isolated"),
+                             ("shared sandbox (as shipped)", "ours_shared", "shared"),
+                             (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache",
+                              "small_cache")):
+        opened = parts["parts"][part]["open_workflows"]
         rows.append(f"| worker RSS, part by part ({_n(opened)} open workflows, the second half's growth), ours with the {label} | "
                     f"{b[key]} MiB per 1,000 | bare workflows: {b['baseline_bare']} MiB per 1,000 | {ratio(b['baseline_bare'], b[key])} |")
     bare = inst["bare_sdk_default_sandbox"]
@@ -173,10 +174,19 @@ README = HERE.parent / "README.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+SECTION_LABELS = {"setup": "PostgreSQL and the dev server", "temporal": "lifecycle, publication, Updates, memory",
+                  "listing": "listing", "email": "email", "web": "web", "memory_parts": "memory part by part"}
+
+
 def summary(results: dict) -> str:
     machine = results["machine"]
-    return (f"Measured by `make bench`{' --quick' if results['quick'] else ''} on {results['date']}: "
-            f"{machine['cpus']} CPUs, Python {machine['python']}, {results['seconds']} s in all.\n")
+    line = (f"Measured by `make bench`{' --quick' if results['quick'] else ''} on {results['date']}: "
+            f"{machine['cpus']} CPUs, Python {machine['python']}, {results['seconds']} s in all")
+    sections = results.get("section_seconds") or {}
+    timed = [f"{SECTION_LABELS.get(k, k)} {v} s" for k, v in sections.items() if isinstance(v, (int, float))]
+    load = (f" Load average {results['load_average_start']} at the start, {results['load_average_end']} at the end."
+            if "load_average_start" in results and "load_average_end" in results else "")
+    return line + (f" ({', '.join(timed)})" if timed else "") + "." + load + "\n"
 
 
 def embed_in_readme(markdown: str) -> None:
@@ -190,23 +200,66 @@ def embed_in_readme(markdown: str) -> None:
 
 
 async def main(quick: bool) -> dict:
+    """Every section, one after the other, on one Temporal dev server (each section's workflows on task
+    queues, IDs or namespaces of their own) and one PostgreSQL cluster (a database each); each
+    section's wall time in `section_seconds`."""
     from bench import email, listing, memory, temporal_bench, web
+    from bench.common import dev_server, maybe_postgres
 
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "quick": quick,
-                     "date": datetime.date.today().isoformat()}
+                     "date": datetime.date.today().isoformat(),
+                     "load_average_start": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
+    timings: dict = {}
+    cpu: dict = {}
+    results["section_seconds"] = timings
+    # CPU seconds of this process and of its ended child processes (workers, CLI runs; the shared dev
+    # server only at the end): on a loaded machine, what a quiet one would need at least.
+    results["section_cpu_seconds"] = cpu
     started = time.perf_counter()
-    results.update(await temporal_bench.bench(quick))
-    for module, key in ((listing, "listing"), (email, "email"), (web, "web"), (memory, "memory_parts")):
-        section: dict = {}
-        await module.run(section, quick)
-        results[key] = section
+    async with maybe_postgres() as (cluster, reason), dev_server() as env:
+        timings["setup"] = round(time.perf_counter() - started, 1)
+        mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
+        parts: dict = {}
+        results.update(await temporal_bench.bench(quick, env=env, cluster=cluster, timings=parts))
+        timings["temporal"] = round(time.perf_counter() - mark, 1)
+        cpu["temporal"] = round(cpu_seconds_so_far() - cpu_mark, 1)
+        timings["temporal_parts"] = parts
+        for module, key, kwargs in ((listing, "listing", {"cluster": cluster}), (email, "email", {"cluster": cluster}),
+                                    (web, "web", {"cluster": cluster, "env": env}),
+                                    (memory, "memory_parts", {"env": env, "timings": {}})):
+            mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
+            section: dict = {}
+            if cluster is None and "cluster" in kwargs:
+                kwargs["cluster"] = None  # each section records PostgreSQL's reason itself
+            await module.run(section, quick, **kwargs)
+            results[key] = section
+            timings[key] = round(time.perf_counter() - mark, 1)
+            cpu[key] = round(cpu_seconds_so_far() - cpu_mark, 1)
+            if "timings" in kwargs:
+                timings[f"{key}_parts"] = kwargs["timings"]
+            print(f"bench: {key} took {timings[key]} s", file=sys.stderr, flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
+    cpu["all"] = round(cpu_seconds_so_far(), 1)
+    results["load_average_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return results
 
 
+def cpu_seconds_so_far() -> float:
+    """User + system CPU seconds of this process and of every child process it has waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 if __name__ == "__main__":
+    from bench.common import run_until_signalled
+
     quick = "--quick" in sys.argv
-    results = asyncio.run(main(quick))
+    results = run_until_signalled(main(quick))
+    if results is None:  # SIGTERM or SIGINT: every worker, server and cluster stopped
+        print("bench: stopped, cleaned up", file=sys.stderr, flush=True)
+        os._exit(143)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = table(results) + "\n" + summary(results)

@@ -18,13 +18,18 @@ run pays for the histories of the one before. Every report is for a different fo
 the next 43 reports), ten recommendations each; publication is `publish_many`, as `ncpi publish A B ...`.
 
 Time: the policy calendar runs `TIME_SCALE` times faster than the wall clock (19 months of follow-up in
-about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike); from
-1,000 on by the work: the figure is then the stack's capacity, and a run takes size / capacity
-whatever the time scale. Each run prints its time as it ends (standard error). The README's section
-says what the whole curve takes on two cores.
+about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike) and runs
+to the end; from 1,000 on it is bound by the work (the figure is the stack's capacity, and a run to
+the end would take size / capacity: half an hour at 5,000), so those points run for a time window
+(`WINDOW`, 30 s from the first publication): the activities and local activities completed in it
+(read from a sample of the histories, each event counted only up to the window's end) over one whole
+lifecycle's count per recommendation (the 100-recommendation run's own histories, ours' for ours and
+bare's for bare) give recommendations' worth of work per second; the peak RSS is the window's. Each
+run prints its time as it ends (standard error); SIGTERM or Ctrl-C stops the curve and cleans up
+(workers, dev servers, the PostgreSQL cluster, the temporary folder).
 
 `.venv/bin/python -m bench.scale [--sizes 100,1000,5000] [--web-sizes 1000,10000,100000]
-[--workers 1,2] [--no-sqlite-web] [--time-scale N] [--publish]` writes bench/results/scale.json,
+[--workers 1,2] [--no-sqlite-web] [--time-scale N] [--window S] [--full-up-to N] [--publish]` writes bench/results/scale.json,
 docs/bench-scale.svg and the README's table between the `bench-scale` markers (with the default
 sizes or `--publish`; otherwise bench/results/scale-custom.json and docs/bench-scale-custom.svg).
 """
@@ -44,7 +49,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from bench import lifecycle
-from bench.common import ROOT, create_database, dev_server, postgres_or_reason
+from bench.common import ROOT, create_database, dev_server, postgres_or_reason, run_until_signalled
 
 HERE = Path(__file__).resolve().parent
 SIZES = (100, 1_000, 5_000)
@@ -54,6 +59,10 @@ WORKERS = (1, 2)
 # bound by the work, long enough that the driver's polls (0.2 s) and Updates answer before the
 # evidence deadline (ten working days: 0.3 s) at the small sizes.
 TIME_SCALE = 4_000_000.0
+# Sizes above FULL_UP_TO run for WINDOW seconds from their first publication, their work (activities
+# and local activities completed) counted against one whole lifecycle's (the first size's run, to the end).
+WINDOW = 30.0
+FULL_UP_TO = 100
 PUBLISHED = datetime.date(2025, 3, 3)  # a Monday: each run has its own dev server, so the same IDs
 RESULTS = HERE / "results" / "scale.json"
 SVG = ROOT / "docs" / "bench-scale.svg"
@@ -65,28 +74,40 @@ README_START, README_END = "<!-- bench-scale:start -->", "<!-- bench-scale:end -
 
 
 async def _lifecycle_run(cluster, workdir: Path, size: int, kind: str, workers: int, time_scale: float, shape: dict,
-                         token: str) -> dict:
+                         token: str, window: float | None = None) -> dict:
+    """One point: to the end (`window` None), or a time window of `window` seconds whose work is counted
+    against the whole lifecycle's of the first full run of the same kind (`shape`)."""
     reports = max(1, size // lifecycle.RECS_PER_REPORT)
     run_dir = workdir / f"lifecycle-{kind}-{size}-{workers}w"
     run_dir.mkdir()
-    async with dev_server() as env:
+    if window is not None and f"work_{kind}" not in shape:
+        raise RuntimeError(f"no full run of {kind} to count a window's work against")
+    per_recommendation = shape.get(f"work_{kind}")
+    async with dev_server(namespaces=()) as env:
         if kind == "ours":
             url = await create_database(cluster, f"ncpi_scale_{token}_{size}_{workers}w")
             figures = await lifecycle._ours(env, run_dir, url, PUBLISHED, reports, workers=workers, time_scale=time_scale,
-                                            many=True)
+                                            many=True, window=window, per_recommendation=per_recommendation)
+        else:
+            figures = await lifecycle._bare(env, run_dir, *shape["steps"], reports, workers=workers, window=window,
+                                            per_recommendation=per_recommendation)
+    if window is None:
+        if kind == "ours":
             steps = (figures.pop("inspection_steps"), figures.pop("recommendation_steps"))
             shape.setdefault("steps", steps)
-        else:
-            figures = await lifecycle._bare(env, run_dir, *shape["steps"], reports, workers=workers)
+        shape.setdefault(f"work_{kind}", figures["work_per_recommendation"])
     figures.pop("timeline", None)
-    figures.update(recommendations=reports * lifecycle.RECS_PER_REPORT, workers=workers)
+    figures.update(recommendations=reports * lifecycle.RECS_PER_REPORT, workers=workers,
+                   measured="window" if window is not None else "to the end")
     return figures
 
 
 async def measure(workdir: Path, sizes=SIZES, web_sizes=WEB_SIZES, workers=WORKERS, time_scale: float = TIME_SCALE,
-                  sqlite_web: bool = True, progress=print, cluster=None) -> dict:
+                  sqlite_web: bool = True, progress=print, cluster=None, window: float | None = WINDOW,
+                  full_up_to: int = FULL_UP_TO) -> dict:
     """Every run of the curve; a PostgreSQL cluster for all of them (a database each): `cluster`, or a
-    throwaway one started (and stopped) here."""
+    throwaway one started (and stopped) here. Sizes up to `full_up_to` (and the first size) run to the
+    end; the larger ones for a `window` of seconds (None: every size to the end)."""
     import uuid
 
     from bench import web
@@ -95,7 +116,8 @@ async def measure(workdir: Path, sizes=SIZES, web_sizes=WEB_SIZES, workers=WORKE
     results: dict = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "date": datetime.date.today().isoformat(), "time_scale": time_scale,
-        "sizes": list(sizes), "web_sizes": list(web_sizes), "workers": list(workers),
+        "sizes": list(sizes), "web_sizes": list(web_sizes), "workers": list(workers), "window_seconds": window,
+        "full_up_to": full_up_to,
         "baselines": {
             "lifecycle": "bare workflows of the same shape (bench/bare.py BareFollowUp: our histories' timers, as many "
                          "do-nothing activities, child starts, signals and Updates) in one bare worker process, on a dev "
@@ -114,16 +136,18 @@ async def measure(workdir: Path, sizes=SIZES, web_sizes=WEB_SIZES, workers=WORKE
     token = uuid.uuid4().hex[:8]
     try:
         shape: dict = {}
-        for size in sizes:
+        for k, size in enumerate(sizes):
+            windowed = window if (window is not None and k > 0 and size > full_up_to) else None
             for kind, count in [("ours", w) for w in workers] + [("bare", 1)]:
                 run_started = time.perf_counter()
                 try:
-                    figures = await _lifecycle_run(cluster, workdir, size, kind, count, time_scale, shape, token)
+                    figures = await _lifecycle_run(cluster, workdir, size, kind, count, time_scale, shape, token, windowed)
                 except Exception as exc:  # noqa: BLE001 - recorded: the other points of the curve still stand
                     if kind == "bare" and "steps" not in shape:
                         figures = {"failed": "no run of ours to take the shape from"}
                     else:
                         figures = {"failed": f"{type(exc).__name__}: {exc}"[:500]}
+                figures["wall_seconds"] = round(time.perf_counter() - run_started, 1)
                 results["lifecycle"].append({"size": size, "kind": kind, "workers": count, **figures})
                 progress(f"lifecycle {kind} x{count} at {size:,}: {figures.get('recommendations_per_second', figures.get('failed'))} "
                          f"recommendations/s ({time.perf_counter() - run_started:.0f} s)")
@@ -175,7 +199,8 @@ def _cell(row: dict | None) -> str:
     rss = row["worker_rss"]
     peak = rss["peak_mib_all_workers"]
     each = " + ".join(f"{p:,.0f}" for p in rss["peak_mib_per_worker"]) if len(rss["peak_mib_per_worker"]) > 1 else ""
-    return (f"{row['recommendations_per_second']} /s ({row['seconds']} s); peak RSS {peak:,.0f} MiB"
+    when = f"{row['window_seconds']:g} s window" if "window_seconds" in row else f"{row['seconds']} s"
+    return (f"{row['recommendations_per_second']} /s ({when}); peak RSS {peak:,.0f} MiB"
             + (f" ({each})" if each else ""))
 
 
@@ -384,14 +409,22 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--workers", type=_ints, default=WORKERS)
     parser.add_argument("--time-scale", type=float, default=TIME_SCALE)
     parser.add_argument("--no-sqlite-web", action="store_true")
+    parser.add_argument("--window", type=float, default=WINDOW,
+                        help="seconds of each point above --full-up-to (0: every point to the end)")
+    parser.add_argument("--full-up-to", type=int, default=FULL_UP_TO)
     parser.add_argument("--publish", action="store_true",
                         help="write scale.json, the SVG and the README's table even when the sizes are not the defaults")
     args = parser.parse_args(argv)
-    default = args.publish or (args.sizes, args.web_sizes, args.workers, args.time_scale) == (SIZES, WEB_SIZES, WORKERS, TIME_SCALE)
+    default = args.publish or ((args.sizes, args.web_sizes, args.workers, args.time_scale, args.window, args.full_up_to)
+                               == (SIZES, WEB_SIZES, WORKERS, TIME_SCALE, WINDOW, FULL_UP_TO))
     with tempfile.TemporaryDirectory(prefix="ncpi-bench-scale-") as tmp:
-        results = asyncio.run(measure(Path(tmp), args.sizes, args.web_sizes, args.workers, args.time_scale,
-                                      sqlite_web=not args.no_sqlite_web,
-                                      progress=lambda line: print(line, file=sys.stderr, flush=True)))
+        results = run_until_signalled(measure(Path(tmp), args.sizes, args.web_sizes, args.workers, args.time_scale,
+                                              sqlite_web=not args.no_sqlite_web, window=args.window or None,
+                                              full_up_to=args.full_up_to,
+                                              progress=lambda line: print(line, file=sys.stderr, flush=True)))
+        if results is None:  # SIGTERM or SIGINT: every worker, server and cluster stopped, the folder removed
+            print("bench-scale: stopped, cleaned up", file=sys.stderr, flush=True)
+            sys.exit(143)
     if default:
         block = write(results, RESULTS, SVG, README)
     else:  # a partial curve never replaces the published one

@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 
 from bench import lifecycle
 from bench.bare import BareWorkflow
-from bench.common import ROOT, bare_worker, bounded as _bounded, dev_server, our_stack, rss_mib
+from bench.common import ROOT, bare_worker, bounded as _bounded, maybe_dev_server, our_stack, rss_mib
 from ncpi_workflow.forces import load_forces
 from ncpi_workflow.lifecycle import (
     DecisionRequest,
@@ -187,13 +187,20 @@ async def _terminate(client, workflow_id: str) -> None:
         pass  # already ended
 
 
-async def bench(quick: bool) -> dict:
+async def bench(quick: bool, env=None, cluster=None, timings: dict | None = None) -> dict:
+    """`env`, `cluster`: a dev server and a PostgreSQL cluster shared with other sections (bench/run.py),
+    else their own; `timings` gets each part's wall time in seconds."""
+    timings = {} if timings is None else timings
     with tempfile.TemporaryDirectory(prefix="ncpi-bench-temporal-") as tmp:
         workdir = Path(tmp)
-        async with dev_server() as env:
-            results = {"lifecycle": await lifecycle.bench(env, workdir, quick)}
+        async with maybe_dev_server(env) as env:
+            started = time.perf_counter()
+            results = {"lifecycle": await lifecycle.bench(env, workdir, quick, cluster)}
+            timings["lifecycle"] = round(time.perf_counter() - started, 1)
+            started = time.perf_counter()
             (workdir / "publication").mkdir()
             results.update(await _publication_latency_memory(env, workdir / "publication", quick))
+            timings["publication_updates_memory"] = round(time.perf_counter() - started, 1)
     return results
 
 

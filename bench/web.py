@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import and_, case, exists, func, literal, or_, select, text
 
-from bench.common import ROOT, create_database, ncpi_command, ncpi_env, postgres_or_reason
+from bench.common import ROOT, create_database, maybe_postgres, ncpi_command, ncpi_env
 from ncpi_workflow import db
 from ncpi_workflow.app import read_models
 from ncpi_workflow.app.read_models import REPORT_ITEMS, RUNNING_PHASES, SOON_DAYS
@@ -347,11 +347,14 @@ async def _cli(args: list[str], env: dict) -> bytes:
     return result.stdout
 
 
-async def _measure_recommendation(url: str, workdir: Path, page_runs: int = PAGE_RUNS, show_runs: int = SHOW_RUNS) -> dict:
-    """One report published through its workflow into the loaded database; its R1's page against `ncpi show`."""
+async def _measure_recommendation(url: str, workdir: Path, page_runs: int = PAGE_RUNS, show_runs: int = SHOW_RUNS,
+                                  env=None) -> dict:
+    """One report published through its workflow into the loaded database; its R1's page against `ncpi show`.
+    On a dev server shared with other sections (`env`), in the namespace "bench-web": the report's IDs
+    are the publication benchmark's."""
     import yaml
 
-    from bench.common import dev_server, temporal_address
+    from bench.common import maybe_dev_server, namespace_client, temporal_address
     from ncpi_workflow.app import publishing
     from ncpi_workflow.settings import Settings
     from ncpi_workflow.web.app import create_app
@@ -374,19 +377,21 @@ async def _measure_recommendation(url: str, workdir: Path, page_runs: int = PAGE
 
     smtp_port = free_port()
     controller, _ = start_capture(port=smtp_port)  # the report's notices go somewhere, as in production
-    async with dev_server() as env:
+    async with maybe_dev_server(env) as env:
+        namespace = "bench-web"
+        client = await namespace_client(env, namespace)
         settings = Settings(database_url=url, data_dir=workdir / "data", secret_key="bench-secret-key-of-at-least-32-characters",
-                            temporal_address=temporal_address(env), task_queue="ncpi-bench-web",
+                            temporal_address=temporal_address(env), temporal_namespace=namespace, task_queue="ncpi-bench-web",
                             smtp_host="127.0.0.1", smtp_port=smtp_port)
-        async with running_worker(env.client, settings), db.open_database(url) as sessions:
-            await publishing.publish_file(settings, env.client, path, by="bench")
+        async with running_worker(client, settings), db.open_database(url) as sessions:
+            await publishing.publish_file(settings, client, path, by="bench")
             for _ in range(300):  # its first projection
                 async with sessions() as session:
                     rec = await session.get(Recommendation, rec_id)
                 if rec is not None and rec.projection_version >= 1:
                     break
                 await asyncio.sleep(0.1)
-            app = create_app(settings, sessions=sessions, client=env.client)
+            app = create_app(settings, sessions=sessions, client=client)
             b = browser(app)
             try:
                 assert (await b.sign_in("viewer@bench.example", PASSWORD)).status_code == 303
@@ -400,7 +405,8 @@ async def _measure_recommendation(url: str, workdir: Path, page_runs: int = PAGE
                 page = await timed(get_page, page_runs)
             finally:
                 await b.aclose()
-            cli_env = ncpi_env(workdir, database_url=url, temporal_address=settings.temporal_address, task_queue=settings.task_queue)
+            cli_env = ncpi_env(workdir, database_url=url, temporal_address=settings.temporal_address,
+                               temporal_namespace=namespace, task_queue=settings.task_queue)
             shown = json.loads(await _cli(["show", rec_id, "--json"], cli_env))
             assert shown["recommendation_id"] == rec_id
             show = await timed(lambda: _cli(["show", rec_id, "--json"], cli_env), show_runs)
@@ -410,7 +416,10 @@ async def _measure_recommendation(url: str, workdir: Path, page_runs: int = PAGE
             "ratio_p50": round(show["p50_ms"] / page["p50_ms"], 3) if page["p50_ms"] else None}
 
 
-async def run(results: dict, quick: bool, rows: int | None = None, postgresql: bool = True, recommendation: bool = True) -> None:
+async def run(results: dict, quick: bool, rows: int | None = None, postgresql: bool = True, recommendation: bool = True,
+              cluster=None, env=None) -> None:
+    """`cluster`, `env`: a PostgreSQL cluster and a dev server shared with other sections (bench/run.py),
+    else their own (on a shared server the recommendation page's workflows are in the namespace "bench-web")."""
     from ncpi_workflow.formatting import LONDON
 
     rows = rows or (10_000 if quick else 100_000)
@@ -423,17 +432,14 @@ async def run(results: dict, quick: bool, rows: int | None = None, postgresql: b
         results["sqlite"] = await _measure_dashboard(sqlite_url, rows, workdir, today, page_runs)
         if recommendation:
             results["recommendation"] = await _measure_recommendation(sqlite_url, workdir, page_runs,
-                                                                      SHOW_RUNS if rows >= 1000 else 2)
+                                                                      SHOW_RUNS if rows >= 1000 else 2, env=env)
         if postgresql:
-            cluster, reason = await asyncio.to_thread(postgres_or_reason)
-            if cluster is None:
-                results["postgresql"] = {"skipped": reason}
-            else:
-                try:
+            async with maybe_postgres(cluster) as (cluster, reason):
+                if cluster is None:
+                    results["postgresql"] = {"skipped": reason}
+                else:
                     url = await create_database(cluster, "ncpi_bench_web")
                     results["postgresql"] = await _measure_dashboard(url, rows, workdir, today, page_runs)
-                finally:
-                    await asyncio.to_thread(cluster.stop)
     results["seconds"] = round(time.perf_counter() - started, 1)
 
 

@@ -156,3 +156,45 @@ async def test_the_email_benchmarks_delivery_path_issues_access_links_as_the_wor
     for captured in smtp.messages:
         assert captured.message["Reply-To"].startswith("ncpi-replies+"), captured.message["Reply-To"]
         assert f"{bench_email.LINKS.web_url}/portal/" in captured.message.get_body(("plain",)).get_content()
+
+
+def test_the_footer_gives_each_sections_wall_time():
+    results = dict(SAMPLE, section_seconds={"setup": 3.2, "temporal": 250.0, "temporal_parts": {"lifecycle": 150.0},
+                                            "listing": 80.5, "memory_parts": 120.0})
+    line = bench_run.summary(results)
+    assert line.startswith("Measured by `make bench` on 2026-11-25: 2 CPUs, Python 3.11.7, 480.0 s in all (")
+    assert "lifecycle, publication, Updates, memory 250.0 s" in line and "listing 80.5 s" in line
+    assert "memory part by part 120.0 s" in line and "temporal_parts" not in line and line.endswith(").\n")
+    assert bench_run.summary(SAMPLE).endswith("480.0 s in all.\n")  # results from before the sections were timed
+
+
+def test_sigterm_cancels_the_benchmark_so_that_its_cleanup_runs(tmp_path):
+    """bench.common.run_until_signalled: on SIGTERM the coroutine is cancelled, its `finally` (where
+    the workers, servers and clusters stop) runs, and the call returns None."""
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "cleaned"
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from bench.common import run_until_signalled\n"
+        "async def bench():\n"
+        "    try:\n"
+        "        Path(sys.argv[1] + '.started').touch()\n"
+        "        await asyncio.sleep(60)\n"
+        "    finally:\n"
+        "        await asyncio.sleep(0.1)\n"
+        "        Path(sys.argv[1]).write_text('cleaned')\n"
+        "print(run_until_signalled(bench()))\n"
+    )
+    root = Path(__file__).parent.parent
+    process = subprocess.Popen([sys.executable, "-c", script, str(marker)], cwd=root, stdout=subprocess.PIPE, text=True)
+    started = Path(f"{marker}.started")
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.terminate()
+    out, _ = process.communicate(timeout=30)
+    assert marker.read_text() == "cleaned" and out.strip() == "None" and process.returncode == 0

@@ -104,3 +104,27 @@ def test_5000_recommendations_are_500_reports_each_its_own_force_and_monday():
     assert len({day for _, day in pairs}) == 12  # 43 forces a week, the last week short
     assert len({code for code, _ in pairs}) == 43
     assert lifecycle.report_dates(10, scale.PUBLISHED) == [(code, scale.PUBLISHED) for code, _ in pairs[:10]]
+
+
+async def test_a_point_in_a_time_window_counts_its_work_against_a_whole_lifecycle(tmp_path, postgres_cluster):
+    """The first size runs to the end (its histories give one whole lifecycle's work); the next for a
+    window of seconds, its work counted from a sample of its histories (up to the window's end only)."""
+    lines: list[str] = []
+    (tmp_path / "work").mkdir()
+    results = await scale.measure(tmp_path / "work", sizes=(10, 30), web_sizes=(), workers=(1,), time_scale=10_000_000.0,
+                                  progress=lines.append, cluster=postgres_cluster, window=3.0, full_up_to=10)
+    rows = {(r["size"], r["kind"]): r for r in results["lifecycle"]}
+    assert set(rows) == {(10, "ours"), (10, "bare"), (30, "ours"), (30, "bare")}
+    for size, kind in rows:
+        row = rows[(size, kind)]
+        assert "failed" not in row, row
+        assert row["measured"] == ("to the end" if size == 10 else "window")
+    for kind in ("ours", "bare"):
+        full, windowed = rows[(10, kind)], rows[(30, kind)]
+        assert full["work_per_recommendation"] > 1  # activities and local activities of one lifecycle, with its inspection's share
+        assert windowed["window_seconds"] == 3.0 and windowed["work_per_recommendation"] == full["work_per_recommendation"]
+        assert windowed["recommendations_per_second"] > 0 and windowed["sampled_workflows"] > 0
+        assert windowed["recommendations_worth_of_work"] <= 30
+        assert windowed["worker_rss"]["peak_mib_all_workers"] > 0
+    assert "3 s window" in scale.table(results)
+    assert results["window_seconds"] == 3.0 and len(lines) == 4
