@@ -75,6 +75,27 @@ def report_dates(reports: int, published: date) -> list[tuple[str, date]]:
     return [(codes[k % len(codes)], published + timedelta(weeks=k // len(codes))) for k in range(reports)]
 
 
+async def row_counts(sessions) -> dict[str, int]:
+    """Rows in each of our tables."""
+    from sqlalchemy import func
+
+    from ncpi_workflow.models import Base
+
+    async with sessions() as session:
+        return {t.name: await session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> int:
+    """The record and audit rows each of the same-work baseline's writes adds, so that it writes as many
+    rows in all as ours did: ours' rows, less the outbox rows and their audit rows (the baseline writes
+    those for each email) and one projection row per workflow, over ours' writes (record_event and the like)."""
+    writes = reports * (sum(s.writes for s in inspection_steps) + RECS_PER_REPORT * sum(s.writes for s in recommendation_steps))
+    rows = ours.get("rows_written") or {}
+    emails = rows.get("notifications", 0)
+    other = sum(rows.values()) - 2 * emails - reports * (1 + RECS_PER_REPORT)
+    return max(1, round(other / writes)) if writes else 2
+
+
 async def _ours(env, workdir: Path, database_url: str, published: date, reports: int, *, workers: int = 1,
                 time_scale: float = TIME_SCALE, many: bool = False) -> dict:
     """Ours; `workers` `ncpi worker` processes; `many`: published by `publish_many` as `ncpi publish A B ...`
@@ -89,6 +110,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
     recommendations = [f"{i}-R{n}" for i in inspections for n in range(1, RECS_PER_REPORT + 1)]
     async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale) as ours, \
             peak_rss([w.pid for w in ours.workers]) as rss:
+        rows_before = await row_counts(ours.sessions)
         started = time.perf_counter()
         if many:
             checked = [check_file(ours.settings, f) for f in files]
@@ -128,10 +150,13 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
         inspection_history = await env.client.get_workflow_handle(inspection_workflow_id(inspections[0])).fetch_history()
         recommendation_history = await env.client.get_workflow_handle(recommendation_workflow_id(recommendations[0])).fetch_history()
         emails = len(ours.smtp.messages)
+        rows_after = await row_counts(ours.sessions)
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
         "emails_received": emails,
+        # Rows the run added, table by table (publication's included): what the same-work baseline matches.
+        "rows_written": {t: rows_after[t] - rows_before.get(t, 0) for t in rows_after if rows_after[t] != rows_before.get(t, 0)},
         "worker_rss": rss,
         "inspection_steps": steps_from_history(inspection_history),
         "recommendation_steps": steps_from_history(recommendation_history),
@@ -141,13 +166,31 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
 
 
 async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int,
-                *, workers: int = 1) -> dict:
+                *, workers: int = 1, database_url: str | None = None, rows_per_write: int = 2, prefix: str = "bare-lifecycle") -> dict:
+    """Bare workflows of our shape. With `database_url`, the same-work baseline: each write an event's
+    rows in one transaction there, each email leased, sent to a loopback SMTP capture (ours' kind) and
+    marked sent; the driver, as ours, answers when the projection row (its own) asks for evidence."""
     from contextlib import AsyncExitStack
 
-    queue = "bare-lifecycle"
+    from ncpi_workflow.smtp_capture import start_capture
+    from tests.postgres import free_port
+
+    queue = prefix
     updates = [s.name for s in recommendation_steps if s.trigger == "update"]
+    same_work = database_url is not None
     async with AsyncExitStack() as stack:
-        processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else ""))
+        smtp = smtp_port = engine = None
+        if same_work:
+            from bench.bare_work import create_engine, create_schema
+
+            await create_schema(database_url)
+            smtp_port = free_port()
+            controller, smtp = start_capture(port=smtp_port)
+            stack.callback(controller.stop)
+            engine = create_engine(database_url)
+            stack.push_async_callback(engine.dispose)
+        processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else "",
+                                                                 database_url=database_url, smtp_port=smtp_port))
                      for n in range(workers)]
         rss = await stack.enter_async_context(peak_rss([p.pid for p in processes]))
         started = time.perf_counter()
@@ -155,10 +198,11 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
         for k in range(reports):
             parents.append(await env.client.start_workflow(
                 BareFollowUp.run,
-                BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"bare-lifecycle-{k}-rec"),
-                id=f"bare-lifecycle-{k}", task_queue=queue,
+                BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"{prefix}-{k}-rec",
+                          same_work=same_work, rows_per_write=rows_per_write),
+                id=f"{prefix}-{k}", task_queue=queue,
             ))
-        children = [f"bare-lifecycle-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
+        children = [f"{prefix}-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
 
         async def answer(child_id: str) -> None:
             # Each Update waits in the workflow for its step; the child exists a moment after its parent.
@@ -173,45 +217,90 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                             raise
                         await asyncio.sleep(POLL_SECONDS)
 
-        await asyncio.gather(*(answer(c) for c in children))
-        await asyncio.gather(*(p.result() for p in parents), *(ended(env.client, c) for c in children))
+        async def drive() -> None:
+            # As ours: poll the projection for the workflows waiting for the first Update, then answer them.
+            from sqlalchemy import text
+
+            waiting_for = f"awaiting:{updates[0]}"
+            driven: set[str] = set()
+            drivers = []
+            while len(driven) < len(children):
+                async with engine.connect() as conn:
+                    asked = (await conn.scalars(text("SELECT workflow_id FROM bare_projection WHERE phase = :phase"),
+                                                {"phase": waiting_for})).all()
+                for child_id in set(asked) - driven:
+                    driven.add(child_id)
+                    drivers.append(asyncio.create_task(answer(child_id)))
+                await asyncio.sleep(POLL_SECONDS)
+            await asyncio.gather(*drivers)
+
+        if same_work and updates:
+            await asyncio.gather(drive(), *(p.result() for p in parents), *(ended(env.client, c) for c in children))
+        else:
+            await asyncio.gather(*(answer(c) for c in children))
+            await asyncio.gather(*(p.result() for p in parents), *(ended(env.client, c) for c in children))
         elapsed = time.perf_counter() - started
         inspection_history = await parents[0].fetch_history()
         recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
+        extra: dict = {}
+        if same_work:
+            from bench.bare_work import count_rows
+
+            extra = {"rows": await count_rows(database_url), "emails_received": len(smtp.messages),
+                     "rows_per_write": rows_per_write,
+                     "database": "postgresql" if database_url.startswith("postgresql") else "sqlite"}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(children) / elapsed, 2),
         "worker_rss": rss,
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
         "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
+        **extra,
     }
 
 
 async def bench(env, workdir: Path, quick: bool) -> dict:
+    """Ours on SQLite and on PostgreSQL; for each, the same-work baseline on the same database (run just
+    after it, so both see the same load); then the bare baseline that does no I/O."""
     reports = 3 if quick else 10
     results: dict = {"recommendations": reports * RECS_PER_REPORT, "inspections": reports, "time_scale": TIME_SCALE}
     sqlite_dir = workdir / "lifecycle-sqlite"
     sqlite_dir.mkdir()
     ours = {"sqlite": await _ours(env, sqlite_dir, f"sqlite+aiosqlite:///{sqlite_dir / 'ncpi.db'}", PUBLISHED["sqlite"], reports)}
+    template = ours["sqlite"]
+    steps = (template.pop("inspection_steps"), template.pop("recommendation_steps"))
+    same_work: dict = {}
+
+    async def same(name: str, url: str) -> None:
+        per_write = same_work_rows_per_write(ours[name], *steps, reports)
+        same_work[name] = await _bare(env, workdir / f"lifecycle-same-work-{name}", *steps, reports, database_url=url,
+                                      rows_per_write=per_write, prefix=f"bare-same-work-{name}")
+
+    (workdir / "lifecycle-same-work-sqlite").mkdir()
+    await same("sqlite", f"sqlite+aiosqlite:///{workdir / 'lifecycle-same-work-sqlite' / 'bare.db'}")
     cluster, reason = await asyncio.to_thread(postgres_or_reason)
     if cluster is None:
-        ours["postgresql"] = {"skipped": reason}
+        ours["postgresql"] = same_work["postgresql"] = {"skipped": reason}
     else:
         try:
             pg_dir = workdir / "lifecycle-postgresql"
             pg_dir.mkdir()
             ours["postgresql"] = await _ours(env, pg_dir, await create_database(cluster, "ncpi_bench_lifecycle"),
-                                       PUBLISHED["postgresql"], reports)
+                                             PUBLISHED["postgresql"], reports)
+            (workdir / "lifecycle-same-work-postgresql").mkdir()
+            await same("postgresql", await create_database(cluster, "bare_bench_lifecycle"))
         finally:
             await asyncio.to_thread(cluster.stop)
-    template = ours["sqlite"]
-    bare = await _bare(env, workdir, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
-    for figures in ours.values():
+    bare = await _bare(env, workdir, *steps, reports)
+    for name, figures in ours.items():
         figures.pop("inspection_steps", None)
         figures.pop("recommendation_steps", None)
         if "recommendations_per_second" in figures:
             figures["ratio"] = round(figures["recommendations_per_second"] / bare["recommendations_per_second"], 3)
-    results.update(ours=ours, baseline_bare=bare)
+            base = same_work.get(name) or {}
+            if "recommendations_per_second" in base:
+                figures["ratio_same_work"] = round(figures["recommendations_per_second"] / base["recommendations_per_second"], 3)
+    results.update(ours=ours, baseline_bare=bare, baseline_same_work=same_work)
     return results
 
 

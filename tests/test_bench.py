@@ -156,3 +156,68 @@ async def test_the_email_benchmarks_delivery_path_issues_access_links_as_the_wor
     for captured in smtp.messages:
         assert captured.message["Reply-To"].startswith("ncpi-replies+"), captured.message["Reply-To"]
         assert f"{bench_email.LINKS.web_url}/portal/" in captured.message.get_body(("plain",)).get_content()
+
+
+def test_steps_tell_the_writes_from_the_clock_reads():
+    """The same-work baseline writes for each local activity that writes in ours (record_event, the
+    single-purpose record activities), not for a clock read (read_clock touches no database)."""
+    steps = steps_from_history(_history("v7/recommendation-R1-run1"))
+    assert sum(s.writes for s in steps) == 9 and sum(s.local_activities for s in steps) == 21
+    assert all(s.writes <= s.local_activities for s in steps)
+
+
+# A small lifecycle of the shape ours has: the inspection starts its recommendations and emails; each
+# recommendation writes, emails after a timer, is asked for evidence (its projection says so), then
+# takes the evidence and the decision as Updates and tells the inspection.
+def _tiny_shape():
+    from bench.bare import Step
+
+    recs = 10  # bench.lifecycle.RECS_PER_REPORT: the bare driver's children per report
+    inspection = [Step("start", local_activities=3, writes=2, children=recs, background_activities=1)]
+    inspection += [Step("signal", "recommendation_settled", local_activities=2, writes=1) for _ in range(recs)]
+    recommendation = [
+        Step("start", local_activities=2, writes=1),
+        Step("timer", timer_seconds=0.3, timer_from_step=0, local_activities=2, writes=1, background_activities=1),
+        Step("timer", timer_seconds=0.6, timer_from_step=0, local_activities=2, writes=1),  # asks for evidence
+        Step("update", "submit_evidence", local_activities=2, writes=1),
+        Step("update", "record_decision", local_activities=2, writes=1, background_activities=2, signals=1),
+    ]
+    return inspection, recommendation
+
+
+async def test_the_same_work_lifecycle_baseline_writes_its_rows_and_sends_its_emails(dev_server_env, tmp_path):
+    """bench/lifecycle.py's same-work baseline at a tiny size on SQLite: every write's rows are there (once:
+    idempotent keys), every email was put in the outbox, sent to the SMTP capture and marked sent, and
+    the driver answered the Updates from the projection rows, as ours does from our projection."""
+    from bench import lifecycle
+
+    inspection, recommendation = _tiny_shape()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bare.db'}"
+    import asyncio
+
+    figures = await asyncio.wait_for(lifecycle._bare(dev_server_env, tmp_path, inspection, recommendation, 1, database_url=url,
+                                                     rows_per_write=3, prefix="bare-same-work-test"), 300)
+    writes = sum(s.writes for s in inspection) + 10 * sum(s.writes for s in recommendation)
+    emails = sum(s.background_activities for s in inspection) + 10 * sum(s.background_activities for s in recommendation)
+    rows = figures["rows"]
+    assert rows["bare_record"] + rows["bare_audit"] == writes * 3 + emails  # 3 per write, an audit row per email
+    assert rows["bare_outbox"] == rows["bare_outbox_sent"] == emails == figures["emails_received"] == 31
+    assert rows["bare_projection"] == 11  # one per workflow
+    assert figures["shape"]["recommendation"]["updates"] == 2 and figures["recommendations_per_second"] > 0
+    # No I/O: the same shape, nothing written (no database) and nothing sent.
+    plain = await lifecycle._bare(dev_server_env, tmp_path, inspection, recommendation, 1, prefix="bare-no-io-test")
+    assert "rows" not in plain and plain["shape"]["recommendation"]["local_activities"] == 10
+    for kind in ("inspection", "recommendation"):  # the same shape, with or without the work
+        for count in ("activities", "local_activities", "child_starts", "signals_sent", "signals_received", "updates", "timers"):
+            assert figures["shape"][kind].get(count) == plain["shape"][kind].get(count), (kind, count)
+
+
+def test_same_work_rows_per_write_matches_ours_total():
+    from bench import lifecycle
+
+    inspection, recommendation = _tiny_shape()
+    writes = 2 + 10 + 10 * 5  # 62 writes for one report
+    ours = {"rows_written": {"notifications": 31, "audit_events": 200, "decisions": 10, "inspections": 1,
+                             "recommendations": 10, "deadlines": 60}}
+    # (312 rows - 2 x 31 for the outbox and its audit rows - 11 projections) / 62 writes
+    assert lifecycle.same_work_rows_per_write(ours, inspection, recommendation, 1) == round((312 - 62 - 11) / writes)
