@@ -221,3 +221,41 @@ def test_same_work_rows_per_write_matches_ours_total():
                              "recommendations": 10, "deadlines": 60}}
     # (312 rows - 2 x 31 for the outbox and its audit rows - 11 projections) / 62 writes
     assert lifecycle.same_work_rows_per_write(ours, inspection, recommendation, 1) == round((312 - 62 - 11) / writes)
+
+
+def test_the_rows_show_both_baselines_each_with_its_ratio():
+    sample = json.loads(json.dumps(SAMPLE))
+    sample["lifecycle"]["ours"]["sqlite"]["ratio_same_work"] = 1.25
+    sample["lifecycle"]["baseline_same_work"] = {"sqlite": {"seconds": 50.0, "recommendations_per_second": 2.0},
+                                                 "postgresql": {"skipped": "PostgreSQL binaries (initdb) not found"}}
+    sample["update_latency"]["baseline_same_work_update"] = {"p50_ms": 28.6, "p95_ms": 40.0, "p99_ms": 62.1, "samples": 100}
+    table = bench_run.table(sample)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 10 and all(row.count("|") == 5 for row in rows), table
+    life = next(r for r in rows if r.startswith("| lifecycle throughput, SQLite"))
+    assert "no I/O: 2.78 recommendations/s (36.0 s)" in life and "the same work" in life and "2.0 recommendations/s (50.0 s)" in life
+    assert life.endswith("| 0.9 (no I/O) / 1.25 (same work) |")
+    decision = next(r for r in rows if r.startswith("| Update `record_decision`"))
+    assert "no I/O: 16.9 / 58.2 / 70.1 ms" in decision and "28.6 / 40.0 / 62.1 ms" in decision
+    assert f"{round(28.6 / 254.0, 3)} (p50, same work)" in decision and f"{round(62.1 / 310.4, 3)} (p99, same work)" in decision
+
+
+async def test_the_same_work_update_writes_a_decisions_rows_once(dev_server_env, tmp_path):
+    """The bare `decide` Update (temporal_bench's same-work Update baseline): one local activity, one
+    transaction, a decision's rows; sent again with the same key it adds nothing."""
+    from bench.bare import BareWorkflow
+    from bench.bare_work import count_rows
+    from bench.common import bare_worker
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bare-updates.db'}"
+    async with bare_worker(dev_server_env, tmp_path, "bare-decide-test", database_url=url):
+        handle = await dev_server_env.client.start_workflow(BareWorkflow.run, id="bare-decide-test-1", task_queue="bare-decide-test")
+        first = await handle.execute_update(BareWorkflow.decide, "bare-decide-test-1/decision")
+        again = await handle.execute_update(BareWorkflow.decide, "bare-decide-test-1/decision")
+        assert await handle.execute_update(BareWorkflow.poke, 3) == 3  # the no-I/O Update beside it
+        await handle.signal(BareWorkflow.finish)
+        await handle.result()
+    assert first == again and len(first) == 1
+    rows = await count_rows(url)
+    # the decision and the register entry, each with its audit row; the email's outbox row and its audit row
+    assert (rows["bare_record"], rows["bare_audit"], rows["bare_outbox"], rows["bare_projection"]) == (2, 3, 1, 1), rows
