@@ -85,12 +85,16 @@ async def row_counts(sessions) -> dict[str, int]:
         return {t.name: await session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
 
 
+NOT_EVENT_ROWS = {"forces", "contacts", "relay_status", "job_runs"}  # reference data, the worker's bookkeeping
+
+
 def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> int:
     """The record and audit rows each of the same-work baseline's writes adds, so that it writes as many
-    rows in all as ours did: ours' rows, less the outbox rows and their audit rows (the baseline writes
-    those for each email) and one projection row per workflow, over ours' writes (record_event and the like)."""
+    rows in all as ours did: ours' rows (less the reference data and the worker's bookkeeping, written once
+    per database, not per event), less the outbox rows and their audit rows (the baseline writes those for
+    each email) and one projection row per workflow, over ours' writes (record_event and the like)."""
     writes = reports * (sum(s.writes for s in inspection_steps) + RECS_PER_REPORT * sum(s.writes for s in recommendation_steps))
-    rows = ours.get("rows_written") or {}
+    rows = {t: n for t, n in (ours.get("rows_written") or {}).items() if t not in NOT_EVENT_ROWS}
     emails = rows.get("notifications", 0)
     other = sum(rows.values()) - 2 * emails - reports * (1 + RECS_PER_REPORT)
     return max(1, round(other / writes)) if writes else 2

@@ -218,8 +218,8 @@ def test_same_work_rows_per_write_matches_ours_total():
     inspection, recommendation = _tiny_shape()
     writes = 2 + 10 + 10 * 5  # 62 writes for one report
     ours = {"rows_written": {"notifications": 31, "audit_events": 200, "decisions": 10, "inspections": 1,
-                             "recommendations": 10, "deadlines": 60}}
-    # (312 rows - 2 x 31 for the outbox and its audit rows - 11 projections) / 62 writes
+                             "recommendations": 10, "deadlines": 60, "forces": 43, "contacts": 129, "relay_status": 1}}
+    # (312 rows, not the reference data - 2 x 31 for the outbox and its audit rows - 11 projections) / 62 writes
     assert lifecycle.same_work_rows_per_write(ours, inspection, recommendation, 1) == round((312 - 62 - 11) / writes)
 
 
