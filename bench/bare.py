@@ -77,7 +77,7 @@ class BareInput:
     parent_id: str = ""
     task_queue: str = ""
     same_work: bool = False  # the activities do our I/O (bench/bare_work.py) instead of nothing
-    rows_per_write: int = 2  # same work: the record and audit rows each write adds
+    rows_per_write: float = 2.0  # same work: the record and audit rows a write adds, on average (spread evenly)
 
 
 @activity.defn(name="bare_nothing")
@@ -101,6 +101,7 @@ class BareFollowUp:
         self.signalled_children = 0
         self.update_accepted_at: dict = {}
         self.version = 0  # same work: the projection's version
+        self.writes_done = 0
 
     @workflow.run
     async def run(self, inp: BareInput) -> int:
@@ -154,9 +155,13 @@ class BareFollowUp:
         for n in range(writes):
             self.version += 1
             last = n == writes - 1
+            # `rows_per_write` on average: this write's share of the running total, in whole rows.
+            k, per = self.writes_done, self.inp.rows_per_write
+            rows = int((k + 1) * per) - int(k * per)
+            self.writes_done += 1
             written = await workflow.execute_local_activity(
                 "bare_write",
-                {"key": f"{workflow_id}/{index}/{n}", "workflow_id": workflow_id, "rows": self.inp.rows_per_write,
+                {"key": f"{workflow_id}/{index}/{n}", "workflow_id": workflow_id, "rows": rows,
                  "emails": step.background_activities if last else 0, "version": self.version, "phase": self._phase(index)},
                 start_to_close_timeout=ACTIVITY_TIMEOUT)
             outbox += written["outbox_ids"]

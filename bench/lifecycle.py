@@ -88,7 +88,7 @@ async def row_counts(sessions) -> dict[str, int]:
 NOT_EVENT_ROWS = {"forces", "contacts", "relay_status", "job_runs"}  # reference data, the worker's bookkeeping
 
 
-def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> int:
+def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> float:
     """The record and audit rows each of the same-work baseline's writes adds, so that it writes as many
     rows in all as ours did: ours' rows (less the reference data and the worker's bookkeeping, written once
     per database, not per event), less the outbox rows and their audit rows (the baseline writes those for
@@ -97,7 +97,7 @@ def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommend
     rows = {t: n for t, n in (ours.get("rows_written") or {}).items() if t not in NOT_EVENT_ROWS}
     emails = rows.get("notifications", 0)
     other = sum(rows.values()) - 2 * emails - reports * (1 + RECS_PER_REPORT)
-    return max(1, round(other / writes)) if writes else 2
+    return max(1.0, round(other / writes, 3)) if writes else 2.0
 
 
 async def _ours(env, workdir: Path, database_url: str, published: date, reports: int, *, workers: int = 1,
@@ -170,7 +170,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
 
 
 async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int,
-                *, workers: int = 1, database_url: str | None = None, rows_per_write: int = 2, prefix: str = "bare-lifecycle") -> dict:
+                *, workers: int = 1, database_url: str | None = None, rows_per_write: float = 2.0, prefix: str = "bare-lifecycle") -> dict:
     """Bare workflows of our shape. With `database_url`, the same-work baseline: each write an event's
     rows in one transaction there, each email leased, sent to a loopback SMTP capture (ours' kind) and
     marked sent; the driver, as ours, answers when the projection row (its own) asks for evidence."""
