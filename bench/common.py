@@ -200,11 +200,15 @@ async def our_stack(env, workdir: Path, database_url: str, workers: int = 1, **s
 
 
 @asynccontextmanager
-async def bare_worker(env, workdir: Path, task_queue: str, instance: str = ""):
+async def bare_worker(env, workdir: Path, task_queue: str, instance: str = "", *, database_url: str | None = None,
+                      smtp_port: int | None = None):
     """The bare baselines' worker in its own process (bench/bare_worker.py), like `ncpi worker`;
-    `instance` tells apart several on one task queue."""
+    `instance` tells apart several on one task queue. With `database_url` (and the SMTP capture's
+    `smtp_port`) it runs the same-work activities too (bench/bare_work.py)."""
     alive = workdir / f"{task_queue}{instance}.alive"
     args = [sys.executable, "-m", "bench.bare_worker", temporal_address(env), task_queue, str(alive)]
+    if database_url:
+        args += [database_url] + ([str(smtp_port)] if smtp_port else [])
     async with worker_process(args, dict(os.environ), alive, workdir / f"{task_queue}{instance}-worker.log") as process:
         yield process
 

@@ -4,7 +4,10 @@ database on SQLite and on PostgreSQL; against bare workflows of identical shape 
 
 The baseline's shape is read from our own histories (bench/shape.py): one inspection workflow and one
 recommendation workflow of the run, cut into steps; `BareFollowUp` replays those steps with the same
-timers and as many activities that do nothing, child starts, signals and Updates.
+timers and as many activities that do nothing, child starts, signals and Updates. A second baseline
+does the same work with the same shape (bench/bare_work.py): each write an event's rows by plain SQL in
+one transaction on the same kind of database as ours, each email leased, sent to a loopback SMTP
+capture and marked sent, and the driver polls its projection row as ours polls our projection.
 
 Every report is for a different force, published on a Monday, with recommendations due "within six
 months". Nobody sends an action plan or a PCC response (so their reminders and escalations all go
@@ -74,6 +77,31 @@ def report_dates(reports: int, published: date) -> list[tuple[str, date]]:
     """(force, publication date) of each report: one per force, then the forces again a week later."""
     codes = sorted(load_forces(ROOT / "config" / "forces.yaml"))
     return [(codes[k % len(codes)], published + timedelta(weeks=k // len(codes))) for k in range(reports)]
+
+
+async def row_counts(sessions) -> dict[str, int]:
+    """Rows in each of our tables."""
+    from sqlalchemy import func
+
+    from ncpi_workflow.models import Base
+
+    async with sessions() as session:
+        return {t.name: await session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+NOT_EVENT_ROWS = {"forces", "contacts", "relay_status", "job_runs"}  # reference data, the worker's bookkeeping
+
+
+def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int) -> float:
+    """The record and audit rows each of the same-work baseline's writes adds, so that it writes as many
+    rows in all as ours did: ours' rows (less the reference data and the worker's bookkeeping, written once
+    per database, not per event), less the outbox rows and their audit rows (the baseline writes those for
+    each email) and one projection row per workflow, over ours' writes (record_event and the like)."""
+    writes = reports * (sum(s.writes for s in inspection_steps) + RECS_PER_REPORT * sum(s.writes for s in recommendation_steps))
+    rows = {t: n for t, n in (ours.get("rows_written") or {}).items() if t not in NOT_EVENT_ROWS}
+    emails = rows.get("notifications", 0)
+    other = sum(rows.values()) - 2 * emails - reports * (1 + RECS_PER_REPORT)
+    return max(1.0, round(other / writes, 3)) if writes else 2.0
 
 
 def work_done(history, until: float | None = None) -> int:
@@ -169,6 +197,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
     extra = {} if window is None else {"shutdown_grace_seconds": 1}  # a window's end leaves work in flight
     async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale, **extra) as ours, \
             peak_rss([w.pid for w in ours.workers]) as rss:
+        rows_before = await row_counts(ours.sessions)
         driven: set[str] = set()
         drivers: list[asyncio.Task] = []
         outcomes: list = []
@@ -213,6 +242,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
         started_wall = time.time()
         elapsed = await _until_done_or(window, whole_lifecycle())
         emails = len(ours.smtp.messages)
+        rows_after = await row_counts(ours.sessions)
         if window is None:
             assert set(outcomes[len(inspections):]) == {"achieved"}, f"unexpected outcomes: {set(outcomes)}"
             inspection_history = await env.client.get_workflow_handle(inspection_workflow_id(inspections[0])).fetch_history()
@@ -227,6 +257,8 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
         "emails_received": emails,
+        # Rows the run added, table by table (publication's included): what the same-work baseline matches.
+        "rows_written": {t: rows_after[t] - rows_before.get(t, 0) for t in rows_after if rows_after[t] != rows_before.get(t, 0)},
         "worker_rss": rss,
         "work_per_recommendation": round(work_per_recommendation(inspection_history, recommendation_history), 2),
         "inspection_steps": steps_from_history(inspection_history),
@@ -237,16 +269,35 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
 
 
 async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation_steps: list[Step], reports: int,
-                *, workers: int = 1, window: float | None = None, per_recommendation: float | None = None) -> dict:
-    """The bare baseline; `window` and `per_recommendation` as `_ours` has them."""
+                *, workers: int = 1, window: float | None = None, per_recommendation: float | None = None,
+                database_url: str | None = None, rows_per_write: float = 2.0, prefix: str = "bare-lifecycle") -> dict:
+    """Bare workflows of our shape; `window` and `per_recommendation` as `_ours` has them. With
+    `database_url`, the same-work baseline: each write an event's rows in one transaction there, each
+    email leased, sent to a loopback SMTP capture (ours' kind) and marked sent; the driver, as ours,
+    answers when the projection row (its own) asks for evidence."""
     from contextlib import AsyncExitStack
 
-    queue = "bare-lifecycle"
+    from ncpi_workflow.smtp_capture import start_capture
+    from tests.postgres import free_port
+
+    queue = prefix
     updates = [s.name for s in recommendation_steps if s.trigger == "update"]
-    parents = [f"bare-lifecycle-{k}" for k in range(reports)]
-    children = [f"bare-lifecycle-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
+    same_work = database_url is not None
+    parents = [f"{prefix}-{k}" for k in range(reports)]
+    children = [f"{prefix}-{k}-rec-{n}" for k in range(reports) for n in range(1, RECS_PER_REPORT + 1)]
     async with AsyncExitStack() as stack:
-        processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else ""))
+        smtp = smtp_port = engine = None
+        if same_work:
+            from bench.bare_work import create_engine, create_schema
+
+            await create_schema(database_url)
+            smtp_port = free_port()
+            controller, smtp = start_capture(port=smtp_port)
+            stack.callback(controller.stop)
+            engine = create_engine(database_url)
+            stack.push_async_callback(engine.dispose)
+        processes = [await stack.enter_async_context(bare_worker(env, workdir, queue, f"-{n + 1}" if n else "",
+                                                                 database_url=database_url, smtp_port=smtp_port))
                      for n in range(workers)]
         rss = await stack.enter_async_context(peak_rss([p.pid for p in processes]))
 
@@ -263,25 +314,61 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                             raise
                         await asyncio.sleep(POLL_SECONDS)
 
+        async def drive() -> None:
+            # As ours: poll the projection for the workflows waiting for the first Update, then answer them.
+            from sqlalchemy import text
+
+            waiting_for = f"awaiting:{updates[0]}"
+            driven: set[str] = set()
+            drivers = []
+            try:
+                while len(driven) < len(children):
+                    async with engine.connect() as conn:
+                        asked = (await conn.scalars(text("SELECT workflow_id FROM bare_projection WHERE phase = :phase"),
+                                                    {"phase": waiting_for})).all()
+                    for child_id in set(asked) - driven:
+                        driven.add(child_id)
+                        drivers.append(asyncio.create_task(answer(child_id)))
+                    await asyncio.sleep(POLL_SECONDS)
+                await asyncio.gather(*drivers)
+            finally:
+                for task in drivers:
+                    task.cancel()
+
+        first_update = next((i for i, s in enumerate(recommendation_steps) if s.trigger == "update"), None)
+        # The driver polls the projection when the step before the first Update writes it (ours' does).
+        polls = same_work and first_update and recommendation_steps[first_update - 1].writes
+
         async def whole_lifecycle() -> None:
             handles = []
             for k in range(reports):
                 handles.append(await env.client.start_workflow(
                     BareFollowUp.run,
-                    BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"bare-lifecycle-{k}-rec"),
+                    BareInput(steps=inspection_steps, child_steps=recommendation_steps, child_id_prefix=f"{prefix}-{k}-rec",
+                              same_work=same_work, rows_per_write=rows_per_write),
                     id=parents[k], task_queue=queue,
                 ))
-            await asyncio.gather(*(answer(c) for c in children))
-            await asyncio.gather(*(h.result() for h in handles), *(ended(env.client, c) for c in children))
+            if polls:
+                await asyncio.gather(drive(), *(h.result() for h in handles), *(ended(env.client, c) for c in children))
+            else:
+                await asyncio.gather(*(answer(c) for c in children))
+                await asyncio.gather(*(h.result() for h in handles), *(ended(env.client, c) for c in children))
 
         started_wall = time.time()
         elapsed = await _until_done_or(window, whole_lifecycle())
+        extra: dict = {}
+        if same_work:
+            from bench.bare_work import count_rows
+
+            extra = {"rows": await count_rows(database_url), "emails_received": len(smtp.messages),
+                     "rows_per_write": rows_per_write,
+                     "database": "postgresql" if database_url.startswith("postgresql") else "sqlite"}
         if window is None:
             inspection_history = await env.client.get_workflow_handle(parents[0]).fetch_history()
             recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
     if window is not None:  # counted with the worker stopped, so that the peak RSS is the window's
         figures = await window_figures(env.client, parents, children, started_wall + window, window, per_recommendation)
-        return {**figures, "worker_rss": rss}
+        return {**figures, "worker_rss": rss, **extra}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(children) / elapsed, 2),
@@ -289,32 +376,50 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
         "work_per_recommendation": round(work_per_recommendation(inspection_history, recommendation_history), 2),
         "shape": {"inspection": shape_counts(inspection_history), "recommendation": shape_counts(recommendation_history)},
         "timeline": {"inspection": timeline(inspection_history), "recommendation": timeline(recommendation_history)},
+        **extra,
     }
 
 
 async def bench(env, workdir: Path, quick: bool, cluster=None) -> dict:
-    """`cluster`: a PostgreSQL cluster shared with other sections (bench/run.py), else one of its own."""
+    """Ours on SQLite and on PostgreSQL; for each, the same-work baseline on the same database (run just
+    after it, so both see the same load); then the bare baseline that does no I/O. `cluster`: a
+    PostgreSQL cluster shared with other sections (bench/run.py), else one of its own."""
     reports = 3 if quick else 10
     results: dict = {"recommendations": reports * RECS_PER_REPORT, "inspections": reports, "time_scale": TIME_SCALE}
     sqlite_dir = workdir / "lifecycle-sqlite"
     sqlite_dir.mkdir()
     ours = {"sqlite": await _ours(env, sqlite_dir, f"sqlite+aiosqlite:///{sqlite_dir / 'ncpi.db'}", PUBLISHED["sqlite"], reports)}
+    template = ours["sqlite"]
+    steps = (template.pop("inspection_steps"), template.pop("recommendation_steps"))
+    same_work: dict = {}
+
+    async def same(name: str, url: str) -> None:
+        per_write = same_work_rows_per_write(ours[name], *steps, reports)
+        same_work[name] = await _bare(env, workdir / f"lifecycle-same-work-{name}", *steps, reports, database_url=url,
+                                      rows_per_write=per_write, prefix=f"bare-same-work-{name}")
+
+    (workdir / "lifecycle-same-work-sqlite").mkdir()
+    await same("sqlite", f"sqlite+aiosqlite:///{workdir / 'lifecycle-same-work-sqlite' / 'bare.db'}")
     async with maybe_postgres(cluster) as (cluster, reason):
         if cluster is None:
-            ours["postgresql"] = {"skipped": reason}
+            ours["postgresql"] = same_work["postgresql"] = {"skipped": reason}
         else:
             pg_dir = workdir / "lifecycle-postgresql"
             pg_dir.mkdir()
             ours["postgresql"] = await _ours(env, pg_dir, await create_database(cluster, "ncpi_bench_lifecycle"),
                                              PUBLISHED["postgresql"], reports)
-    template = ours["sqlite"]
-    bare = await _bare(env, workdir, template.pop("inspection_steps"), template.pop("recommendation_steps"), reports)
-    for figures in ours.values():
+            (workdir / "lifecycle-same-work-postgresql").mkdir()
+            await same("postgresql", await create_database(cluster, "bare_bench_lifecycle"))
+    bare = await _bare(env, workdir, *steps, reports)
+    for name, figures in ours.items():
         figures.pop("inspection_steps", None)
         figures.pop("recommendation_steps", None)
         if "recommendations_per_second" in figures:
             figures["ratio"] = round(figures["recommendations_per_second"] / bare["recommendations_per_second"], 3)
-    results.update(ours=ours, baseline_bare=bare)
+            base = same_work.get(name) or {}
+            if "recommendations_per_second" in base:
+                figures["ratio_same_work"] = round(figures["recommendations_per_second"] / base["recommendations_per_second"], 3)
+    results.update(ours=ours, baseline_bare=bare, baseline_same_work=same_work)
     return results
 
 

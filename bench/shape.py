@@ -3,6 +3,7 @@ counts that show the bare baseline has the same shape as ours."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from temporalio.api.enums.v1 import EventType
@@ -12,6 +13,16 @@ from bench.bare import Step
 
 BACKGROUND_ACTIVITIES = {"deliver_notification"}
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
+NOT_WRITES = {"read_clock"}  # local activities that hand back the workflow's clock and touch no database
+
+
+def local_activity_type(event) -> str:
+    """The activity type a local activity's marker records ("" when it cannot be read)."""
+    try:
+        payloads = event.marker_recorded_event_attributes.details["data"].payloads
+        return json.loads(payloads[0].data).get("activity_type", "")
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return ""
 
 
 def steps_from_history(history: WorkflowHistory, background: set[str] = BACKGROUND_ACTIVITIES) -> list[Step]:
@@ -53,6 +64,8 @@ def steps_from_history(history: WorkflowHistory, background: set[str] = BACKGROU
                 steps[-1].activities += 1
         elif kind == EventType.EVENT_TYPE_MARKER_RECORDED and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
             steps[-1].local_activities += 1
+            if local_activity_type(event) not in NOT_WRITES:
+                steps[-1].writes += 1
         elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             steps[-1].children += 1
         elif kind == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:

@@ -51,9 +51,12 @@ async def _bare_starts_and_updates(env, workdir: Path, timed_starts: int, open_w
     """Bare workflows on the same server, with a bare worker in its own process: `timed_starts`
     started from one client, `concurrency` at a time (the publication baseline: the bound
     `ncpi publish A B ...` has), the rest to `open_workflows` at once;
-    the worker's RSS growth; then `samples` bare Updates timed one by one."""
+    the worker's RSS growth; then `samples` bare Updates timed one by one: the Update that does nothing,
+    then the same-work one (`decide`: one local activity writing a decision's rows in one transaction,
+    on SQLite as ours here, then the answer)."""
     queue = "bare"
-    async with bare_worker(env, workdir, queue) as worker:
+    database_url = f"sqlite+aiosqlite:///{workdir / 'bare-updates.db'}"
+    async with bare_worker(env, workdir, queue, database_url=database_url) as worker:
         rss_before = rss_mib(worker.pid)
         start = time.perf_counter()
         handles = await _bounded(
@@ -69,8 +72,18 @@ async def _bare_starts_and_updates(env, workdir: Path, timed_starts: int, open_w
             t0 = time.perf_counter()
             await handle.execute_update(BareWorkflow.poke, 1)
             latencies.append(time.perf_counter() - t0)
+        same_work = []
+        for handle in handles[-samples:]:
+            t0 = time.perf_counter()
+            await handle.execute_update(BareWorkflow.decide, f"{handle.id}/decision")
+            same_work.append(time.perf_counter() - t0)
         await _bounded([h.signal(BareWorkflow.finish) for h in handles], 16)
+    from bench.bare_work import count_rows
+
+    rows = await count_rows(database_url)
+    assert rows["bare_outbox"] == len(same_work), rows  # each decision wrote its rows once
     return {"starts_seconds": starts_seconds, "update": percentiles(latencies),
+            "update_same_work": {**percentiles(same_work), "rows": rows},
             "rss_mib_per_1000_open_workflows": round(rss_growth / open_workflows * 1000, 1)}
 
 
@@ -173,6 +186,7 @@ async def _publication_latency_memory(env, workdir: Path, quick: bool) -> dict:
             "submit_evidence": percentiles(evidence_samples),
             "record_decision": percentiles(decision_samples),
             "baseline_bare_update": bare["update"],
+            "baseline_same_work_update": bare["update_same_work"],
         }
         workflow_ids = [inspection_workflow_id(i) for i in inspection_ids]
         workflow_ids += [recommendation_workflow_id(f"{i}-R{n}") for i in inspection_ids for n in range(1, PER_REPORT + 1)]

@@ -198,3 +198,109 @@ def test_sigterm_cancels_the_benchmark_so_that_its_cleanup_runs(tmp_path):
     process.terminate()
     out, _ = process.communicate(timeout=30)
     assert marker.read_text() == "cleaned" and out.strip() == "None" and process.returncode == 0
+
+
+def test_steps_tell_the_writes_from_the_clock_reads():
+    """The same-work baseline writes for each local activity that writes in ours (record_event, the
+    single-purpose record activities), not for a clock read (read_clock touches no database)."""
+    steps = steps_from_history(_history("v7/recommendation-R1-run1"))
+    assert sum(s.writes for s in steps) == 9 and sum(s.local_activities for s in steps) == 21
+    assert all(s.writes <= s.local_activities for s in steps)
+
+
+# A small lifecycle of the shape ours has: the inspection starts its recommendations and emails; each
+# recommendation writes, emails after a timer, is asked for evidence (its projection says so), then
+# takes the evidence and the decision as Updates and tells the inspection.
+def _tiny_shape():
+    from bench.bare import Step
+
+    recs = 10  # bench.lifecycle.RECS_PER_REPORT: the bare driver's children per report
+    inspection = [Step("start", local_activities=3, writes=2, children=recs, background_activities=1)]
+    inspection += [Step("signal", "recommendation_settled", local_activities=2, writes=1) for _ in range(recs)]
+    recommendation = [
+        Step("start", local_activities=2, writes=1),
+        Step("timer", timer_seconds=0.3, timer_from_step=0, local_activities=2, writes=1, background_activities=1),
+        Step("timer", timer_seconds=0.6, timer_from_step=0, local_activities=2, writes=1),  # asks for evidence
+        Step("update", "submit_evidence", local_activities=2, writes=1),
+        Step("update", "record_decision", local_activities=2, writes=1, background_activities=2, signals=1),
+    ]
+    return inspection, recommendation
+
+
+async def test_the_same_work_lifecycle_baseline_writes_its_rows_and_sends_its_emails(dev_server_env, tmp_path):
+    """bench/lifecycle.py's same-work baseline at a tiny size on SQLite: every write's rows are there (once:
+    idempotent keys), every email was put in the outbox, sent to the SMTP capture and marked sent, and
+    the driver answered the Updates from the projection rows, as ours does from our projection."""
+    from bench import lifecycle
+
+    inspection, recommendation = _tiny_shape()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bare.db'}"
+    import asyncio
+
+    figures = await asyncio.wait_for(lifecycle._bare(dev_server_env, tmp_path, inspection, recommendation, 1, database_url=url,
+                                                     rows_per_write=2.5, prefix="bare-same-work-test"), 300)
+    writes = sum(s.writes for s in inspection) + 10 * sum(s.writes for s in recommendation)
+    emails = sum(s.background_activities for s in inspection) + 10 * sum(s.background_activities for s in recommendation)
+    rows = figures["rows"]
+    # 2.5 rows per write on average (each workflow's writes alternate 2 and 3), and an audit row per email
+    per_inspection, per_recommendation = sum(s.writes for s in inspection), sum(s.writes for s in recommendation)
+    assert rows["bare_record"] + rows["bare_audit"] == int(per_inspection * 2.5) + 10 * int(per_recommendation * 2.5) + emails
+    assert writes * 2.5 - 11 <= rows["bare_record"] + rows["bare_audit"] - emails <= writes * 2.5
+    assert rows["bare_outbox"] == rows["bare_outbox_sent"] == emails == figures["emails_received"] == 31
+    assert rows["bare_projection"] == 11  # one per workflow
+    assert figures["shape"]["recommendation"]["updates"] == 2 and figures["recommendations_per_second"] > 0
+    # No I/O: the same shape, nothing written (no database) and nothing sent.
+    plain = await lifecycle._bare(dev_server_env, tmp_path, inspection, recommendation, 1, prefix="bare-no-io-test")
+    assert "rows" not in plain and plain["shape"]["recommendation"]["local_activities"] == 10
+    for kind in ("inspection", "recommendation"):  # the same shape, with or without the work
+        for count in ("activities", "local_activities", "child_starts", "signals_sent", "signals_received", "updates", "timers"):
+            assert figures["shape"][kind].get(count) == plain["shape"][kind].get(count), (kind, count)
+
+
+def test_same_work_rows_per_write_matches_ours_total():
+    from bench import lifecycle
+
+    inspection, recommendation = _tiny_shape()
+    writes = 2 + 10 + 10 * 5  # 62 writes for one report
+    ours = {"rows_written": {"notifications": 31, "audit_events": 200, "decisions": 10, "inspections": 1,
+                             "recommendations": 10, "deadlines": 60, "forces": 43, "contacts": 129, "relay_status": 1}}
+    # (312 rows, not the reference data - 2 x 31 for the outbox and its audit rows - 11 projections) / 62 writes
+    assert lifecycle.same_work_rows_per_write(ours, inspection, recommendation, 1) == round((312 - 62 - 11) / writes, 3)
+
+
+def test_the_rows_show_both_baselines_each_with_its_ratio():
+    sample = json.loads(json.dumps(SAMPLE))
+    sample["lifecycle"]["ours"]["sqlite"]["ratio_same_work"] = 1.25
+    sample["lifecycle"]["baseline_same_work"] = {"sqlite": {"seconds": 50.0, "recommendations_per_second": 2.0},
+                                                 "postgresql": {"skipped": "PostgreSQL binaries (initdb) not found"}}
+    sample["update_latency"]["baseline_same_work_update"] = {"p50_ms": 28.6, "p95_ms": 40.0, "p99_ms": 62.1, "samples": 100}
+    table = bench_run.table(sample)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 10 and all(row.count("|") == 5 for row in rows), table
+    life = next(r for r in rows if r.startswith("| lifecycle throughput, SQLite"))
+    assert "no I/O: 2.78 recommendations/s (36.0 s)" in life and "the same work" in life and "2.0 recommendations/s (50.0 s)" in life
+    assert life.endswith("| 0.9 (no I/O) / 1.25 (same work) |")
+    decision = next(r for r in rows if r.startswith("| Update `record_decision`"))
+    assert "no I/O: 16.9 / 58.2 / 70.1 ms" in decision and "28.6 / 40.0 / 62.1 ms" in decision
+    assert f"{round(28.6 / 254.0, 3)} (p50, same work)" in decision and f"{round(62.1 / 310.4, 3)} (p99, same work)" in decision
+
+
+async def test_the_same_work_update_writes_a_decisions_rows_once(dev_server_env, tmp_path):
+    """The bare `decide` Update (temporal_bench's same-work Update baseline): one local activity, one
+    transaction, a decision's rows; sent again with the same key it adds nothing."""
+    from bench.bare import BareWorkflow
+    from bench.bare_work import count_rows
+    from bench.common import bare_worker
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bare-updates.db'}"
+    async with bare_worker(dev_server_env, tmp_path, "bare-decide-test", database_url=url):
+        handle = await dev_server_env.client.start_workflow(BareWorkflow.run, id="bare-decide-test-1", task_queue="bare-decide-test")
+        first = await handle.execute_update(BareWorkflow.decide, "bare-decide-test-1/decision")
+        again = await handle.execute_update(BareWorkflow.decide, "bare-decide-test-1/decision")
+        assert await handle.execute_update(BareWorkflow.poke, 3) == 3  # the no-I/O Update beside it
+        await handle.signal(BareWorkflow.finish)
+        await handle.result()
+    assert first == again and len(first) == 1
+    rows = await count_rows(url)
+    # the decision and the register entry, each with its audit row; the email's outbox row and its audit row
+    assert (rows["bare_record"], rows["bare_audit"], rows["bare_outbox"], rows["bare_projection"]) == (2, 3, 1, 1), rows
