@@ -184,16 +184,16 @@ async def record_event_breakdown(events: int) -> dict:
             env = ActivityEnvironment()
             by_kind: dict[str, dict] = {}
             now = datetime.now(timezone.utc)
+            version = 1 << 24  # each event's projection newer than the last (as a workflow's are)
             for kind in ("submit_evidence", "record_decision"):
                 timings.clear()
                 clock.samples.clear()
                 clock.counts.clear()
                 totals, cpus = [], []
-                version = 1 << 24
                 for n in range(1, events + 1):
                     rec_id = f"{inspection_id}-R{n}"
                     key = f"bench/{uuid.uuid4()}"
-                    version += 256
+                    version += 256 * events
                     if kind == "submit_evidence":
                         item = EvidenceRequestInput(f"{rec_id}.pdf", f"{n:064x}", 10, "/dev/null", "application/pdf", "bench")
                         write = EventWrite(
