@@ -86,7 +86,7 @@ async def bench() -> dict:
                         break
                     await asyncio.sleep(0.05)
                 projected = time.perf_counter() - started
-                await asyncio.sleep(3)  # the last first tasks
+                await asyncio.sleep(1)
                 worker_cpu = _cpu_seconds(ours.worker.pid) - cpu_before
                 async with ours.sessions() as session:
                     recs = sorted((await session.scalars(select(Recommendation.id))).all())
@@ -99,7 +99,11 @@ async def bench() -> dict:
                 ids = [(inspection_workflow_id(i), "inspection") for i in inspections]
                 ids += [(recommendation_workflow_id(r), "recommendation") for r in recs]
                 for workflow_id, kind in ids:
-                    events = list((await env.client.get_workflow_handle(workflow_id).fetch_history()).events)
+                    while True:  # publication projects the rows just before its recommendations start
+                        events = list((await env.client.get_workflow_handle(workflow_id).fetch_history()).events)
+                        if any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in events):
+                            break
+                        await asyncio.sleep(0.2)
                     writes += sum(1 for e in events if _local_activity(e) in WRITES)
                     first = {t: next(e for e in events if e.event_type == t) for t in (
                         EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
