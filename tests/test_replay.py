@@ -75,16 +75,22 @@ async def test_saved_history_replays(path):
 
 
 async def test_a_breaking_change_is_caught(monkeypatch):
-    """The guard works: reorder what the recommendation workflow does first and replay must fail."""
+    """The guard works: add a command to what the recommendation workflow does and replay must fail.
+    (Projecting twice no longer does: since v8 a projection written with its event and unchanged
+    search attributes add no command.)"""
+    from datetime import timedelta
+
+    from temporalio import workflow
+
     from workflows import recommendation
 
     original = recommendation.RecommendationWorkflow._project
 
-    async def project_twice(self):
+    async def project_then_wait(self):
         await original(self)
-        await original(self)
+        await workflow.sleep(timedelta(milliseconds=1))  # a timer the recorded history does not have
 
-    monkeypatch.setattr(recommendation.RecommendationWorkflow, "_project", project_twice)
+    monkeypatch.setattr(recommendation.RecommendationWorkflow, "_project", project_then_wait)
     path = next(p for p in HISTORIES if p.parent.name == VERSIONS[-1] and p.stem == "recommendation-R1-run1")
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     # Unsandboxed, so that the patched class is the one replayed (the sandbox re-imports workflows/).

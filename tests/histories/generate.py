@@ -16,6 +16,11 @@ waiting for the server's confirmation (the run waits for it before continuing as
 The scenario passes through every handler and both continue-as-new paths: progress, a delivery, a
 revised deadline, an inspector's revisit, evidence, a partial decision (a second cycle), the
 automatic revisit, an achieved decision, a withdrawal and a re-opening.
+v8 (issue 15's tuning): the inspection's first task writes the notice, its projection and its
+recommendations' first projections in one record_event and starts them with their search attributes
+("publication-starts-recommendations-first"); the step after an Update taken at the Update's instant,
+no read_clock ("step-at-the-action-instant"); search attributes upserted only when they change
+("search-attributes-when-changed").
 """
 
 from __future__ import annotations
