@@ -122,7 +122,7 @@ def memory_rows(parts: dict) -> list[str]:
                              ("shared sandbox (as shipped)", "ours_shared", "shared"),
                              (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache",
                               "small_cache")):
-        opened = parts["parts"][part]["open_workflows"]
+        opened = parts["parts"].get(part, parts["parts"]["shared"])["open_workflows"]
         rows.append(f"| worker RSS, part by part ({_n(opened)} open workflows, the second half's growth), ours with the {label} | "
                     f"{b[key]} MiB per 1,000 | bare workflows: {b['baseline_bare']} MiB per 1,000 | {ratio(b['baseline_bare'], b[key])} |")
     bare = inst["bare_sdk_default_sandbox"]
