@@ -216,7 +216,8 @@ async def main(quick: bool) -> dict:
     # server only at the end): on a loaded machine, what a quiet one would need at least.
     results["section_cpu_seconds"] = cpu
     started = time.perf_counter()
-    async with maybe_postgres() as (cluster, reason), dev_server() as env:
+    # Without PostgreSQL (cluster None) each section tries its own and records why it could not.
+    async with maybe_postgres() as (cluster, _), dev_server() as env:
         timings["setup"] = round(time.perf_counter() - started, 1)
         mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
         parts: dict = {}
@@ -229,8 +230,6 @@ async def main(quick: bool) -> dict:
                                     (memory, "memory_parts", {"env": env, "timings": {}})):
             mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
             section: dict = {}
-            if cluster is None and "cluster" in kwargs:
-                kwargs["cluster"] = None  # each section records PostgreSQL's reason itself
             await module.run(section, quick, **kwargs)
             results[key] = section
             timings[key] = round(time.perf_counter() - mark, 1)
