@@ -51,6 +51,9 @@ async def execute_update(handle, update, arg, update_id: str, not_ready_for: flo
         try:
             return await handle.execute_update(update, arg, id=update_id)
         except WorkflowUpdateRPCTimeoutOrCancelledError:
+            if asyncio.current_task().cancelling():
+                # The SDK turns our own cancellation (a time window's end) into this error: stop, do not retry.
+                raise asyncio.CancelledError() from None
             await asyncio.sleep(POLL_SECONDS)
         except RPCError as exc:
             if exc.status is not RPCStatusCode.FAILED_PRECONDITION or not_ready >= not_ready_for:
@@ -135,7 +138,8 @@ async def window_figures(client, parents: list[str], children: list[str], since:
         "work_per_recommendation": round(per_recommendation, 2),
         "sampled_workflows": len(parent_ids) + len(child_ids),
         "sampled_recommendations_started": started_children, "sampled_recommendations_ended": ended_children,
-        "note": "a time window from the end of publication (every workflow started): activities and local activities "
+        "note": "a time window from the end of publication (every inspection or parent workflow started; they start "
+                "their recommendations): activities and local activities "
                 "completed in it, counted in a sample of the histories, over one whole lifecycle's count per recommendation",
     }
 

@@ -21,8 +21,8 @@ Time: the policy calendar runs `TIME_SCALE` times faster than the wall clock (19
 about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike) and runs
 to the end; from 1,000 on it is bound by the work (the figure is the stack's capacity, and a run to
 the end would take size / capacity: half an hour at 5,000), so those points run for a time window
-(`WINDOW`, 30 s from the end of the publication, every workflow started; the files are read and
-checked before the clock starts): the activities and local activities completed in it (read from a
+(`WINDOW`, 30 s from the end of the publication, every inspection workflow started, which start
+their recommendations; the files are read and checked before the clock starts): the activities and local activities completed in it (read from a
 sample of the histories after the window, each event counted only if it falls in it) over one whole
 lifecycle's count per recommendation (the 100-recommendation run's own histories, ours' for ours and
 bare's for bare) give recommendations' worth of work per second; the peak RSS is the window's. Each
