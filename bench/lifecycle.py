@@ -54,6 +54,9 @@ async def execute_update(handle, update, arg, update_id: str, not_ready_for: flo
         try:
             return await handle.execute_update(update, arg, id=update_id)
         except WorkflowUpdateRPCTimeoutOrCancelledError:
+            if asyncio.current_task().cancelling():
+                # The SDK turns our own cancellation (a time window's end) into this error: stop, do not retry.
+                raise asyncio.CancelledError() from None
             await asyncio.sleep(POLL_SECONDS)
         except RPCError as exc:
             if exc.status is not RPCStatusCode.FAILED_PRECONDITION or not_ready >= not_ready_for:
@@ -104,13 +107,16 @@ def same_work_rows_per_write(ours: dict, inspection_steps: list[Step], recommend
     return max(1.0, round(other / writes, 3)) if writes else 2.0
 
 
-def work_done(history, until: float | None = None) -> int:
-    """The activities and local activities a history shows completed (at or before `until`, seconds
-    since the epoch, when given): the unit a time window counts the work in."""
+def work_done(history, until: float | None = None, since: float | None = None) -> int:
+    """The activities and local activities a history shows completed (after `since` and at or before
+    `until`, seconds since the epoch, when given): the unit a time window counts the work in."""
     count = 0
     for event in history.events:
-        if until is not None and event.event_time.ToNanoseconds() / 1e9 > until:
+        at = event.event_time.ToNanoseconds() / 1e9
+        if until is not None and at > until:
             break
+        if since is not None and at <= since:
+            continue
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED or (
                 event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
                 and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER):
@@ -132,19 +138,20 @@ async def _history_or_none(client, workflow_id: str):
         return None  # not started when the window closed
 
 
-async def window_figures(client, parents: list[str], children: list[str], until: float, window: float,
+async def window_figures(client, parents: list[str], children: list[str], since: float, window: float,
                          per_recommendation: float, sample: int = 20) -> dict:
-    """The work done in a time window, estimated from a sample of the histories (every k-th parent
-    and its children, so early and late publications alike): activities and local activities
-    completed by `until`, over `per_recommendation` (one whole lifecycle's count): recommendations'
-    worth of work per second."""
+    """The work done in a time window of `window` seconds from `since` (seconds since the epoch),
+    estimated from a sample of the histories (every k-th parent and its children, so early and late
+    publications alike): activities and local activities completed in it, over `per_recommendation`
+    (one whole lifecycle's count): recommendations' worth of work per second."""
+    until = since + window
     stride = max(1, len(parents) // sample)
     picked = list(range(0, len(parents), stride))
     parent_ids = [parents[k] for k in picked]
     child_ids = [c for k in picked for c in children[k * RECS_PER_REPORT:(k + 1) * RECS_PER_REPORT]]
     histories = await bounded([_history_or_none(client, w) for w in parent_ids + child_ids], 16)
-    parent_work = sum(work_done(h, until) for h in histories[:len(parent_ids)] if h is not None)
-    child_work = sum(work_done(h, until) for h in histories[len(parent_ids):] if h is not None)
+    parent_work = sum(work_done(h, until, since) for h in histories[:len(parent_ids)] if h is not None)
+    child_work = sum(work_done(h, until, since) for h in histories[len(parent_ids):] if h is not None)
     ended_children = sum(1 for h in histories[len(parent_ids):] if h is not None and any(
         e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED and e.event_time.ToNanoseconds() / 1e9 <= until
         for e in h.events[-3:]))
@@ -159,24 +166,30 @@ async def window_figures(client, parents: list[str], children: list[str], until:
         "work_per_recommendation": round(per_recommendation, 2),
         "sampled_workflows": len(parent_ids) + len(child_ids),
         "sampled_recommendations_started": started_children, "sampled_recommendations_ended": ended_children,
-        "note": "a time window from the first publication: activities and local activities completed in it, counted in "
-                "a sample of the histories, over one whole lifecycle's count per recommendation",
+        "note": "a time window from the end of publication (every inspection or parent workflow started; they start "
+                "their recommendations): activities and local activities "
+                "completed in it, counted in a sample of the histories, over one whole lifecycle's count per recommendation",
     }
 
 
-async def _until_done_or(window: float | None, body) -> float:
-    """Run `body` to its end, or until `window` seconds have passed (then cancel it); the seconds taken."""
+async def _until_done_or(window: float | None, body, published: asyncio.Event) -> float:
+    """Run `body` to its end, or until `window` seconds after `published` is set (then cancel it); the
+    seconds taken."""
     started = time.perf_counter()
     task = asyncio.ensure_future(body)
     if window is None:
         await task
+        return time.perf_counter() - started
+    waiting = asyncio.ensure_future(published.wait())
+    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if not task.done():
+        await asyncio.wait({task}, timeout=window)
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     else:
-        done, _ = await asyncio.wait({task}, timeout=window)
-        if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        else:
-            task.result()
+        task.result()
     return time.perf_counter() - started
 
 
@@ -226,21 +239,26 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
                 for task in drivers:
                     task.cancel()
 
+        published = asyncio.Event()
+        window_from: list[float] = []
+        checked = [check_file(ours.settings, f) for f in files] if many else []  # the files read and checked first
+
         async def whole_lifecycle() -> None:
             if many:
-                checked = [check_file(ours.settings, f) for f in files]
                 published_ = await publish_many(ours.settings, env.client, [(Path(c.name), c.loaded) for c in checked])
                 assert all(o.publication is not None and o.publication.started for o in published_), published_
             else:
                 for file in files:
                     await publish(ours.settings, env.client, file)
+            window_from.append(time.time())
+            published.set()
             ends = [ended(env.client, inspection_workflow_id(i)) for i in inspections]
             ends += [ended(env.client, recommendation_workflow_id(r)) for r in recommendations]
             results, _ = await asyncio.gather(asyncio.gather(*ends), drive())
             outcomes.extend(results)
 
         started_wall = time.time()
-        elapsed = await _until_done_or(window, whole_lifecycle())
+        elapsed = await _until_done_or(window, whole_lifecycle(), published)
         emails = len(ours.smtp.messages)
         rows_after = await row_counts(ours.sessions)
         if window is None:
@@ -249,10 +267,13 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
             recommendation_history = await env.client.get_workflow_handle(
                 recommendation_workflow_id(recommendations[0])).fetch_history()
     if window is not None:  # counted with the workers stopped, so that the peak RSS is the window's
+        if not window_from:
+            raise RuntimeError(f"the publication did not end within {elapsed:.0f} s")
         figures = await window_figures(env.client, [inspection_workflow_id(i) for i in inspections],
                                        [recommendation_workflow_id(r) for r in recommendations],
-                                       started_wall + window, window, per_recommendation)
-        return {**figures, "emails_received": emails, "worker_rss": rss}
+                                       window_from[0], window, per_recommendation)
+        return {**figures, "publication_seconds": round(window_from[0] - started_wall, 2), "emails_received": emails,
+                "worker_rss": rss}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(recommendations) / elapsed, 2),
@@ -338,6 +359,8 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
         first_update = next((i for i, s in enumerate(recommendation_steps) if s.trigger == "update"), None)
         # The driver polls the projection when the step before the first Update writes it (ours' does).
         polls = same_work and first_update and recommendation_steps[first_update - 1].writes
+        published = asyncio.Event()
+        window_from: list[float] = []
 
         async def whole_lifecycle() -> None:
             handles = []
@@ -348,6 +371,8 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                               same_work=same_work, rows_per_write=rows_per_write),
                     id=parents[k], task_queue=queue,
                 ))
+            window_from.append(time.time())
+            published.set()
             if polls:
                 await asyncio.gather(drive(), *(h.result() for h in handles), *(ended(env.client, c) for c in children))
             else:
@@ -355,7 +380,7 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                 await asyncio.gather(*(h.result() for h in handles), *(ended(env.client, c) for c in children))
 
         started_wall = time.time()
-        elapsed = await _until_done_or(window, whole_lifecycle())
+        elapsed = await _until_done_or(window, whole_lifecycle(), published)
         extra: dict = {}
         if same_work:
             from bench.bare_work import count_rows
@@ -367,8 +392,10 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
             inspection_history = await env.client.get_workflow_handle(parents[0]).fetch_history()
             recommendation_history = await env.client.get_workflow_handle(children[0]).fetch_history()
     if window is not None:  # counted with the worker stopped, so that the peak RSS is the window's
-        figures = await window_figures(env.client, parents, children, started_wall + window, window, per_recommendation)
-        return {**figures, "worker_rss": rss, **extra}
+        if not window_from:
+            raise RuntimeError(f"the starts did not end within {elapsed:.0f} s")
+        figures = await window_figures(env.client, parents, children, window_from[0], window, per_recommendation)
+        return {**figures, "publication_seconds": round(window_from[0] - started_wall, 2), "worker_rss": rss, **extra}
     return {
         "seconds": round(elapsed, 2),
         "recommendations_per_second": round(len(children) / elapsed, 2),

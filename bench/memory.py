@@ -195,9 +195,9 @@ async def open_ours(env, workdir: Path, reports: int, *, sample_state: bool = Fa
     files = report_files(workdir, reports, published)
     recommendations = reports * PER_REPORT
     client = env.client if namespace == "default" else await namespace_client(env, namespace)
-    settings = {"task_queue": f"ncpi-bench-{namespace}", **settings}
+    queue = {} if "task_queue" in settings else {"task_queue": f"ncpi-bench-{namespace}"}
     async with our_stack(env, workdir, f"sqlite+aiosqlite:///{workdir / 'ncpi.db'}", temporal_namespace=namespace,
-                         **settings) as ours:
+                         **queue, **settings) as ours:
         points = [(rss_mib(ours.worker.pid), cpu_seconds(ours.worker.pid))]
         half_reports = reports // 2
         for batch, opened in ((files[:half_reports], half_reports * PER_REPORT), (files[half_reports:], recommendations)):
@@ -217,7 +217,7 @@ async def open_ours(env, workdir: Path, reports: int, *, sample_state: bool = Fa
         workflows = reports * (PER_REPORT + 1)
         result = {"open_recommendation_workflows": recommendations, "open_inspection_workflows": reports,
                   "open_workflows": workflows,
-                  "settings": {k: str(v) for k, v in settings.items() if k != "task_queue"},
+                  "settings": {k: str(v) for k, v in settings.items()},
                   **growth(points, half_reports * (PER_REPORT + 1), workflows)}
         if sample_state:
             ids = [o.publication.inspection_id for o in outcomes if o.publication is not None]
@@ -274,10 +274,12 @@ def breakdown(parts: dict, small_cache: int) -> dict:
     shared = parts["shared"][key]
     small = parts["small_cache"]
     evicted = max(0, small["open_workflows"] - small_cache)
-    # What the shared part's workers held for as many workflows as the small cache's part opened (the
-    # parts may open different counts), less what the small cache's held.
-    cache_held = (parts["shared"]["rss_mib_per_1000_open_workflows"] * small["open_workflows"] / 1000
-                  - small["worker_rss_growth_mib"])
+    # What the shared part's worker would hold with as many workflows as the small cache's part opened
+    # (the parts may open different counts: its growth carried on at its marginal rate), less what the
+    # small cache's held.
+    shared_part = parts["shared"]
+    extra = small["open_workflows"] - shared_part["open_workflows"]
+    cache_held = (shared_part["worker_rss_growth_mib"] + shared_part[key] * extra / 1000 - small["worker_rss_growth_mib"])
     return {
         "baseline_bare": bare,
         "ours_isolated": isolated,
@@ -292,8 +294,8 @@ def breakdown(parts: dict, small_cache: int) -> dict:
                                            for name in ("bare", "isolated", "shared", "small_cache")},
         "note": "marginal MiB of worker RSS per 1,000 open workflows (recommendations and inspections alike, the "
                 "second half opened); sandbox_module_copies = isolated - shared; history_cache_per_1000_cached = "
-                f"(shared growth per workflow x small_cache's count - small_cache's growth) per workflow the small cache "
-                f"({small_cache}) evicted",
+                f"(shared growth, carried on at its marginal rate to small_cache's count, - small_cache's growth) per "
+                f"workflow the small cache ({small_cache}) evicted",
     }
 
 

@@ -135,7 +135,7 @@ def memory_rows(parts: dict) -> list[str]:
                              ("shared sandbox (as shipped)", "ours_shared", "shared"),
                              (f"shared sandbox, NCPI_MAX_CACHED_WORKFLOWS={b['small_cache']}", "ours_shared_small_cache",
                               "small_cache")):
-        opened = parts["parts"][part]["open_workflows"]
+        opened = parts["parts"].get(part, parts["parts"]["shared"])["open_workflows"]
         rows.append(f"| worker RSS, part by part ({_n(opened)} open workflows, the second half's growth), ours with the {label} | "
                     f"{b[key]} MiB per 1,000 | bare workflows: {b['baseline_bare']} MiB per 1,000 | {ratio(b['baseline_bare'], b[key])} |")
     bare = inst["bare_sdk_default_sandbox"]
@@ -229,7 +229,8 @@ async def main(quick: bool) -> dict:
     # server only at the end): on a loaded machine, what a quiet one would need at least.
     results["section_cpu_seconds"] = cpu
     started = time.perf_counter()
-    async with maybe_postgres() as (cluster, reason), dev_server() as env:
+    # Without PostgreSQL (cluster None) each section tries its own and records why it could not.
+    async with maybe_postgres() as (cluster, _), dev_server() as env:
         timings["setup"] = round(time.perf_counter() - started, 1)
         mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
         parts: dict = {}
@@ -242,8 +243,6 @@ async def main(quick: bool) -> dict:
                                     (memory, "memory_parts", {"env": env, "timings": {}})):
             mark, cpu_mark = time.perf_counter(), cpu_seconds_so_far()
             section: dict = {}
-            if cluster is None and "cluster" in kwargs:
-                kwargs["cluster"] = None  # each section records PostgreSQL's reason itself
             await module.run(section, quick, **kwargs)
             results[key] = section
             timings[key] = round(time.perf_counter() - mark, 1)

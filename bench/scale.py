@@ -21,8 +21,9 @@ Time: the policy calendar runs `TIME_SCALE` times faster than the wall clock (19
 about 12 s). At 100 recommendations the run is bound by that calendar (ours and bare alike) and runs
 to the end; from 1,000 on it is bound by the work (the figure is the stack's capacity, and a run to
 the end would take size / capacity: half an hour at 5,000), so those points run for a time window
-(`WINDOW`, 30 s from the first publication): the activities and local activities completed in it
-(read from a sample of the histories, each event counted only up to the window's end) over one whole
+(`WINDOW`, 30 s from the end of the publication, every inspection workflow started, which start
+their recommendations; the files are read and checked before the clock starts): the activities and local activities completed in it (read from a
+sample of the histories after the window, each event counted only if it falls in it) over one whole
 lifecycle's count per recommendation (the 100-recommendation run's own histories, ours' for ours and
 bare's for bare) give recommendations' worth of work per second; the peak RSS is the window's. Each
 run prints its time as it ends (standard error); SIGTERM or Ctrl-C stops the curve and cleans up
@@ -59,7 +60,7 @@ WORKERS = (1, 2)
 # bound by the work, long enough that the driver's polls (0.2 s) and Updates answer before the
 # evidence deadline (ten working days: 0.3 s) at the small sizes.
 TIME_SCALE = 4_000_000.0
-# Sizes above FULL_UP_TO run for WINDOW seconds from their first publication, their work (activities
+# Sizes above FULL_UP_TO run for WINDOW seconds from the end of their publication, their work (activities
 # and local activities completed) counted against one whole lifecycle's (the first size's run, to the end).
 WINDOW = 30.0
 FULL_UP_TO = 100

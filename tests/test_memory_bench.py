@@ -163,6 +163,19 @@ def test_breakdown_puts_the_parts_against_the_baseline():
     assert figures["cpu_seconds_per_1000_workflows"] == {"bare": 1.0, "isolated": 40.0, "shared": 10.0, "small_cache": 12.0}
 
 
+def test_breakdown_when_the_small_cache_part_opens_more_workflows_than_the_shared_one():
+    """`make bench` opens 440 workflows per part but 1,100 for the small cache: the shared part's growth
+    is carried on to 1,100 at its marginal rate before the small cache's is taken from it."""
+    def part(marginal: float, grown: float, workflows: int) -> dict:
+        return {"marginal_rss_mib_per_1000_open_workflows": marginal, "worker_rss_growth_mib": grown,
+                "open_workflows": workflows, "marginal_worker_cpu_seconds_per_1000_workflows": 1.0}
+
+    parts = {"bare": part(100.0, 50.0, 440), "isolated": part(600.0, 270.0, 440), "shared": part(250.0, 120.0, 440),
+             "small_cache": part(10.0, 80.0, 1100)}
+    figures = memory.breakdown(parts, small_cache=100)
+    assert figures["history_cache_per_1000_cached"] == 205.0  # (120 + 250 x 0.66 - 80) MiB over the 1,000 evicted
+
+
 async def test_open_ours_at_a_tiny_size_measures_every_part(dev_server_env, tmp_path):
     """Two reports to an `ncpi worker` process of the shared sandbox and a cache of 5: the workflows open,
     the growth figures, the state's size growing with progress reports, the histories' sizes."""
