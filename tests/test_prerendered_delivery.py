@@ -367,13 +367,12 @@ async def test_a_batched_lease_takes_each_row_for_its_own_deliverer_only_when_fr
     await delivery._release_held()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a setting SQLite alone has
 async def test_on_sqlite_the_lease_connection_skips_the_fsync_and_is_given_back_as_it_was(sessions):
     """The lease commits with synchronous=NORMAL (a lost lease only means a retry; see _LeaseBatcher);
     the mark sent keeps the default (it must be durable), and the pool gets its connection back with
     the setting it had."""
     bind = sessions.kw["bind"]
-    if bind.dialect.name != "sqlite":
-        pytest.skip("SQLite's synchronous setting")
     delivery = DeliveryActivities(sessions, _mailer(free_port()), SETTINGS)
 
     async def synchronous(held) -> int:
