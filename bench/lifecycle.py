@@ -193,6 +193,23 @@ async def _until_done_or(window: float | None, body, published: asyncio.Event) -
     return time.perf_counter() - started
 
 
+async def answer_when_asked(asked, total: int, answer) -> None:
+    """As a force's portal would: poll `asked()` (the IDs whose projection asks for evidence), start
+    `answer(id)` once for each new one, until `total` have been answered; cancelled, the answers are too."""
+    driven: set[str] = set()
+    drivers: list[asyncio.Task] = []
+    try:
+        while len(driven) < total:
+            for key in set(await asked()) - driven:
+                driven.add(key)
+                drivers.append(asyncio.create_task(answer(key)))
+            await asyncio.sleep(POLL_SECONDS)
+        await asyncio.gather(*drivers)
+    finally:
+        for task in drivers:
+            task.cancel()
+
+
 async def _ours(env, workdir: Path, database_url: str, published: date, reports: int, *, workers: int = 1,
                 time_scale: float = TIME_SCALE, many: bool = False, window: float | None = None,
                 per_recommendation: float | None = None) -> dict:
@@ -211,8 +228,6 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
     async with our_stack(env, workdir, database_url, workers=workers, time_scale=time_scale, **extra) as ours, \
             peak_rss([w.pid for w in ours.workers]) as rss:
         rows_before = await row_counts(ours.sessions)
-        driven: set[str] = set()
-        drivers: list[asyncio.Task] = []
         outcomes: list = []
 
         async def evidence_then_decision(rec_id: str) -> None:
@@ -223,21 +238,14 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
             await execute_update(handle, "record_decision", DecisionRequest("achieved", "implemented in full", "bench"),
                                  f"{rec_id}/decision")
 
-        async def drive() -> None:
+        async def asked_for_evidence() -> list[str]:
+            async with ours.sessions() as session:
+                return (await session.scalars(
+                    select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
+
+        def drive():
             # The force answers when the revisit asks for evidence, as its portal would show it.
-            try:
-                while len(driven) < len(recommendations):
-                    async with ours.sessions() as session:
-                        asked = (await session.scalars(
-                            select(Recommendation.id).where(Recommendation.phase == "evidence_requested"))).all()
-                    for rec_id in set(asked) - driven:
-                        driven.add(rec_id)
-                        drivers.append(asyncio.create_task(evidence_then_decision(rec_id)))
-                    await asyncio.sleep(POLL_SECONDS)
-                await asyncio.gather(*drivers)
-            finally:
-                for task in drivers:
-                    task.cancel()
+            return answer_when_asked(asked_for_evidence, len(recommendations), evidence_then_decision)
 
         published = asyncio.Event()
         window_from: list[float] = []
@@ -335,26 +343,16 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
                             raise
                         await asyncio.sleep(POLL_SECONDS)
 
-        async def drive() -> None:
-            # As ours: poll the projection for the workflows waiting for the first Update, then answer them.
+        async def awaiting_first_update() -> list[str]:
             from sqlalchemy import text
 
-            waiting_for = f"awaiting:{updates[0]}"
-            driven: set[str] = set()
-            drivers = []
-            try:
-                while len(driven) < len(children):
-                    async with engine.connect() as conn:
-                        asked = (await conn.scalars(text("SELECT workflow_id FROM bare_projection WHERE phase = :phase"),
-                                                    {"phase": waiting_for})).all()
-                    for child_id in set(asked) - driven:
-                        driven.add(child_id)
-                        drivers.append(asyncio.create_task(answer(child_id)))
-                    await asyncio.sleep(POLL_SECONDS)
-                await asyncio.gather(*drivers)
-            finally:
-                for task in drivers:
-                    task.cancel()
+            async with engine.connect() as conn:
+                return (await conn.scalars(text("SELECT workflow_id FROM bare_projection WHERE phase = :phase"),
+                                           {"phase": f"awaiting:{updates[0]}"})).all()
+
+        def drive():
+            # As ours: poll the projection for the workflows waiting for the first Update, then answer them.
+            return answer_when_asked(awaiting_first_update, len(children), answer)
 
         first_update = next((i for i, s in enumerate(recommendation_steps) if s.trigger == "update"), None)
         # The driver polls the projection when the step before the first Update writes it (ours' does).

@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType
 
 from bench.common import ROOT, dev_server, our_stack
+from bench.shape import local_activity_type
 from bench.temporal_bench import PER_REPORT, _bare_starts_and_updates
 from ncpi_workflow.app.publishing import check_file
 from ncpi_workflow.forces import load_forces
@@ -39,15 +40,6 @@ from ncpi_workflow.settings import Settings
 from tests.lifecycle_support import write_report
 
 WRITES = {"record_event", "record_notification", "project_inspection", "project_recommendation"}
-
-
-def _local_activity(event) -> str | None:
-    if not event.HasField("marker_recorded_event_attributes"):
-        return None
-    marker = event.marker_recorded_event_attributes
-    if marker.marker_name != "core_local_activity":
-        return None
-    return json.loads(marker.details["data"].payloads[0].data)["activity_type"]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -104,7 +96,7 @@ async def bench() -> dict:
                         if any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in events):
                             break
                         await asyncio.sleep(0.2)
-                    writes += sum(1 for e in events if _local_activity(e) in WRITES)
+                    writes += sum(1 for e in events if local_activity_type(e) in WRITES)
                     first = {t: next(e for e in events if e.event_type == t) for t in (
                         EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
                         EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)}

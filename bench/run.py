@@ -3,7 +3,6 @@ markdown table (bench/results/latest.md) for the README. Figures are measured, n
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import os

@@ -73,23 +73,28 @@ def _task_of(events, index: int) -> int:
     return next(e.event_id for e in reversed(events[:index]) if e.HasField("workflow_task_completed_event_attributes"))
 
 
-def _update_steps(events, name: str) -> list[tuple[list[str], int]]:
+def update_spans(events, name: str) -> list[tuple[list[str], int]]:
     """For each completed Update `name`: the local activities it ran (between its acceptance and its
-    completion) and the workflow task its completion was written in."""
+    completion) and the index of its completion event."""
     # By the Update's ID (the time-skipping server leaves the completion's accepted_event_id unset).
     accepted = {a.protocol_instance_id: (e.event_id, a.accepted_request.input.name)
                 for e in events if e.HasField("workflow_execution_update_accepted_event_attributes")
                 for a in [e.workflow_execution_update_accepted_event_attributes]}
-    steps = []
+    spans = []
     for index, e in enumerate(events):
         if not e.HasField("workflow_execution_update_completed_event_attributes"):
             continue
         start_id, started = accepted.get(e.workflow_execution_update_completed_event_attributes.meta.update_id, (None, None))
         if started != name:
             continue
-        types = [t for x in events if start_id < x.event_id < e.event_id and (t := _local_activity(x))]
-        steps.append((types, _task_of(events, index)))
-    return steps
+        spans.append(([t for x in events if start_id < x.event_id < e.event_id and (t := _local_activity(x))], index))
+    return spans
+
+
+def _update_steps(events, name: str) -> list[tuple[list[str], int]]:
+    """For each completed Update `name`: the local activities it ran and the workflow task its
+    completion was written in."""
+    return [(types, _task_of(events, index)) for types, index in update_spans(events, name)]
 
 
 async def _events(handle) -> list:

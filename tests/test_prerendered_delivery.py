@@ -114,6 +114,16 @@ def _statements(*factories):
             event.remove(engine, "before_cursor_execute", note)
 
 
+async def _warm_delivery(sessions, port: int):
+    """A mailer with its SMTP connection open and the relay's state recorded (once, not per message),
+    and the delivery activities using it: what a worker has after its first message."""
+    mailer = _mailer(port)
+    delivery = DeliveryActivities(sessions, mailer, SETTINGS)
+    await mailer.send_bytes(b"Subject: warm\r\n\r\nx\r\n", MAIL_FROM, ["warm@example.org"])
+    delivery.mailer.recorded(mailer.relay_report())
+    return mailer, delivery
+
+
 async def test_rendered_at_record_time_is_byte_identical_to_the_deliverys_own_rendering(sessions):
     await _cumbria_records(sessions)
     records, renderer = _records(sessions)
@@ -152,10 +162,7 @@ async def test_the_hot_path_reads_no_context_renders_nothing_and_sends_the_store
     ids = [await records.record_notification(r) for r in REQUESTS[:3]]
     stored = {i: (await _row(sessions, i)).rendered for i in ids}
     with _capture() as (port, smtp):
-        mailer = _mailer(port)
-        delivery = DeliveryActivities(sessions, mailer, SETTINGS)
-        await mailer.send_bytes(b"Subject: warm\r\n\r\nx\r\n", MAIL_FROM, ["warm@example.org"])
-        delivery.mailer.recorded(mailer.relay_report())  # the relay's state is recorded once, not per message
+        mailer, delivery = await _warm_delivery(sessions, port)
         with _statements(sessions, delivery.mark_sessions) as seen:
             assert [await delivery.deliver_notification(i) for i in ids] == ["sent"] * len(ids)
         await mailer.close()
@@ -317,10 +324,7 @@ async def test_a_burst_is_leased_in_one_statement_and_each_message_marked_sent_i
     data statements for 20 messages (40 before), and never a SELECT."""
     ids = await _burst(sessions, 20)
     with _capture() as (port, smtp):
-        mailer = _mailer(port)
-        delivery = DeliveryActivities(sessions, mailer, SETTINGS)
-        await mailer.send_bytes(b"Subject: warm\r\n\r\nx\r\n", MAIL_FROM, ["warm@example.org"])
-        delivery.mailer.recorded(mailer.relay_report())  # the relay's state is recorded once, not per message
+        mailer, delivery = await _warm_delivery(sessions, port)
         with _statements(sessions, delivery.mark_sessions) as seen:
             assert await asyncio.gather(*(delivery.deliver_notification(i) for i in ids)) == ["sent"] * len(ids)
         await mailer.close()

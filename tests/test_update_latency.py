@@ -9,24 +9,15 @@ from datetime import date
 
 from ncpi_workflow.lifecycle import ProgressRequest, RecommendationView
 from tests.lifecycle_support import harness, skip_to, write_report
-from tests.test_event_transaction import _events, _local_activity
+from tests.test_event_transaction import _events, _local_activity, update_spans
 from tests.test_lifecycle_timeskipping import at, decide, revisit_and_evidence, start, update
 
 
 def _after_each_update(events, name: str) -> list[tuple[list[str], list[str]]]:
     """For each completed Update `name`: the local activities between its acceptance and its completion,
     and those written after its completion in the same workflow task (before the next task is scheduled)."""
-    accepted = {a.protocol_instance_id: (e.event_id, a.accepted_request.input.name)
-                for e in events if e.HasField("workflow_execution_update_accepted_event_attributes")
-                for a in [e.workflow_execution_update_accepted_event_attributes]}
     out = []
-    for index, e in enumerate(events):
-        if not e.HasField("workflow_execution_update_completed_event_attributes"):
-            continue
-        start_id, started = accepted.get(e.workflow_execution_update_completed_event_attributes.meta.update_id, (None, None))
-        if started != name:
-            continue
-        during = [t for x in events if start_id < x.event_id < e.event_id and (t := _local_activity(x))]
+    for during, index in update_spans(events, name):
         after = []
         for x in events[index + 1:]:
             if x.HasField("workflow_task_scheduled_event_attributes"):
@@ -86,7 +77,6 @@ async def test_a_decision_events_transaction_only_writes_and_its_email_is_the_de
     import uuid
     from datetime import datetime, timezone
 
-    from sqlalchemy import select
     from temporalio.testing import ActivityEnvironment
 
     from activities.records import RecordActivities
