@@ -265,8 +265,14 @@ class DatabaseCounter:
         try:
             verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
             if verb in WRITES:
-                self.statements[self.who()][verb] += 1
-                conn.info["capacity_wrote"] = True
+                who = self.who()
+                self.statements[who][verb] += 1
+                if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                    # Its own transaction, committed by the driver: no commit event to count it by.
+                    self.transactions[who] += 1
+                    self.write_transactions[who] += 1
+                else:
+                    conn.info["capacity_wrote"] = True
         except Exception:  # noqa: BLE001
             pass
 

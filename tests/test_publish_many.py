@@ -58,9 +58,9 @@ def engines(monkeypatch):
     real = db.open_database
 
     @contextlib.asynccontextmanager
-    async def counting(url):
+    async def counting(url, **options):
         opened.append(url)
-        async with real(url) as sessions:
+        async with real(url, **options) as sessions:
             yield sessions
 
     monkeypatch.setattr(publishing.db, "open_database", counting)

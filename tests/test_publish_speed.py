@@ -34,8 +34,8 @@ def statements(monkeypatch):
     real = db.open_database
 
     @contextlib.asynccontextmanager
-    async def watched(url):
-        async with real(url) as sessions:
+    async def watched(url, **options):
+        async with real(url, **options) as sessions:
             if not seen["armed"]:
                 yield sessions
                 return
