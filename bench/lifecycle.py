@@ -65,6 +65,11 @@ async def execute_update(handle, update, arg, update_id: str, not_ready_for: flo
             await asyncio.sleep(1.0)
 
 
+# Results waited for at once: each is a long poll, and the server refuses a namespace more than its
+# limit of concurrent pollers ("namespace concurrent poller limit exceeded", seen at 5,000 workflows).
+RESULT_POLLS = 200
+
+
 async def ended(client, workflow_id: str):
     """The workflow's result, once it exists and has ended (children start a moment after their parent)."""
     while True:
@@ -262,7 +267,7 @@ async def _ours(env, workdir: Path, database_url: str, published: date, reports:
             published.set()
             ends = [ended(env.client, inspection_workflow_id(i)) for i in inspections]
             ends += [ended(env.client, recommendation_workflow_id(r)) for r in recommendations]
-            results, _ = await asyncio.gather(asyncio.gather(*ends), drive())
+            results, _ = await asyncio.gather(bounded(ends, RESULT_POLLS), drive())
             outcomes.extend(results)
 
         started_wall = time.time()
@@ -372,10 +377,11 @@ async def _bare(env, workdir: Path, inspection_steps: list[Step], recommendation
             window_from.append(time.time())
             published.set()
             if polls:
-                await asyncio.gather(drive(), *(h.result() for h in handles), *(ended(env.client, c) for c in children))
+                await asyncio.gather(drive(), bounded([h.result() for h in handles] + [ended(env.client, c) for c in children],
+                                                      RESULT_POLLS))
             else:
                 await asyncio.gather(*(answer(c) for c in children))
-                await asyncio.gather(*(h.result() for h in handles), *(ended(env.client, c) for c in children))
+                await bounded([h.result() for h in handles] + [ended(env.client, c) for c in children], RESULT_POLLS)
 
         started_wall = time.time()
         elapsed = await _until_done_or(window, whole_lifecycle(), published)
