@@ -273,8 +273,11 @@ async def bounded(coroutines, limit: int) -> list:
     gate = asyncio.Semaphore(limit)
 
     async def one(coroutine):
-        async with gate:
-            return await coroutine
+        try:
+            async with gate:
+                return await coroutine
+        finally:
+            coroutine.close()  # one cancelled before it started is closed, not left "never awaited"
 
     return await asyncio.gather(*(one(c) for c in coroutines))
 
