@@ -66,6 +66,9 @@ async def dev_server(namespaces: tuple[str, ...] = NAMESPACES):
     from ncpi_workflow.temporal import DATA_CONVERTER, FORCE_CODE, NEXT_DEADLINE, PHASE, PROGRAMME
 
     extra = [arg for name in namespaces for arg in ("--namespace", name)]
+    # The drivers wait on thousands of results and Updates at once (each a long poll); the server's
+    # default of 1,200 concurrent long polls per namespace refused the 5,000-recommendation point.
+    extra += ["--dynamic-config-value", "frontend.namespaceCount=20000"]
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"), data_converter=DATA_CONVERTER, ui=False,
         search_attributes=[FORCE_CODE, PROGRAMME, PHASE, NEXT_DEADLINE], dev_server_extra_args=extra,
