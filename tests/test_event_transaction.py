@@ -91,6 +91,17 @@ def update_spans(events, name: str) -> list[tuple[list[str], int]]:
     return spans
 
 
+def _local_activities_after(events, index: int) -> list[str]:
+    """The local activities written after events[index] in the same workflow task."""
+    after = []
+    for x in events[index + 1:]:
+        if x.HasField("workflow_task_scheduled_event_attributes"):
+            break
+        if t := _local_activity(x):
+            after.append(t)
+    return after
+
+
 def _update_steps(events, name: str) -> list[tuple[list[str], int]]:
     """For each completed Update `name`: the local activities it ran and the workflow task its
     completion was written in."""
@@ -166,10 +177,15 @@ async def test_each_event_is_one_record_event_and_the_decision_does_not_wait_for
 
         events = await _events(rec)
         for name in ("submit_progress", "submit_evidence", "record_decision"):
-            steps = _update_steps(events, name)
-            assert steps, name
-            for types, _ in steps:
-                assert [t for t in types if t != "read_clock"] == ["record_event"], (name, types)
+            spans = update_spans(events, name)
+            assert spans, name
+            for types, index in spans:
+                assert types == ["read_clock", "record_event"], (name, types)
+                # Nothing after it in the task that completes it: before patch step-at-the-action-instant
+                # the main loop woken by the Update read the clock again there, and the Update waited for it.
+                assert _local_activities_after(events, index) == [], name
+        # The step after the Update was still taken (its reminders follow the new state): the patch is there.
+        assert any(b"step-at-the-action-instant" in e.SerializeToString() for e in events)
         # The decision's signal to the inspection is started in the very task that completes the Update.
         (_, decision_task), = _update_steps(events, "record_decision")
         # (By position: the time-skipping server's workflow_task_completed_event_id names the task's start.)
